@@ -1,0 +1,5 @@
+import sys
+
+from tunray.cli import main
+
+sys.exit(main())

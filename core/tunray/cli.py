@@ -1,0 +1,172 @@
+"""``tunray`` command line, shaped like Xray's (``run -c``, ``-confdir``, ``-test``, ``uuid``).
+
+User mistakes (config, plugins) print one line and exit non-zero without a
+traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from tunray import __version__
+from tunray.config.errors import EXIT_CONFIG, ConfigError
+from tunray.plugin.registry import PluginError
+
+EXIT_PLUGIN = 24
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tunray", description="A plugin-based proxy framework modelled on Xray-core.")
+    sub = p.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run with the given config files")
+    run.add_argument("-c", "-config", dest="config", action="append", default=[], help="config file (repeatable)")
+    run.add_argument("-confdir", default=None, help="directory of config files, loaded in name order")
+    run.add_argument("-format", default="auto", help="json, yaml, toml or auto (by extension)")
+    run.add_argument("-test", action="store_true", help="validate the config and exit")
+    run.add_argument("-dump", action="store_true", help="print the merged config and exit")
+    sub.add_parser("version", help="print the version and every loaded plugin")
+    sub.add_parser("plugins", help="list registered protocols, stacks and transports with their plugins")
+    uid = sub.add_parser("uuid", help="generate a UUID, or map a string to Xray's UUIDv5")
+    uid.add_argument("-i", dest="input", default=None, help="string to map")
+    new = sub.add_parser("new-plugin", help="write a ready-to-build plugin distribution")
+    new.add_argument("kind", choices=("inbound", "outbound", "stack", "transport"))
+    new.add_argument("name")
+    new.add_argument("-o", dest="out", default=".")
+    return p
+
+
+def _version() -> int:
+    from tunray.plugin.manager import PluginManager
+
+    pm = PluginManager()
+    print(f"tunray {__version__} (Python {sys.version.split()[0]})")
+    for info in pm.infos:
+        print(f"  {info.name:<24} {info.distribution} {info.version}".rstrip())
+    return 0
+
+
+def _plugins() -> int:
+    from tunray.plugin.manager import PluginManager
+
+    pm = PluginManager()
+    reg = pm.registry
+    for kind, table, owner_kind in (
+        ("inbound", reg.inbounds, "inbound protocol"),
+        ("outbound", reg.outbounds, "outbound protocol"),
+        ("stack", reg.stacks, "stack"),
+        ("transport", reg.transports, "transport"),
+    ):
+        for name in sorted(table):
+            print(f"{kind:<10} {name:<16} {reg.owner(owner_kind, name)}")
+    return 0
+
+
+def _uuid(text: str | None) -> int:
+    import uuid
+
+    from tunray.net.uuid import from_text
+
+    if text is None:
+        print(uuid.uuid4())
+        return 0
+    try:
+        print(from_text(text))
+    except ValueError as exc:
+        print(f"tunray uuid: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import json
+
+    from tunray.config.loader import load
+    from tunray.config.model import build_config
+    from tunray.log import configure_error_log
+    from tunray.plugin.manager import PluginManager
+
+    raw = load(args.config, args.confdir, args.format)
+    if args.dump:
+        print(json.dumps(raw, indent=2))
+        return 0
+    pm = PluginManager()
+    config = build_config(raw, pm.registry)
+    pm.configure(config)
+    if args.test:
+        print("Configuration OK.")
+        return 0
+    configure_error_log(config.log)
+    from tunray.runtime import Runtime
+
+    runtime = Runtime(config, pm)
+    return _serve(runtime)
+
+
+def _serve(runtime: object) -> int:
+    from loguru import logger
+
+    from tunray.runtime import Runtime
+
+    assert isinstance(runtime, Runtime)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await runtime.start()
+        logger.warning("tunray {} started", __version__)
+        await stop.wait()
+        logger.warning("tunray stopping")
+        try:
+            async with asyncio.timeout(5.0):
+                await runtime.stop(drain_timeout=3.0)
+        except TimeoutError:
+            logger.error("shutdown took longer than 5 s; exiting anyway")
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:  # pragma: no cover
+        asyncio.run(main())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "version":
+            return _version()
+        if args.command == "plugins":
+            return _plugins()
+        if args.command == "uuid":
+            return _uuid(args.input)
+        if args.command == "new-plugin":
+            from tunray.scaffold import write_plugin
+
+            print(write_plugin(args.kind, args.name, args.out))
+            return 0
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except PluginError as exc:
+        print(f"plugin error: {exc}", file=sys.stderr)
+        return EXIT_PLUGIN
+    except OSError as exc:
+        if getattr(exc, "errno", None) is not None and exc.strerror:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
+    _parser().print_help()
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The dispatcher: one call per flow, from inbound to outbound.
+
+``dispatch_link(ctx, destination, link)`` is the equivalent of Xray's synchronous
+``DispatchLink``: it sniffs (if the inbound asked), routes, runs the outbound and
+returns when the flow is over.  It never raises for a flow's own failure: errors
+are logged with the flow's context and end that flow only.  It closes the link in
+every case, with a reset when the app-side handshake never completed (so a lazy
+stack answers RST to an unroutable or undialable SYN).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+from tunray.link import ByteLink, Packet, PacketLink, PrefixedByteLink
+from tunray.net.address import Destination, Network, parse_host
+from tunray.sniffing import SniffConfig, sniff_datagram, sniff_stream
+
+if TYPE_CHECKING:
+    from tunray.runtime import Runtime
+    from tunray.session import FlowContext
+
+
+class FlowDropped(Exception):
+    """Routing chose no usable outbound for the flow."""
+
+
+class Dispatcher:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.active: set[asyncio.Task[None]] = set()
+
+    async def dispatch_link(self, ctx: FlowContext, destination: Destination, link: ByteLink | PacketLink) -> None:
+        rt = self.runtime
+        ctx.target = destination
+        if ctx.original_target is None:
+            ctx.original_target = destination
+        observers = rt.plugins.observes_flows
+        if observers:
+            rt.plugins.flow_opened(ctx)
+        task = asyncio.current_task()
+        if task is not None:
+            self.active.add(task)
+        error: BaseException | None = None
+        try:
+            sniffing: SniffConfig | None = getattr(ctx, "sniffing", None)
+            if sniffing is not None and not sniffing.metadata_only:
+                link = await self._sniff(ctx, sniffing, link)
+            outbound = await self._route(ctx)
+            if observers:
+                rt.plugins.flow_routed(ctx, ctx.outbound_tag)
+            if outbound is None:
+                raise FlowDropped(f"no outbound {ctx.outbound_tag!r}" if ctx.outbound_tag else "blocked")
+            rt.access_log.write(ctx.source, "accepted", ctx.target, ctx.detour, email=ctx.user.email)
+            await outbound.process(ctx, link)
+        except asyncio.CancelledError as exc:
+            error = exc
+            raise
+        except FlowDropped as exc:
+            error = exc
+            rt.access_log.write(ctx.source, "rejected", ctx.target, ctx.detour, str(exc))
+            logger.info("{}: dropped: {}", ctx, exc)
+        except Exception as exc:  # one flow's failure must not reach others
+            error = exc
+            logger.info("{}: {}: {}", ctx, type(exc).__name__, exc)
+        finally:
+            ctx.error = error
+            if isinstance(link, ByteLink) and not link.accepted:
+                link.abort()
+            elif error is not None and not isinstance(error, asyncio.CancelledError):
+                link.abort()
+            else:
+                try:
+                    await link.aclose()
+                except Exception:
+                    link.abort()
+            if task is not None:
+                self.active.discard(task)
+            if observers:
+                rt.plugins.flow_closed(ctx, error)
+
+    async def _sniff(self, ctx: FlowContext, cfg: SniffConfig, link: ByteLink | PacketLink) -> ByteLink | PacketLink:
+        if isinstance(link, ByteLink):
+            await link.accept()
+            result, prefix = await sniff_stream(link, cfg)
+            if prefix:
+                link = PrefixedByteLink(link, prefix)
+        else:
+            first = await link.recv()
+            if first is None:
+                return link
+            result = sniff_datagram(first.data)
+            link = _PrefixedPacketLink(link, first)
+        if result is not None:
+            ctx.protocol = result.protocol
+            ctx.sniffed_domain = result.domain
+            if cfg.should_override(result, ctx.target):
+                overridden = ctx.target.with_host(parse_host(result.domain))
+                if cfg.route_only:
+                    ctx.route_target = overridden
+                else:
+                    ctx.target = overridden
+        return link
+
+    async def _route(self, ctx: FlowContext) -> object | None:
+        rt = self.runtime
+        route = await rt.router.pick_route(ctx)
+        inbound = ctx.inbound_tag
+        if route is None:
+            tag = rt.default_outbound_tag
+            ctx.detour = f"{inbound} >> {tag}" if inbound else tag
+        else:
+            tag = route.outbound_tag
+            ctx.detour = f"{inbound} -> {tag}" if inbound else tag
+        ctx.outbound_tag = tag
+        outbound = rt.outbounds.get(tag)
+        if outbound is None:
+            return None
+        network = ctx.target.network.value
+        if network not in outbound.networks:
+            raise FlowDropped(f"outbound {tag!r} ({outbound.protocol}) does not carry {network}")
+        return outbound
+
+
+class _PrefixedPacketLink(PacketLink):
+    """Replays the datagram read for sniffing, then reads on."""
+
+    __slots__ = ("_first", "_inner")
+
+    def __init__(self, inner: PacketLink, first: Packet) -> None:
+        self._inner = inner
+        self._first: Packet | None = first
+
+    async def recv(self) -> Packet | None:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await self._inner.recv()
+
+    def send(self, data: bytes, source: Destination) -> None:
+        self._inner.send(data, source)
+
+    def abort(self) -> None:
+        self._inner.abort()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+__all__ = ["Dispatcher", "FlowDropped", "Network"]

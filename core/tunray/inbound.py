@@ -1,0 +1,58 @@
+"""The inbound contract.
+
+An inbound accepts flows from somewhere (a TUN device, a listening socket, a test
+driver) and, for each, awaits ``runtime.dispatcher.dispatch_link(ctx, destination,
+link)``, which returns when the flow is over.  ``start`` opens the inbound's
+resources and returns; ``stop`` stops accepting, cancels and awaits the inbound's
+flows, releases everything, and is idempotent.  Errors in one flow never reach
+``start``/``stop`` or other flows: the dispatcher logs them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, ClassVar
+
+from tunray.config.errors import join
+from tunray.config.schema import EMPTY, Schema, Settings
+from tunray.net.address import Destination
+from tunray.session import FlowContext, User
+from tunray.sniffing import SniffConfig
+
+if TYPE_CHECKING:
+    from tunray.config.model import InboundConfig
+    from tunray.runtime import Runtime
+
+
+class Inbound(ABC):
+    protocol: ClassVar[str]
+    settings_schema: ClassVar[Schema] = EMPTY
+    #: Xray's ``port``/``listen`` are required unless the inbound ignores them (TUN does).
+    needs_listen: ClassVar[bool] = True
+
+    def __init__(self, config: InboundConfig, runtime: Runtime) -> None:
+        self.config = config
+        self.tag = config.tag
+        self.settings: Settings = config.settings
+        self.runtime = runtime
+        self.sniffing = SniffConfig.compile(config.sniffing, join(config.path, "sniffing"))
+        self.user_level = 0
+
+    def new_context(self, source: Destination, target: Destination) -> FlowContext:
+        """A fresh per-flow context carrying this inbound's tag, sniffing and user level."""
+        return FlowContext(
+            inbound_tag=self.tag,
+            inbound_protocol=self.protocol,
+            source=source,
+            target=target,
+            user=User(level=self.user_level),
+            sniffing=self.sniffing,
+        )
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Open devices/sockets and begin accepting flows."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Stop accepting, end open flows, release resources.  Idempotent."""

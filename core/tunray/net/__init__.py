@@ -1,0 +1,1 @@
+"""Addresses, destinations and socket helpers shared by inbounds and outbounds."""

@@ -1,0 +1,159 @@
+"""A byte stream over a connected socket, with backpressure both ways.
+
+``SocketStream`` has the same shape as :class:`~tunray.link.ByteLink` (``read``,
+``write``, ``write_eof``, ``aclose``, ``abort``), so relays and transports treat an
+app link and an upstream socket alike.  It is built on an asyncio ``Protocol``:
+received data is appended to one ``bytearray`` and ``read`` hands out up to
+``max_bytes`` at once; when more than ``high_water`` bytes wait unread the transport
+stops reading, so the kernel's receive window closes on the sender.  ``write``
+waits while the transport's own buffer is above its high-water mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+DEFAULT_HIGH_WATER = 1 << 20
+
+
+class _Proto(asyncio.Protocol):
+    __slots__ = (
+        "_buf",
+        "_closed",
+        "_drain_waiter",
+        "_eof",
+        "_exc",
+        "_high",
+        "_paused_reading",
+        "_paused_writing",
+        "_read_waiter",
+        "transport",
+    )
+
+    def __init__(self, high_water: int) -> None:
+        self._buf = bytearray()
+        self._eof = False
+        self._closed = False
+        self._exc: BaseException | None = None
+        self._high = high_water
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._paused_reading = False
+        self._paused_writing = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) > self._high and not self._paused_reading and self.transport is not None:
+            self._paused_reading = True
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake_reader()
+        return True  # keep the write side open: half-close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._eof = True
+        self._exc = exc
+        self._wake_reader()
+        self._wake_writer(exc)
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        self._wake_writer(None)
+
+    def _wake_reader(self) -> None:
+        w = self._read_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _wake_writer(self, exc: BaseException | None) -> None:
+        w = self._drain_waiter
+        if w is not None and not w.done():
+            if exc is None:
+                w.set_result(None)
+            else:
+                w.set_exception(ConnectionResetError(str(exc)))
+
+
+class SocketStream:
+    """See the module docstring.  Create with :func:`open_stream`."""
+
+    __slots__ = ("_proto", "_sock_fd", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, proto: _Proto, fd: int) -> None:
+        self._transport = transport
+        self._proto = proto
+        self._sock_fd = fd
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        p = self._proto
+        while not p._buf:
+            if p._eof:
+                return b""
+            p._read_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await p._read_waiter
+            finally:
+                p._read_waiter = None
+        buf = p._buf
+        if len(buf) <= max_bytes:
+            data = bytes(buf)
+            buf.clear()
+        else:
+            data = bytes(buf[:max_bytes])
+            del buf[:max_bytes]
+        if p._paused_reading and len(buf) <= p._high // 2 and not p._closed:
+            p._paused_reading = False
+            self._transport.resume_reading()
+        return data
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        p = self._proto
+        if p._closed or self._transport.is_closing():
+            raise ConnectionResetError("upstream connection closed")
+        self._transport.write(data)
+        if p._paused_writing:
+            p._drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await p._drain_waiter
+            finally:
+                p._drain_waiter = None
+
+    async def write_eof(self) -> None:
+        if not self._proto._closed and not self._transport.is_closing() and self._transport.can_write_eof():
+            self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._transport.abort()
+
+    async def aclose(self) -> None:
+        if not self._transport.is_closing():
+            self._transport.close()
+
+    def fileno(self) -> int:
+        return self._sock_fd
+
+    @property
+    def at_eof(self) -> bool:
+        return self._proto._eof and not self._proto._buf
+
+
+async def open_stream(sock: socket.socket, high_water: int = DEFAULT_HIGH_WATER) -> SocketStream:
+    """Wrap a connected non-blocking socket; the stream owns it from now on."""
+    loop = asyncio.get_running_loop()
+    fd = sock.fileno()
+    transport, proto = await loop.create_connection(lambda: _Proto(high_water), sock=sock)
+    transport.set_write_buffer_limits(high=high_water)
+    return SocketStream(transport, proto, fd)

@@ -1,0 +1,1 @@
+"""Outbounds built into the core (registered by :mod:`tunray.builtin`)."""

@@ -1,0 +1,112 @@
+"""The runtime: one running instance built from a validated config (Xray's ``core.Instance``).
+
+Build order: validate the config (:func:`tunray.config.model.build_config`), then
+construct every outbound and inbound (constructors open nothing), then ``start``:
+outbounds first, then inbounds.  ``stop`` reverses it as aiohttp's runner does:
+inbounds stop accepting, open flows get ``drain_timeout`` seconds, then outbounds
+close; every error is collected and logged, none stops the rest of the shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from loguru import logger
+
+from tunray.config.model import Config, build_config
+from tunray.dispatcher import Dispatcher
+from tunray.inbound import Inbound
+from tunray.log import AccessLog
+from tunray.net.dialer import Dialer
+from tunray.outbound import Outbound
+from tunray.plugin.manager import PluginManager
+from tunray.policy import LevelPolicy
+
+
+class Runtime:
+    def __init__(self, config: Config, plugins: PluginManager, *, access_log: AccessLog | None = None) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.registry = plugins.registry
+        self.resolver = config.resolver
+        self.dialer = Dialer(self.resolver)
+        self.access_log = access_log if access_log is not None else AccessLog.from_settings(config.log)
+        self.stats: dict[str, int] = {}
+        self._policies: dict[int, LevelPolicy] = {}
+        self.router: Any = plugins.make_router(config, self)
+        self.dispatcher: Dispatcher = plugins.make_dispatcher(self)
+        self.outbounds: dict[str, Outbound] = {}
+        self.outbound_list: list[Outbound] = []
+        for ob_cfg in config.outbounds:
+            ob = ob_cfg.cls(ob_cfg, self)
+            self.outbound_list.append(ob)
+            if ob_cfg.tag:
+                self.outbounds[ob_cfg.tag] = ob
+        # Xray: no rule matched => the first outbound in the config.
+        self.default_outbound_tag = config.outbounds[0].tag if config.outbounds else ""
+        if self.outbound_list and not self.default_outbound_tag:
+            self.outbounds[""] = self.outbound_list[0]
+        self.inbounds: list[Inbound] = [ib.cls(ib, self) for ib in config.inbounds]
+        self._started = False
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any], plugins: PluginManager | None = None, **kwargs: Any) -> Runtime:
+        plugins = plugins or PluginManager()
+        config = build_config(raw, plugins.registry)
+        plugins.configure(config)
+        return cls(config, plugins, **kwargs)
+
+    def policy(self, level: int = 0) -> LevelPolicy:
+        p = self._policies.get(level)
+        if p is None:
+            p = self._policies[level] = LevelPolicy.from_settings(self.config.level(level))
+        return p
+
+    async def start(self) -> None:
+        try:
+            for ob in self.outbound_list:
+                await ob.start()
+            for ib in self.inbounds:
+                await ib.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self._started = True
+        self.plugins.startup(self)
+
+    async def stop(self, drain_timeout: float = 3.0) -> list[BaseException]:
+        errors: list[BaseException] = []
+        for ib in reversed(self.inbounds):
+            try:
+                await ib.stop()
+            except Exception as exc:
+                errors.append(exc)
+                logger.error("stopping inbound {!r}: {}", ib.tag, exc)
+        active = list(self.dispatcher.active)
+        if active:
+            _, pending = await asyncio.wait(active, timeout=drain_timeout)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        if self._started:
+            try:
+                self.plugins.shutdown(self)
+            except Exception as exc:
+                errors.append(exc)
+                logger.error("shutdown hook: {}", exc)
+        for ob in self.outbound_list:
+            try:
+                await ob.aclose()
+            except Exception as exc:
+                errors.append(exc)
+                logger.error("closing outbound {!r}: {}", ob.tag, exc)
+        if self.resolver is not None:
+            try:
+                await self.resolver.aclose()
+            except Exception as exc:
+                errors.append(exc)
+        self.access_log.close()
+        self._started = False
+        return errors

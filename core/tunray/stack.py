@@ -1,0 +1,98 @@
+"""The stack contract: raw IP packets in, TCP and UDP flows out.
+
+A :class:`Stack` is attached to one :class:`~tunray.device.PacketDevice`.  It reads
+packets, terminates TCP and UDP, and hands each new flow to the inbound as a
+:class:`Flow` through :meth:`Stack.accept` (or ``async for flow in stack``).  The
+inbound awaits the dispatcher per flow; the stack never sees routing.
+
+Three kinds of stack are planned and the contract is shaped for all of them:
+
+* ``python``: a sans-IO TCP/IP core driven from the event loop.
+* ``lwip``: Debian's lwIP through cffi; its C callbacks run on the event loop thread,
+  so it has the same single-threaded shape as the Python one.
+* ``system``: TCP NATed into the kernel; a flow's :class:`~tunray.link.ByteLink`
+  is then a real socket and reports it through ``fileno()`` so relays can splice.
+
+Handshake.  With ``handshake="lazy"`` a TCP flow is yielded on the SYN and the
+SYN-ACK waits for ``link.accept()``; ``link.abort()`` answers RST.  With ``"eager"``
+the SYN is answered at once (Xray's behaviour) and ``accept`` is a no-op.
+
+Errors.  Malformed packets are dropped and counted in :attr:`Stack.counters`; they
+never raise out of the stack.  ``accept`` raises :class:`StackClosed` after ``aclose``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from tunray.config.schema import EMPTY, Schema, Settings
+from tunray.device import PacketDevice
+from tunray.link import ByteLink, PacketLink
+from tunray.net.address import Destination, Network
+
+
+class StackClosed(Exception):
+    """The stack was closed; no more flows will come."""
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    network: Network
+    source: Destination
+    destination: Destination
+    link: ByteLink | PacketLink
+
+
+@dataclass(slots=True)
+class StackOptions:
+    """What the inbound tells every stack; resource limits are named settings (see docs)."""
+
+    mtu: int = 1500
+    handshake: str = "lazy"  # or "eager"
+    tcp_idle_timeout: float = 300.0
+    udp_idle_timeout: float = 60.0
+    handshake_timeout: float = 4.0
+    max_flows: int = 65536
+    udp_queue_packets: int = 1024
+    tcp_buffer: int = 4 << 20
+    settings: Settings = field(default_factory=lambda: EMPTY.parse({}, ""))
+
+
+class Stack(ABC):
+    """A TCP/IP stack plugin.  Subclasses set ``name`` and optionally ``settings_schema``."""
+
+    name: ClassVar[str]
+    settings_schema: ClassVar[Schema] = EMPTY
+
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self.counters: dict[str, int] = {}
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.counters[what] = self.counters.get(what, 0) + n
+
+    @abstractmethod
+    async def attach(self, device: PacketDevice) -> None:
+        """Start reading *device*.  Called once."""
+
+    @abstractmethod
+    async def accept(self) -> Flow:
+        """Wait for the next flow.  Raises :class:`StackClosed` once closed."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stop reading, reset every open flow, release the device.  Idempotent."""
+
+    async def __aiter__(self) -> AsyncIterator[Flow]:
+        while True:
+            try:
+                yield await self.accept()
+            except StackClosed:
+                return
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for logs and tests: drops by reason, flows open, bytes."""
+        return dict(self.counters)

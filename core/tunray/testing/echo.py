@@ -1,0 +1,126 @@
+"""Echo servers for tests, runnable in a namespace: ``python -m tunray.testing.echo --port P``.
+
+On every address (IPv4 and IPv6) it serves:
+
+* ``P``   TCP echo: sends back what it reads; half-closes after the client does.
+* ``P+1`` TCP source: reads an 8-byte big-endian size, sends that many bytes of a
+  deterministic pattern (:func:`pattern`), closes.
+* ``P+2`` TCP sink: reads to EOF, answers the SHA-256 of everything read, closes.
+* ``P``   UDP echo: replies to each datagram from the same port.
+* ``P+1`` UDP cone probe: replies to each datagram twice, once from ``P+1`` and once
+  from ``P+3``, so a test can check full-cone NAT (the second reply's source differs).
+Prints ``ready`` once listening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import socket
+import struct
+
+
+def pattern(n: int, seed: int = 0) -> bytes:
+    """Deterministic pseudorandom bytes (fast: SHAKE-128)."""
+    return hashlib.shake_128(seed.to_bytes(8, "big")).digest(n) if n else b""
+
+
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(262144):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+        await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+async def _source(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        (size,) = struct.unpack("!Q", await reader.readexactly(8))
+        block = pattern(1 << 20)
+        sent = 0
+        while sent < size:
+            n = min(len(block), size - sent)
+            writer.write(block[:n])
+            await writer.drain()
+            sent += n
+        writer.write_eof()
+        await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+
+async def _sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    h = hashlib.sha256()
+    try:
+        while data := await reader.read(262144):
+            h.update(data)
+        writer.write(h.digest())
+        await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+class _UdpEcho(asyncio.DatagramProtocol):
+    def __init__(self, other: asyncio.DatagramTransport | None = None) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.other = other
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data, addr)
+        if self.other is not None:
+            self.other.sendto(data, addr)
+
+
+def _dual_udp(port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port))
+    return s
+
+
+async def serve(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    servers = [
+        await asyncio.start_server(_echo, host=["0.0.0.0", "::"], port=port, reuse_address=True),
+        await asyncio.start_server(_source, host=["0.0.0.0", "::"], port=port + 1, reuse_address=True),
+        await asyncio.start_server(_sink, host=["0.0.0.0", "::"], port=port + 2, reuse_address=True),
+    ]
+    await loop.create_datagram_endpoint(lambda: _UdpEcho(), sock=_dual_udp(port))
+    other, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=_dual_udp(port + 3))
+    await loop.create_datagram_endpoint(lambda: _UdpEcho(other), sock=_dual_udp(port + 1))
+    print("ready", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for s in servers:
+            s.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=7000)
+    args = parser.parse_args()
+    try:
+        asyncio.run(serve(args.port))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""freedom against real echo servers: loopback, and a server namespace over veth."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from tunray.config.errors import ConfigError
+from tunray.net.address import Destination, Network, parse_host
+from tunray.plugin.manager import PluginManager
+from tunray.config.model import build_config
+from tunray.testing.conformance import check_outbound
+from tunray.testing.harness import driver_of, running
+from tunray.testing.netns import Topology, ns_exec
+
+
+async def test_conformance_loopback(loopback_echo: int) -> None:
+    await check_outbound({"protocol": "freedom"}, "127.0.0.1", port=loopback_echo)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("family", ["v4", "v6"])
+async def test_conformance_in_namespaces(topo: Topology, family: str) -> None:
+    topo.start_echo()
+    host = str(topo.server_v4 if family == "v4" else topo.server_v6)
+    with topo.enter(topo.client):
+        await check_outbound({"protocol": "freedom"}, host)
+
+
+def _cfg(settings: dict[str, object], stream: dict[str, object] | None = None) -> dict[str, object]:
+    ob: dict[str, object] = {"protocol": "freedom", "settings": settings}
+    if stream is not None:
+        ob["streamSettings"] = stream
+    return {"log": {"loglevel": "none"}, "inbounds": [{"protocol": "driver"}], "outbounds": [ob]}
+
+
+async def _echo_once(rt: object, target: str) -> tuple[bool, bytes]:
+    drv = driver_of(rt)  # type: ignore[arg-type]
+    app, task = drv.open_tcp("10.0.0.2:1234", target)
+    if not app.accepted:
+        # Wait for the dial to finish one way or the other.
+        for _ in range(300):
+            if app.accepted or app.reset:
+                break
+            await asyncio.sleep(0.01)
+    if app.reset:
+        await task
+        return False, b""
+    await app.send(b"hello")
+    app.shutdown_write()
+    data = await app.recv_all()
+    await task
+    return True, data
+
+
+async def test_redirect(loopback_echo: int) -> None:
+    async with running(_cfg({"redirect": f"127.0.0.1:{loopback_echo}"})) as rt:
+        ok, data = await _echo_once(rt, "tcp:192.0.2.1:80")
+    assert ok and data == b"hello"
+
+
+async def test_domain_strategies(loopback_echo: int) -> None:
+    for strategy in ("AsIs", "UseIP", "UseIPv4", "ForceIPv4"):
+        cfg = _cfg({"domainStrategy": strategy})
+        cfg["dns"] = {"servers": ["localhost"]}
+        async with running(cfg) as rt:
+            ok, data = await _echo_once(rt, f"tcp:localhost:{loopback_echo}")
+        assert ok and data == b"hello", strategy
+
+
+def test_bad_settings_name_the_path() -> None:
+    pm = PluginManager()
+    for settings, path in (
+        ({"domainStrategy": "Sometimes"}, "outbounds[0].settings.domainStrategy"),
+        ({"redirect": "nohostport"}, "outbounds[0].settings.redirect"),
+        ({"fragment": {"packets": "tlshello"}}, "outbounds[0].settings.fragment"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            build_config(_cfg(settings), pm.registry)
+        assert str(info.value).startswith(path), str(info.value)
+
+
+@pytest.mark.root
+async def test_sockopt_mark_and_interface_steer_the_socket(topo: Topology) -> None:
+    """A mark sends the dial through a routing table that has no route: it must fail;
+    without the mark it succeeds.  SO_BINDTODEVICE to loopback likewise cannot reach."""
+    topo.start_echo()
+    ns_exec(topo.client, "ip", "rule", "add", "fwmark", "77", "table", "77")
+    ns_exec(topo.client, "ip", "route", "add", "unreachable", "default", "table", "77")
+    target = f"tcp:{topo.server_v4}:7000"
+    with topo.enter(topo.client):
+        async with running(_cfg({})) as rt:
+            assert (await _echo_once(rt, target)) == (True, b"hello")
+        async with running(_cfg({}, {"sockopt": {"mark": 77}})) as rt:
+            ok, _ = await _echo_once(rt, target)
+            assert not ok
+        async with running(_cfg({}, {"sockopt": {"interface": "lo"}})) as rt:
+            ok, _ = await _echo_once(rt, target)
+            assert not ok
+        async with running(_cfg({}, {"sockopt": {"interface": topo.client_if}})) as rt:
+            assert (await _echo_once(rt, target)) == (True, b"hello")
+
+
+async def test_udp_domain_destination(loopback_echo: int) -> None:
+    async with running(_cfg({})) as rt:
+        drv = driver_of(rt)
+        target = Destination(Network.UDP, "localhost", loopback_echo)
+        app, task = drv.open_udp("10.0.0.2:999", target)
+        app.send(b"x", target)
+        reply = await asyncio.wait_for(app.recv(), 5)
+        assert reply.data == b"x"
+        assert reply.peer.port == loopback_echo and reply.peer.host in (parse_host("127.0.0.1"), parse_host("::1"))
+        app.close()
+        await task
+    del socket

@@ -1,0 +1,112 @@
+"""Full-cone UDP for freedom: one socket per app flow, ``sendto`` per packet.
+
+The socket is dual-stack (IPv6 with ``IPV6_V6ONLY`` off) when the host has IPv6,
+so one flow reaches IPv4 and IPv6 peers alike; IPv4 peers appear as
+``::ffff:a.b.c.d`` on the wire of the socket API and are turned back into IPv4
+for the app.  Every reply, from whichever address, reaches the app with that real
+source address: endpoint-independent mapping and filtering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+
+from tunray.link import PacketLink
+from tunray.net.address import Destination, IPAddress, Network
+from tunray.net.dialer import Dialer, DialError
+from tunray.policy import LevelPolicy
+
+
+class _Downlink(asyncio.DatagramProtocol):
+    __slots__ = ("activity", "error", "link")
+
+    def __init__(self, link: PacketLink, activity: list[float]) -> None:
+        self.link = link
+        self.activity = activity
+        self.error: Exception | None = None
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        ip = ipaddress.ip_address(str(addr[0]).split("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        self.activity[0] = time.monotonic()
+        self.link.send(data, Destination(Network.UDP, ip, int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable) are not fatal for a cone flow.
+        self.error = exc
+
+
+def _sockaddr(ip: IPAddress, port: int, dual: bool) -> tuple[str, int]:
+    if dual and ip.version == 4:
+        return (f"::ffff:{ip}", port)
+    return (str(ip), port)
+
+
+async def relay_udp(
+    link: PacketLink,
+    first_peer: Destination,
+    dialer: Dialer,
+    policy: LevelPolicy,
+    *,
+    strategy: str,
+    redirect: Destination | None,
+    opts: object,
+    send_through: str,
+) -> None:
+    loop = asyncio.get_running_loop()
+    dual = socket.has_ipv6 and not (send_through and ipaddress.ip_address(send_through).version == 4)
+    family = socket.AF_INET6 if dual else socket.AF_INET
+    first_ip = first_peer.ip
+    sock = dialer.udp_socket(family, peer=first_ip, opts=opts, send_through=send_through)  # type: ignore[arg-type]
+    activity = [time.monotonic()]
+    transport, _proto = await loop.create_datagram_endpoint(lambda: _Downlink(link, activity), sock=sock)
+    resolved: dict[str, IPAddress] = {}
+
+    async def uplink() -> None:
+        while True:
+            packet = await link.recv()
+            if packet is None:
+                return
+            activity[0] = time.monotonic()
+            dest = packet.peer
+            if redirect is not None:
+                dest = redirect
+            ip = dest.ip
+            if ip is None:
+                assert dest.domain is not None
+                ip = resolved.get(dest.domain)
+                if ip is None:
+                    try:
+                        ips = await dialer.resolve(dest, strategy)
+                    except DialError:
+                        continue
+                    ips4 = [i for i in ips if i.version == 4] if not dual else ips
+                    if not ips4:
+                        continue
+                    ip = resolved[dest.domain] = ips4[0]
+            if not dual and ip.version == 6:
+                continue
+            transport.sendto(packet.data, _sockaddr(ip, dest.port, dual))
+
+    async def idle() -> None:
+        while True:
+            left = activity[0] + policy.conn_idle - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(left)
+
+    up = loop.create_task(uplink())
+    watch = loop.create_task(idle())
+    try:
+        await asyncio.wait((up, watch), return_when=asyncio.FIRST_COMPLETED)
+        if up.done() and not up.cancelled() and up.exception() is not None:
+            raise up.exception()  # type: ignore[misc]
+    finally:
+        for t in (up, watch):
+            t.cancel()
+        await asyncio.gather(up, watch, return_exceptions=True)
+        transport.close()
