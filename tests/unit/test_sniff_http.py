@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from tunray.sniff import TCP_SNIFFERS, NeedMoreData, NoClue, SniffResult, sniff_http
 
 # Xray-core common/protocol/http/sniff_test.go, verbatim requests (LF line endings).
@@ -27,10 +26,23 @@ FORM = (
     "Content-Type: application/x-www-form-urlencoded\n"
     "Content-Length: 43\n"
 )
-XRAY_POST = "POST /foo.php HTTP/1.1\nHost: localhost\n" + COMMON + FORM + " \nfirst_name=John&last_name=Doe&action=Submit"
-XRAY_BAD_METHOD = "X /foo.php HTTP/1.1\nHost: localhost\n" + COMMON + FORM + " \nfirst_name=John&last_name=Doe&action=Submit"
+XRAY_POST = (
+    "POST /foo.php HTTP/1.1\nHost: localhost\n"
+    + COMMON
+    + FORM
+    + " \nfirst_name=John&last_name=Doe&action=Submit"
+)
+XRAY_BAD_METHOD = (
+    "X /foo.php HTTP/1.1\nHost: localhost\n"
+    + COMMON
+    + FORM
+    + " \nfirst_name=John&last_name=Doe&action=Submit"
+)
 XRAY_HOST_IN_BODY = (
-    "GET /foo.php HTTP/1.1\n" + COMMON + FORM + "\nHost: localhost\nfirst_name=John&last_name=Doe&action=Submit"
+    "GET /foo.php HTTP/1.1\n"
+    + COMMON
+    + FORM
+    + "\nHost: localhost\nfirst_name=John&last_name=Doe&action=Submit"
 )
 XRAY_REQUEST_LINE_ONLY = "GET /tutorials/other/top-20-mysql-best-practices/ HTTP/1.1"
 
@@ -89,7 +101,9 @@ def test_host_forms(host: str, domain: str) -> None:
     assert sniff_http(data).domain == domain
 
 
-@pytest.mark.parametrize("host", ["", "a:b:c", "example.com:99999", "example.com:http", "[::1", "[nope]:1", "bad host"])
+@pytest.mark.parametrize(
+    "host", ["", "a:b:c", "example.com:99999", "example.com:http", "[::1", "[nope]:1", "bad host"]
+)
 def test_malformed_host_is_no_clue(host: str) -> None:
     with pytest.raises(NoClue):
         sniff_http(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
@@ -99,7 +113,9 @@ def test_host_line_must_be_complete() -> None:
     # A segment boundary inside the Host line must not yield a truncated name.
     with pytest.raises(NeedMoreData):
         sniff_http(b"GET / HTTP/1.1\r\nAccept: */*\r\nHost: www.exam")
-    assert sniff_http(b"GET / HTTP/1.1\r\nAccept: */*\r\nHost: www.example.com\r\n").domain == "www.example.com"
+    assert (
+        sniff_http(b"GET / HTTP/1.1\r\nAccept: */*\r\nHost: www.example.com\r\n").domain == "www.example.com"
+    )
 
 
 def test_crlf_blank_line_ends_headers() -> None:

@@ -8,7 +8,6 @@ import ssl
 from pathlib import Path
 
 import pytest
-
 from tunray.sniff import TCP_SNIFFERS, NeedMoreData, NoClue, SniffResult, sniff_tls
 from tunray.sniff.samples import client_hello, server_name_extension, tls_records
 

@@ -110,7 +110,7 @@ class PluginManager:
         for hook_name in ("tunray_register_types", "tunray_add_config_sections"):
             caller = getattr(self._pm.hook, hook_name)
             # Call each implementation on its own so the registry knows whose entry it is.
-            for impl in reversed(caller.get_hookimpls()):
+            for impl in caller.get_hookimpls():  # registration order: built-ins first
                 registry.current_owner = self._describe(impl.plugin)
                 try:
                     impl.function(registry=registry)

@@ -1,0 +1,364 @@
+"""The sans-IO stack: packets in, events and packets out, time passed in.
+
+Driving it::
+
+    core.feed(packet, now)        # as many as were read in one wakeup
+    core.drain(now) -> [packets]  # ACKs and data the batch caused; write them all
+    core.events                   # list of events.*; the driver empties it
+    core.next_timer() / core.handle_timer(now)
+
+Driver operations on a connection or flow (``tcp_accept``, ``tcp_read``, ``tcp_write``,
+``tcp_shutdown``, ``tcp_close``, ``tcp_abort``, ``udp_send``, ``udp_close``) mark it
+dirty; the next :meth:`drain` sends what they caused.
+
+Timers are a heap of ``(deadline, n, owner)`` with lazy deletion: an owner remembers
+the deadline it is ``scheduled`` at and only pushes an earlier one, so a connection
+whose RTO moves later on every ACK costs no heap work; an entry that fires early just
+reschedules.  Nothing here raises on bad input: drops are counted by reason.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tunray_stack_python import events
+from tunray_stack_python.checksum import pseudo_sum, sum_of, valid
+from tunray_stack_python.icmp import echo_reply
+from tunray_stack_python.ip import (
+    GSO_NONE,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    VNET_F_DATA_VALID,
+    VNET_F_NEEDS_CSUM,
+    VNET_LEN,
+    ip_header,
+    parse_ip,
+    parse_vnet,
+    vnet_header,
+)
+from tunray_stack_python.tcp import INF, TcpConn
+from tunray_stack_python.tcp_state import State
+from tunray_stack_python.tcp_wire import ACK, FIN, HEADER, RST, SYN, Options, parse_options
+from tunray_stack_python.udp import UdpFlow, build_udp
+
+_UDP = struct.Struct("!HHHH")
+
+
+@dataclass(slots=True)
+class CoreConfig:
+    mtu: int = 1500
+    vnet_hdr: bool = False
+    gso: bool = False  # send TCP super-segments (needs vnet_hdr)
+    eager: bool = False
+    tcp_buffer: int = 4 << 20
+    send_high_water: int = 1 << 20
+    initial_cwnd: int = 256 << 10
+    tcp_idle_timeout: float = 300.0
+    handshake_timeout: float = 4.0
+    time_wait: float = 2.0
+    fin_timeout: float = 30.0
+    udp_idle_timeout: float = 60.0
+    udp_queue_packets: int = 1024
+    max_flows: int = 65536
+
+
+Owner = TcpConn | UdpFlow
+
+
+class Core:
+    def __init__(self, config: CoreConfig, isn: Callable[[], int] | None = None) -> None:
+        self.config = config
+        self.isn = isn or (lambda: random.getrandbits(32))
+        self.now = 0.0
+        self.out: list[bytes] = []
+        self.events: list[events.Event] = []
+        self.counters: dict[str, int] = {}
+        self.conns: dict[tuple[bytes, int, bytes, int], TcpConn] = {}
+        self.udp: dict[tuple[bytes, int], UdpFlow] = {}
+        self._dirty: dict[TcpConn, None] = {}
+        self._timers: list[tuple[float, int, Owner]] = []
+        self._timer_n = 0
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.counters[what] = self.counters.get(what, 0) + n
+
+    # --- input -----------------------------------------------------------------------------
+
+    def feed(self, packet: bytes, now: float) -> None:
+        """Process one packet as read from the device (with its virtio header if configured)."""
+        self.now = now
+        start = 0
+        csum_ok = False
+        gso = False
+        if self.config.vnet_hdr:
+            vnet = parse_vnet(packet)
+            if vnet is None:
+                self.count("vnet_truncated")
+                return
+            flags, gso_type, _size = vnet
+            csum_ok = bool(flags & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID))
+            gso = gso_type != GSO_NONE
+            start = VNET_LEN
+        parsed = parse_ip(packet, start, gso)
+        if type(parsed) is str:
+            self.count(parsed)
+            return
+        version, src, dst, proto, l4, end = parsed  # type: ignore[misc]
+        if proto == PROTO_TCP:
+            self._tcp_input(version, src, dst, packet, l4, end, csum_ok, now)
+        elif proto == PROTO_UDP:
+            self._udp_input(version, src, dst, packet, l4, end, csum_ok, now)
+        elif proto == PROTO_ICMP and version == 4 or proto == PROTO_ICMPV6 and version == 6:
+            reply = echo_reply(version, src, dst, packet[l4:end], self.config.vnet_hdr)
+            if type(reply) is str:
+                self.count(reply)
+            else:
+                self.count("icmp_echo_replied")
+                self.out.append(reply)  # type: ignore[arg-type]
+        else:
+            self.count("ip_unknown_protocol")
+
+    def _tcp_input(self, version: int, src: bytes, dst: bytes, packet: bytes, l4: int, end: int,
+                   csum_ok: bool, now: float) -> None:
+        if end - l4 < 20:
+            self.count("tcp_truncated")
+            return
+        sport, dport, seq, ack, off_byte, flags, win, _c, _u = HEADER.unpack_from(packet, l4)
+        hlen = (off_byte >> 4) * 4
+        if hlen < 20 or l4 + hlen > end:
+            self.count("tcp_bad_offset")
+            return
+        view = memoryview(packet)
+        if not csum_ok and not valid(pseudo_sum(src, dst, PROTO_TCP, end - l4) + sum_of(view[l4:end])):
+            self.count("tcp_bad_checksum")
+            return
+        ts: tuple[int, int] | None = None
+        sack: list[tuple[int, int]] | None = None
+        opts: Options | None = None
+        if hlen > 20:
+            parsed = parse_options(packet, l4 + 20, l4 + hlen)
+            if parsed is None:
+                self.count("tcp_bad_options")
+                return
+            if type(parsed) is tuple:
+                ts = parsed
+            else:
+                opts = parsed  # type: ignore[assignment]
+                assert opts is not None
+                ts = opts.ts
+                sack = opts.sack or None
+        conn = self.conns.get((src, sport, dst, dport))
+        if conn is None:
+            self._tcp_new(version, src, sport, dst, dport, seq, ack, flags, opts, end - l4 - hlen, now)
+            return
+        conn.on_segment(seq, ack, flags, win, ts, sack, view[l4 + hlen:end], now)
+        if conn.ack_now and conn.state is not State.CLOSED:
+            conn.send_ack(now)
+        self._dirty[conn] = None
+
+    def _tcp_new(self, version: int, src: bytes, sport: int, dst: bytes, dport: int, seq: int, ack: int,
+                 flags: int, opts: Options | None, payload_len: int, now: float) -> None:
+        if flags & RST:
+            self.count("tcp_rst_unknown")
+            return
+        if flags & (SYN | ACK) != SYN:
+            self.count("tcp_no_connection")
+            if flags & ACK:
+                self.send_rst(version, dst, src, dport, sport, ack, 0, False)
+            else:
+                self.send_rst(version, dst, src, dport, sport, 0,
+                              seq + payload_len + (1 if flags & SYN else 0) + (1 if flags & FIN else 0), True)
+            return
+        if len(self.conns) >= self.config.max_flows:
+            self.count("tcp_max_flows")
+            self.send_rst(version, dst, src, dport, sport, 0, seq + 1, True)
+            return
+        key = (src, sport, dst, dport)
+        conn = TcpConn(self, key, version, self.isn() & 0xFFFFFFFF)
+        o = opts or Options()
+        conn.on_syn(seq, o.mss, o.wscale, o.sack_ok, o.ts, now)
+        self.conns[key] = conn
+        self.count("tcp_connections")
+        self.events.append(events.TcpConnectionRequested(conn))
+        if self.config.eager:
+            conn.accept(now)
+        self._schedule(conn)
+
+    def send_rst(self, version: int, src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int,
+                 with_ack: bool) -> None:
+        flags = RST | (ACK if with_ack else 0)
+        head = HEADER.pack(sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF if with_ack else 0, 5 << 4,
+                           flags, 0, 0, 0)
+        csum = 0xFFFF - (pseudo_sum(src, dst, PROTO_TCP, 20) + sum_of(head)) % 0xFFFF
+        head = head[:16] + csum.to_bytes(2, "big") + head[18:]
+        prefix = vnet_header() if self.config.vnet_hdr else b""
+        self.count("tcp_rst_sent")
+        self.out.append(prefix + ip_header(version, src, dst, PROTO_TCP, 20) + head)
+
+    def _udp_input(self, version: int, src: bytes, dst: bytes, packet: bytes, l4: int, end: int,
+                   csum_ok: bool, now: float) -> None:
+        if end - l4 < 8:
+            self.count("udp_truncated")
+            return
+        sport, dport, length, csum = _UDP.unpack_from(packet, l4)
+        if length < 8 or l4 + length > end:
+            self.count("udp_bad_length")
+            return
+        end = l4 + length
+        if not csum_ok:
+            if csum == 0:
+                if version == 6:
+                    self.count("udp_bad_checksum")
+                    return
+            elif not valid(pseudo_sum(src, dst, PROTO_UDP, length) + sum_of(memoryview(packet)[l4:end])):
+                self.count("udp_bad_checksum")
+                return
+        key = (src, sport)
+        flow = self.udp.get(key)
+        if flow is None:
+            if len(self.udp) + len(self.conns) >= self.config.max_flows:
+                self.count("udp_max_flows")
+                return
+            flow = UdpFlow(key, version, (dst, dport), now)
+            self.udp[key] = flow
+            self.count("udp_flows")
+            self.events.append(events.UdpFlowOpened(flow))
+            self._schedule(flow)
+        flow.last_active = now
+        if len(flow.queue) >= self.config.udp_queue_packets:
+            self.count("udp_queue_full")
+            return
+        flow.queue.append((packet[l4 + 8:end], dst, dport))
+        if flow.want_read:
+            flow.want_read = False
+            self.events.append(events.UdpReadable(flow))
+
+    # --- output and timers ----------------------------------------------------------------------
+
+    def drain(self, now: float) -> list[bytes]:
+        """Flush what the last operations caused; return (and forget) the packets to write."""
+        self.now = now
+        if self._dirty:
+            dirty, self._dirty = self._dirty, {}
+            for conn in dirty:
+                if conn.state is not State.CLOSED:
+                    conn.output(now)
+                    self._schedule(conn)
+        out, self.out = self.out, []
+        return out
+
+    def _schedule(self, owner: Owner) -> None:
+        if isinstance(owner, TcpConn):
+            if owner.state is State.CLOSED:
+                return
+            d = owner.deadline()
+        else:
+            d = owner.last_active + self.config.udp_idle_timeout
+        if d < owner.scheduled:
+            owner.scheduled = d
+            self._timer_n += 1
+            heapq.heappush(self._timers, (d, self._timer_n, owner))
+
+    def next_timer(self) -> float | None:
+        timers = self._timers
+        while timers and timers[0][2].scheduled != timers[0][0]:
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
+    def handle_timer(self, now: float) -> None:
+        self.now = now
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            d, _n, owner = heapq.heappop(timers)
+            if owner.scheduled != d:
+                continue
+            owner.scheduled = INF
+            if isinstance(owner, TcpConn):
+                if owner.state is State.CLOSED:
+                    continue
+                owner.on_timer(now)
+                if owner.state is not State.CLOSED:
+                    self._dirty[owner] = None
+            else:
+                if self.udp.get(owner.key) is not owner:
+                    continue
+                if now >= owner.last_active + self.config.udp_idle_timeout:
+                    self.count("udp_idle_timeout")
+                    self.udp_close(owner)
+                    continue
+                self._schedule(owner)
+        for conn in list(self._dirty):
+            if conn.state is not State.CLOSED:
+                self._schedule(conn)
+
+    def release(self, conn: TcpConn) -> None:
+        """Called by a connection entering CLOSED."""
+        if self.conns.get(conn.key) is conn:
+            del self.conns[conn.key]
+        self._dirty.pop(conn, None)
+        self.events.append(events.TcpClosed(conn, conn.closed_reset))
+
+    # --- driver operations ----------------------------------------------------------------------
+
+    def tcp_accept(self, conn: TcpConn, now: float) -> None:
+        self.now = now
+        conn.accept(now)
+        self._dirty[conn] = None
+
+    def tcp_read(self, conn: TcpConn, max_bytes: int, now: float) -> bytes:
+        self.now = now
+        data = conn.read(max_bytes)
+        if conn.ack_pending:
+            self._dirty[conn] = None
+        return data
+
+    def tcp_write(self, conn: TcpConn, data: bytes | bytearray | memoryview, now: float) -> None:
+        self.now = now
+        conn.write(data)
+        self._dirty[conn] = None
+
+    def tcp_shutdown(self, conn: TcpConn, now: float) -> None:
+        self.now = now
+        conn.shutdown()
+        self._dirty[conn] = None
+
+    def tcp_close(self, conn: TcpConn, now: float) -> None:
+        """Graceful close: FIN after the buffered data; later incoming data is discarded."""
+        self.now = now
+        conn.close_read()
+        conn.shutdown()
+        self._dirty[conn] = None
+
+    def tcp_abort(self, conn: TcpConn, now: float) -> None:
+        self.now = now
+        conn.abort()
+
+    def udp_send(self, flow: UdpFlow, data: bytes, src: bytes, sport: int) -> bool:
+        """Send *data* to the flow's app as if from ``src:sport``; False (counted) if it cannot."""
+        if len(src) != len(flow.key[0]):
+            self.count("udp_family_mismatch")
+            return False
+        if len(data) + 8 + (20 if flow.version == 4 else 40) > self.config.mtu:
+            self.count("udp_too_big")
+            return False
+        self.out.append(build_udp(flow.version, src, sport, flow.key[0], flow.key[1], data, self.config.vnet_hdr))
+        return True
+
+    def udp_close(self, flow: UdpFlow) -> None:
+        if self.udp.get(flow.key) is flow:
+            del self.udp[flow.key]
+            flow.scheduled = INF
+            self.events.append(events.UdpFlowClosed(flow))
+
+    def abort_all(self, now: float) -> None:
+        self.now = now
+        for conn in list(self.conns.values()):
+            conn.abort()
+        for flow in list(self.udp.values()):
+            self.udp_close(flow)
