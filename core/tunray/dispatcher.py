@@ -17,9 +17,10 @@ from loguru import logger
 
 from tunray.link import ByteLink, Packet, PacketLink, PrefixedByteLink
 from tunray.net.address import Destination, Network, parse_host
-from tunray.sniffing import SniffConfig, sniff_datagram, sniff_stream
+from tunray.sniffing import SniffConfig, sniff_packets, sniff_stream
 
 if TYPE_CHECKING:
+    from tunray.outbound import Outbound
     from tunray.runtime import Runtime
     from tunray.session import FlowContext
 
@@ -89,11 +90,9 @@ class Dispatcher:
             if prefix:
                 link = PrefixedByteLink(link, prefix)
         else:
-            first = await link.recv()
-            if first is None:
-                return link
-            result = sniff_datagram(first.data)
-            link = _PrefixedPacketLink(link, first)
+            result, packets = await sniff_packets(link)
+            if packets:
+                link = _PrefixedPacketLink(link, packets)
         if result is not None:
             ctx.protocol = result.protocol
             ctx.sniffed_domain = result.domain
@@ -105,7 +104,7 @@ class Dispatcher:
                     ctx.target = overridden
         return link
 
-    async def _route(self, ctx: FlowContext) -> object | None:
+    async def _route(self, ctx: FlowContext) -> Outbound | None:
         rt = self.runtime
         route = await rt.router.pick_route(ctx)
         inbound = ctx.inbound_tag
@@ -126,18 +125,17 @@ class Dispatcher:
 
 
 class _PrefixedPacketLink(PacketLink):
-    """Replays the datagram read for sniffing, then reads on."""
+    """Replays the datagrams read for sniffing, then reads on."""
 
-    __slots__ = ("_first", "_inner")
+    __slots__ = ("_inner", "_replay")
 
-    def __init__(self, inner: PacketLink, first: Packet) -> None:
+    def __init__(self, inner: PacketLink, replay: list[Packet]) -> None:
         self._inner = inner
-        self._first: Packet | None = first
+        self._replay = replay[::-1]
 
     async def recv(self) -> Packet | None:
-        if self._first is not None:
-            first, self._first = self._first, None
-            return first
+        if self._replay:
+            return self._replay.pop()
         return await self._inner.recv()
 
     def send(self, data: bytes, source: Destination) -> None:

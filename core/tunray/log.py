@@ -43,7 +43,7 @@ class AccessLog:
         if log.access == "none" or log.loglevel == "none":
             return cls(None)
         if log.access:
-            return cls(open(log.access, "a", buffering=1, encoding="utf-8"))  # noqa: SIM115
+            return cls(open(log.access, "a", buffering=1, encoding="utf-8"))
         return cls(sys.stdout)
 
     @property

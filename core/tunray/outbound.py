@@ -39,12 +39,12 @@ class Outbound(ABC):
         self.settings: Settings = config.settings
         self.runtime = runtime
 
-    async def start(self) -> None:  # noqa: B027 - optional hook
+    async def start(self) -> None:
         """Prepare shared resources.  Called once before any flow."""
 
     @abstractmethod
     async def process(self, ctx: FlowContext, link: ByteLink | PacketLink) -> None:
         """Carry one flow; see the module docstring."""
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
+    async def aclose(self) -> None:
         """Release shared resources.  Idempotent."""

@@ -105,7 +105,7 @@ async def relay(app: Stream, upstream: Stream, policy: LevelPolicy, counter: Cou
     down = loop.create_task(downlink())
     try:
         # The flow ends when both directions are done, or at once if either fails.
-        done, pending = await asyncio.wait((up, down), return_when=asyncio.FIRST_EXCEPTION)
+        done, _pending = await asyncio.wait((up, down), return_when=asyncio.FIRST_EXCEPTION)
         for t in done:
             exc = t.exception()
             if exc is not None:

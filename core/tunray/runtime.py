@@ -31,6 +31,7 @@ class Runtime:
         self.registry = plugins.registry
         self.resolver = config.resolver
         self.dialer = Dialer(self.resolver)
+        self._owns_access_log = access_log is None
         self.access_log = access_log if access_log is not None else AccessLog.from_settings(config.log)
         self.stats: dict[str, int] = {}
         self._policies: dict[int, LevelPolicy] = {}
@@ -107,6 +108,7 @@ class Runtime:
                 await self.resolver.aclose()
             except Exception as exc:
                 errors.append(exc)
-        self.access_log.close()
+        if self._owns_access_log:
+            self.access_log.close()
         self._started = False
         return errors

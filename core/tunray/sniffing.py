@@ -17,9 +17,9 @@ from typing import Any
 
 from tunray.config.errors import join
 from tunray.config.schema import Settings
-from tunray.link import ByteLink
+from tunray.link import ByteLink, Packet, PacketLink
 from tunray.net.address import Destination
-from tunray.sniff import TCP_SNIFFERS, UDP_SNIFFERS, NeedMoreData, NoClue, SniffResult
+from tunray.sniff import TCP_SNIFFERS, UDP_SNIFFERS, NeedMoreData, NoClue, QuicSniffer, SniffResult
 
 BUDGET = 0.2
 MAX_SNIFF = 32767
@@ -101,10 +101,31 @@ async def sniff_stream(link: ByteLink, cfg: SniffConfig) -> tuple[SniffResult | 
     return None, buf
 
 
-def sniff_datagram(data: bytes) -> SniffResult | None:
-    for sniffer in UDP_SNIFFERS.values():
+async def sniff_packets(link: PacketLink) -> tuple[SniffResult | None, list[Packet]]:
+    """Sniff a UDP flow's first datagrams (a QUIC ClientHello may span several).
+
+    Returns the result and every datagram read, to be replayed in order.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BUDGET
+    sniffer = QuicSniffer()
+    packets: list[Packet] = []
+    while len(packets) < 16:
+        remaining = deadline - loop.time()
+        if remaining <= 0 and packets:
+            break
         try:
-            return sniffer(data)
-        except (NeedMoreData, NoClue):
+            async with asyncio.timeout(max(remaining, 0.0) if packets else None):
+                packet = await link.recv()
+        except TimeoutError:
+            break
+        if packet is None:
+            break
+        packets.append(packet)
+        try:
+            return sniffer.feed(packet.data), packets
+        except NeedMoreData:
             continue
-    return None
+        except NoClue:
+            break
+    return None, packets

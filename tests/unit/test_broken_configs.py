@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tunray.cli import main
 from tunray.config.errors import EXIT_CONFIG
 

@@ -74,16 +74,15 @@ def test_multiple_files_and_confdir(tmp_path: Path) -> None:
 def test_signals_shut_down_gracefully_within_5_seconds(tmp_path: Path, sig: int) -> None:
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"log": {"loglevel": "warning"}, "outbounds": [{"protocol": "freedom"}]}))
-    proc = subprocess.Popen([*TUNRAY, "run", "-c", str(path)], stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        assert "started" in line, line
-        t0 = time.monotonic()
-        os.kill(proc.pid, sig)
-        assert proc.wait(5) == 0
-        assert time.monotonic() - t0 < 5
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with subprocess.Popen([*TUNRAY, "run", "-c", str(path)], stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stderr is not None
+            line = proc.stderr.readline()
+            assert "started" in line, line
+            t0 = time.monotonic()
+            os.kill(proc.pid, sig)
+            assert proc.wait(5) == 0
+            assert time.monotonic() - t0 < 5
+        finally:
+            if proc.poll() is None:
+                proc.kill()

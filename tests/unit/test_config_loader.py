@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tunray.config.errors import ConfigError
 from tunray.config.loader import load, merge, strip_json_comments
 

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from tunray.plugin.manager import AUTOLOAD_ENV, BLOCK_ENV, PluginManager
 from tunray.plugin.registry import PluginError
 from tunray.plugin.spec import all_hook_names

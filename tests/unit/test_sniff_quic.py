@@ -7,7 +7,6 @@ import json
 import random
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tunray.sniff import (
@@ -270,5 +269,4 @@ def test_truncated_datagram_is_no_clue() -> None:
 
 
 def test_registered_as_udp_sniffer() -> None:
-    sniffer: Any = UDP_SNIFFERS["quic"]
-    assert sniffer is sniff_quic
+    assert UDP_SNIFFERS["quic"] is sniff_quic

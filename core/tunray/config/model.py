@@ -199,14 +199,14 @@ def _stream(raw: Any, path: str, registry: Registry) -> StreamConfig | None:
     network = RAW_NETWORKS.get(network, network)
     transport = None
     if network != "raw":
-        transport = registry.transports.get(network)
+        transport = registry.transport(network)
         if transport is None:
             raise NotSupported(join(path, "network"), f"transport {settings.network!r}")
         transport.validate(settings, path)
     security = settings.security.lower()
     layer = None
     if security not in NO_SECURITY:
-        layer = registry.transports.get("security:" + security)
+        layer = registry.transport("security:" + security)
         if layer is None:
             raise NotSupported(join(path, "security"), f"security {settings.security!r}")
         layer.validate(settings, path)
@@ -252,7 +252,7 @@ def _inbound(item: Any, path: str, registry: Registry, index: int) -> InboundCon
     sniff_key, sniff = _get(item, "sniffing")
     sniffing = SNIFFING_SCHEMA.parse(sniff, join(path, sniff_key))
     if "fakedns" in sniffing.destOverride:
-        raise NotSupported(join(path, sniff_key, "destOverride"), "fakedns sniffing")
+        raise NotSupported(join(join(path, sniff_key), "destOverride"), "fakedns sniffing")
     stream_key, stream_raw = _get(item, "streamSettings")
     stream = _stream(stream_raw, join(path, stream_key), registry)
     return InboundConfig(

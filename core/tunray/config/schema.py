@@ -263,7 +263,7 @@ class UnsupportedField:
     allow: Callable[[Any], bool] | None = None
 
 
-def Unsupported(key: str, what: str = "", allow: Callable[[Any], bool] | None = None) -> UnsupportedField:  # noqa: N802
+def Unsupported(key: str, what: str = "", allow: Callable[[Any], bool] | None = None) -> UnsupportedField:
     """Declare an Xray key that tunray does not implement; *allow* lists harmless values."""
     return UnsupportedField(key, what or f"{key!r}", allow)
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass
-from typing import Union
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-Host = Union[IPAddress, str]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Host = IPAddress | str
 
 
 class Network(enum.Enum):

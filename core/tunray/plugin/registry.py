@@ -53,7 +53,13 @@ class Registry:
         self._add("stack", self.stacks, cls.name, cls, replace)
 
     def add_transport(self, cls: Any, *, replace: bool = False) -> None:
+        """A transport (``name``, optional ``aliases``) or a security layer (``security:NAME``)."""
         self._add("transport", self.transports, cls.name, cls, replace)
+        for alias in getattr(cls, "aliases", ()):
+            self._add("transport", self.transports, alias, cls, replace)
+
+    def transport(self, name: str) -> Any:
+        return self.transports.get(name.lower())
 
     def add_section(self, key: str, schema: Schema, *, replace: bool = False) -> None:
         self._add("config section", self.sections, key, schema, replace)

@@ -91,10 +91,12 @@ class Topology:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+            for stream in (proc.stdout, proc.stderr, proc.stdin):
+                if stream is not None:
+                    stream.close()
         self.procs.clear()
         for ns in (self.client, self.server):
             # Kill anything still running inside, then delete (this removes its links).
-            subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
             pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError, ValueError):

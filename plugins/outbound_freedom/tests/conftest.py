@@ -6,7 +6,6 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-
 from tunray.testing.netns import Topology
 
 
@@ -27,6 +26,9 @@ def loopback_echo() -> Iterator[int]:
     finally:
         proc.terminate()
         proc.wait(5)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 @pytest.fixture

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
-
 from tunray.config.errors import ConfigError
+from tunray.config.model import build_config
 from tunray.net.address import Destination, Network, parse_host
 from tunray.plugin.manager import PluginManager
-from tunray.config.model import build_config
 from tunray.testing.conformance import check_outbound
 from tunray.testing.harness import driver_of, running
 from tunray.testing.netns import Topology, ns_exec
@@ -41,11 +39,11 @@ async def _echo_once(rt: object, target: str) -> tuple[bool, bytes]:
     app, task = drv.open_tcp("10.0.0.2:1234", target)
     if not app.accepted:
         # Wait for the dial to finish one way or the other.
-        for _ in range(300):
-            if app.accepted or app.reset:
+        for _ in range(600):
+            if app.accepted or app.reset or task.done():
                 break
             await asyncio.sleep(0.01)
-    if app.reset:
+    if app.reset or not app.accepted:
         await task
         return False, b""
     await app.send(b"hello")
@@ -71,7 +69,9 @@ async def test_domain_strategies(loopback_echo: int) -> None:
 
 
 def test_bad_settings_name_the_path() -> None:
-    pm = PluginManager()
+    from tunray.testing import driver
+
+    pm = PluginManager(extra=[driver])
     for settings, path in (
         ({"domainStrategy": "Sometimes"}, "outbounds[0].settings.domainStrategy"),
         ({"redirect": "nohostport"}, "outbounds[0].settings.redirect"),
@@ -114,4 +114,3 @@ async def test_udp_domain_destination(loopback_echo: int) -> None:
         assert reply.peer.port == loopback_echo and reply.peer.host in (parse_host("127.0.0.1"), parse_host("::1"))
         app.close()
         await task
-    del socket

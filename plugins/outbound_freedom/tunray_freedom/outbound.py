@@ -19,6 +19,7 @@ from tunray.net.stream import open_stream
 from tunray.outbound import Outbound
 from tunray.relay import relay
 from tunray.session import FlowContext
+
 from tunray_freedom.udp import relay_udp
 
 

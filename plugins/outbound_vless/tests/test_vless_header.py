@@ -8,8 +8,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tunray.net.address import Destination, Network
 from tunray.net.uuid import from_text
-from vless_strategies import FAST, destinations, hosts, ports
-
 from tunray_vless.codec import (
     NO_ADDONS,
     VISION_ADDONS,
@@ -23,6 +21,7 @@ from tunray_vless.codec import (
 )
 from tunray_vless.codec.addons import decode_addons, encode_addons
 from tunray_vless.codec.address import decode_address, encode_address
+from vless_strategies import FAST, destinations, hosts, ports
 
 EXAMPLE_ID = from_text("example")
 
@@ -36,7 +35,7 @@ def test_tcp_request_to_example_com_443() -> None:
     expected = (
         b"\x00"
         + bytes.fromhex("feb54431301b52bba6dde1e93e81bb9e")
-        + bytes.fromhex("00" "01" "01BB" "02" "0B")
+        + bytes.fromhex("00 01 01BB 02 0B")
         + b"example.com"
     )
     assert len(header) == 34
@@ -150,7 +149,9 @@ def test_addons_skip_unknown_fields() -> None:
     ports,
     st.builds(Addons, st.text(max_size=40), st.binary(max_size=40)),
 )
-def test_request_round_trip(user: uuid.UUID, command: Command, host: object, port: int, addons: Addons) -> None:
+def test_request_round_trip(
+    user: uuid.UUID, command: Command, host: object, port: int, addons: Addons
+) -> None:
     network = Network.UDP if command is Command.UDP else Network.TCP
     dest = Destination(network, host, port)  # type: ignore[arg-type]
     header = encode_request(user, command, dest, addons)

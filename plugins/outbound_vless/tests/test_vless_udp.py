@@ -2,10 +2,9 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from vless_strategies import FAST
-
 from tunray_vless.codec import PacketDecoder, encode_packet, encode_packets
 from tunray_vless.codec.udp import MAX_PAYLOAD
+from vless_strategies import FAST
 
 
 def test_packet_layout() -> None:

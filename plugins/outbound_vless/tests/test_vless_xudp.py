@@ -6,8 +6,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from tunray.net.address import Destination, Network
-from vless_strategies import FAST, destinations
-
 from tunray_vless.codec import CodecError, XudpReader, XudpWriter, global_id
 from tunray_vless.codec.mux import (
     OPTION_DATA,
@@ -20,6 +18,7 @@ from tunray_vless.codec.mux import (
     encode_meta,
 )
 from tunray_vless.codec.xudp import MAX_PACKET
+from vless_strategies import FAST, destinations
 
 GID = bytes.fromhex("0102030405060708")
 
@@ -30,15 +29,18 @@ def udp(text: str) -> Destination:
 
 def test_first_packet_to_8_8_8_8_53() -> None:
     frame = XudpWriter(udp("8.8.8.8:53"), GID).write(b"query", udp("8.8.8.8:53"))
-    expected = bytes.fromhex("0014" "0000" "01" "01" "02" "0035" "01" "08080808") + GID + b"\x00\x05query"
+    expected = bytes.fromhex("0014 0000 01 01 02 0035 01 08080808") + GID + b"\x00\x05query"
     assert frame == expected
 
 
 def test_later_packets_are_keep_with_their_address() -> None:
     writer = XudpWriter(udp("8.8.8.8:53"), GID)
     writer.write(b"q1", udp("8.8.8.8:53"))
-    assert writer.write(b"q2", udp("1.1.1.1:53")) == bytes.fromhex("000c0000020102003501" "01010101" "0002") + b"q2"
-    assert writer.write(b"q3") == bytes.fromhex("0004" "00000201" "0002") + b"q3"
+    assert (
+        writer.write(b"q2", udp("1.1.1.1:53"))
+        == bytes.fromhex("000c 0000 02 01 02 0035 01 01010101 0002") + b"q2"
+    )
+    assert writer.write(b"q3") == bytes.fromhex("0004 0000 02 01 0002") + b"q3"
 
 
 def test_first_frame_without_packet_address_has_no_global_id() -> None:
@@ -166,7 +168,9 @@ def test_global_id_is_keyed_blake3_of_source() -> None:
 @given(
     destinations(Network.UDP),
     st.lists(
-        st.tuples(st.binary(min_size=1, max_size=MAX_PACKET), st.one_of(st.none(), destinations(Network.UDP))),
+        st.tuples(
+            st.binary(min_size=1, max_size=MAX_PACKET), st.one_of(st.none(), destinations(Network.UDP))
+        ),
         min_size=1,
         max_size=6,
     ),

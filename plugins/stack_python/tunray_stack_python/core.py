@@ -106,15 +106,15 @@ class Core:
             gso = gso_type != GSO_NONE
             start = VNET_LEN
         parsed = parse_ip(packet, start, gso)
-        if type(parsed) is str:
+        if isinstance(parsed, str):
             self.count(parsed)
             return
-        version, src, dst, proto, l4, end = parsed  # type: ignore[misc]
+        version, src, dst, proto, l4, end = parsed
         if proto == PROTO_TCP:
             self._tcp_input(version, src, dst, packet, l4, end, csum_ok, now)
         elif proto == PROTO_UDP:
             self._udp_input(version, src, dst, packet, l4, end, csum_ok, now)
-        elif proto == PROTO_ICMP and version == 4 or proto == PROTO_ICMPV6 and version == 6:
+        elif (proto == PROTO_ICMP and version == 4) or (proto == PROTO_ICMPV6 and version == 6):
             reply = echo_reply(version, src, dst, packet[l4:end], self.config.vnet_hdr)
             if type(reply) is str:
                 self.count(reply)
@@ -283,7 +283,7 @@ class Core:
                 if owner.state is State.CLOSED:
                     continue
                 owner.on_timer(now)
-                if owner.state is not State.CLOSED:
+                if owner.state is not State.CLOSED:  # type: ignore[comparison-overlap]
                     self._dirty[owner] = None
             else:
                 if self.udp.get(owner.key) is not owner:
@@ -339,8 +339,10 @@ class Core:
         self.now = now
         conn.abort()
 
-    def udp_send(self, flow: UdpFlow, data: bytes, src: bytes, sport: int) -> bool:
+    def udp_send(self, flow: UdpFlow, data: bytes, src: bytes, sport: int, now: float) -> bool:
         """Send *data* to the flow's app as if from ``src:sport``; False (counted) if it cannot."""
+        self.now = now
+        flow.last_active = now
         if len(src) != len(flow.key[0]):
             self.count("udp_family_mismatch")
             return False

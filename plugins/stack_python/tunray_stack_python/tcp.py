@@ -21,7 +21,6 @@ Theory of operation.
 
 from __future__ import annotations
 
-import bisect
 import struct
 from typing import TYPE_CHECKING
 
@@ -38,8 +37,21 @@ from tunray_stack_python.ip import (
     v6_header,
     vnet_header,
 )
+from tunray_stack_python.reassembly import OutOfOrder
 from tunray_stack_python.tcp_state import FIN_QUEUED, RECEIVING, TRANSITIONS, Input, State
-from tunray_stack_python.tcp_wire import ACK, FIN, HEADER, M32, PSH, RST, SYN, TS_PREFIX, sack_option, seq_delta, syn_options
+from tunray_stack_python.tcp_wire import (
+    ACK,
+    FIN,
+    HEADER,
+    M32,
+    PSH,
+    RST,
+    SYN,
+    TS_PREFIX,
+    sack_option,
+    seq_delta,
+    syn_options,
+)
 
 if TYPE_CHECKING:
     from tunray_stack_python.core import Core
@@ -57,7 +69,7 @@ class TcpConn:
     __slots__ = (
         "ack_now", "ack_pending", "adv_right", "closed_reset", "core", "cwnd", "dupacks", "fin_acked", "fin_rcvd",
         "fin_rtx", "fin_sent", "fin_wanted", "gso_max", "handshake_deadline", "in_recovery", "ip_base", "irs1", "iss",
-        "iss1", "key", "last_active", "limit", "local_ip", "local_port", "mss", "ooo", "ooo_bytes",
+        "iss1", "key", "last_active", "limit", "local_ip", "local_port", "mss", "ooo",
         "peer_fin_off", "peer_wscale", "pseudo", "rcv_nxt", "rcv_wscale", "rcvbuf", "read_closed",
         "read_total", "recover", "remote_ip", "remote_port", "retries", "rto", "rto_deadline", "rtt_off",
         "rtt_time", "rttvar", "rtx_high", "sack_ok", "sacked", "scheduled", "snd_max", "snd_nxt",
@@ -112,8 +124,7 @@ class TcpConn:
         self.rcv_nxt = 0
         self.read_total = 0
         self.adv_right = 0
-        self.ooo: list[tuple[int, bytes]] = []
-        self.ooo_bytes = 0
+        self.ooo = OutOfOrder()
         self.peer_fin_off = -1
         self.fin_rcvd = False
         self.read_closed = False
@@ -283,26 +294,20 @@ class TcpConn:
 
     def _store_ooo(self, off: int, payload: memoryview, right: int) -> None:
         end = min(off + len(payload), right)
-        if end <= off or self.ooo_bytes + (end - off) > self.limit:
+        if end <= off or self.ooo.size + (end - off) > self.limit:
             self.core.count("tcp_ooo_dropped")
             return
-        starts = [s for s, _ in self.ooo]
-        i = bisect.bisect_left(starts, off)
-        if i < len(self.ooo) and self.ooo[i][0] == off and len(self.ooo[i][1]) >= end - off:
-            return
-        data = bytes(payload[:end - off])
-        self.ooo.insert(i, (off, data))
-        self.ooo_bytes += len(data)
+        self.ooo.add(off, payload[:end - off])
 
     def _pull_ooo(self) -> None:
-        ooo = self.ooo
-        while ooo and ooo[0][0] <= self.rcv_nxt:
-            start, data = ooo.pop(0)
-            self.ooo_bytes -= len(data)
+        while (ready := self.ooo.pop_ready(self.rcv_nxt)) is not None:
+            start, data = ready
             end = start + len(data)
             if end > self.rcv_nxt:
                 if self.read_closed:
                     self.read_total += end - self.rcv_nxt
+                elif start == self.rcv_nxt:
+                    self.rcvbuf += data
                 else:
                     self.rcvbuf += memoryview(data)[self.rcv_nxt - start:]
                 self.rcv_nxt = end
@@ -474,16 +479,9 @@ class TcpConn:
     def _options(self, now: float) -> bytes:
         opts = TS_PREFIX + _II.pack(self._tsval(now), self.ts_recent) if self.ts_ok else b""
         if self.ooo and self.sack_ok:
-            blocks: list[tuple[int, int]] = []
-            for start, data in self.ooo:
-                end = start + len(data)
-                if blocks and start <= blocks[-1][1]:
-                    blocks[-1] = (blocks[-1][0], max(end, blocks[-1][1]))
-                else:
-                    blocks.append((start, end))
             base = self.irs1
-            wire = [((base + a) & M32, (base + b) & M32) for a, b in reversed(blocks)]
-            opts += sack_option(wire[:3] if self.ts_ok else wire[:4])
+            blocks = self.ooo.sack_blocks(3 if self.ts_ok else 4)
+            opts += sack_option([((base + a) & M32, (base + b) & M32) for a, b in blocks])
         return opts
 
     def _emit(self, seq: int, flags: int, ack: int, win: int, opts: bytes,

@@ -1,0 +1,85 @@
+"""Transports and security layers under a protocol (Xray ``streamSettings``).
+
+A connection to a server is built bottom-up, as Xray builds it: the dialer's TCP
+socket (``sockopt`` applied), then the *security* layer named by
+``streamSettings.security`` (``tls``, later ``reality``), then the *transport* named by
+``streamSettings.network`` (``ws``, ``httpupgrade``, ``grpc``; ``raw`` is the socket
+itself).  Each layer is a class registered by a plugin::
+
+    registry.add_transport(WebSocketTransport)      # name = "ws", aliases ("websocket",)
+    registry.add_transport(TlsSecurity)             # name = "security:tls"
+
+so a third party adds a transport without touching any protocol's code.  A protocol
+outbound calls :func:`dial` and gets a :class:`~tunray.relay.Stream`-shaped object.
+
+Layer contract: ``validate(stream_settings, path)`` is a classmethod run at config
+time (raise :class:`~tunray.config.ConfigError` naming the path);
+``__init__(stream_settings)`` precomputes; ``await wrap(inner, dest)`` performs the
+layer's handshake over *inner* and returns the new stream, raising ``ConnectionError``
+(or a subclass) on failure; the returned stream owns *inner* and closes it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from tunray.config.schema import Settings
+from tunray.net.address import Destination
+from tunray.net.stream import open_stream
+
+if TYPE_CHECKING:
+    from tunray.config.model import StreamConfig
+    from tunray.runtime import Runtime
+
+
+class Layer(ABC):
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def validate(cls, stream: Settings, path: str) -> None:
+        """Check this layer's part of ``streamSettings``; raise ConfigError with its path."""
+
+    def __init__(self, stream: Settings) -> None:
+        self.stream = stream
+
+    @abstractmethod
+    async def wrap(self, inner: Any, dest: Destination) -> Any:
+        """Handshake over *inner*; return the stream above it."""
+
+
+def _layers(cfg: StreamConfig | None) -> list[Layer]:
+    if cfg is None:
+        return []
+    layers: list[Layer] = []
+    if cfg.security_layer is not None:
+        layers.append(cfg.security_layer(cfg.settings))
+    if cfg.transport is not None:
+        layers.append(cfg.transport(cfg.settings))
+    return layers
+
+
+class Dialable:
+    """Precomputed layers for one outbound's ``streamSettings``; ``connect`` per flow."""
+
+    __slots__ = ("_layers", "_opts", "_runtime", "_send_through")
+
+    def __init__(self, runtime: Runtime, cfg: StreamConfig | None, send_through: str = "") -> None:
+        self._runtime = runtime
+        self._layers = _layers(cfg)
+        self._opts = cfg.settings.sockopt if cfg is not None else None
+        self._send_through = send_through
+
+    async def connect(self, server: Destination, *, timeout: float, strategy: str = "AsIs") -> Any:
+        sock = await self._runtime.dialer.connect_tcp(
+            server, opts=self._opts, strategy=strategy, send_through=self._send_through, timeout=timeout
+        )
+        stream: Any = await open_stream(sock)
+        try:
+            for layer in self._layers:
+                stream = await layer.wrap(stream, server)
+        except BaseException:
+            stream.abort()
+            raise
+        return stream

@@ -1,0 +1,165 @@
+"""Test helpers for the TUN inbound: a packet-recording stack and namespace set-up.
+
+``RecordingStack`` (registered as stack ``"recording"`` by this module's hook) reads
+every packet the kernel routes into the TUN and keeps it, yielding no flows; it lets
+the device/link tests run without depending on a real TCP/IP stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import subprocess
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from tunray import hookimpl
+from tunray.config.schema import Field, Int, Schema
+from tunray.device import VNET_HDR_LEN, PacketDevice
+from tunray.stack import Flow, Stack, StackClosed, StackOptions
+from tunray.testing.netns import Topology, namespaces_clean, ns_exec
+from tunray_tun.inbound import TunInbound
+
+
+class RecordingStack(Stack):
+    name: ClassVar[str] = "recording"
+    settings_schema: ClassVar[Schema] = Schema(Field("keep", Int(min=1), default=1000, doc="packets kept"))
+
+    def __init__(self, options: StackOptions) -> None:
+        super().__init__(options)
+        self.packets: list[bytes] = []
+        self.device: PacketDevice | None = None
+        self._closed = asyncio.Event()
+        self._arrived = asyncio.Event()
+
+    async def attach(self, device: PacketDevice) -> None:
+        self.device = device
+        asyncio.get_running_loop().add_reader(device.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        assert self.device is not None
+        while (pkt := self.device.read()) is not None:
+            if self.device.offloads.vnet_hdr:
+                pkt = pkt[VNET_HDR_LEN:]
+            if len(self.packets) < self.options.settings.keep:
+                self.packets.append(pkt)
+            self.count("packets")
+            self._arrived.set()
+
+    async def accept(self) -> Flow:
+        await self._closed.wait()
+        raise StackClosed
+
+    async def aclose(self) -> None:
+        if self.device is not None and not self._closed.is_set():
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self.device.fileno())
+        self._closed.set()
+
+    async def wait_for(self, dst: str) -> bytes:
+        """The first recorded IP packet addressed to *dst* (wrap in ``asyncio.timeout``)."""
+        want = ipaddress.ip_address(dst)
+        while True:
+            for pkt in self.packets:
+                if _dst(pkt) == want:
+                    return pkt
+            self._arrived.clear()
+            await self._arrived.wait()
+
+
+def _dst(pkt: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if not pkt:
+        return None
+    if pkt[0] >> 4 == 4 and len(pkt) >= 20:
+        return ipaddress.IPv4Address(pkt[16:20])
+    if pkt[0] >> 4 == 6 and len(pkt) >= 40:
+        return ipaddress.IPv6Address(pkt[24:40])
+    return None
+
+
+def tun_of(rt: Any) -> TunInbound:
+    """The runtime's (first) TUN inbound."""
+    for ib in rt.inbounds:
+        if isinstance(ib, TunInbound):
+            return ib
+    raise LookupError("no tun inbound")
+
+
+@hookimpl
+def tunray_register_types(registry: Any) -> None:
+    registry.add_stack(RecordingStack)
+
+
+# --- namespaces ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def topology() -> Iterator[Topology]:
+    """A client/server topology, always removed; asserts nothing of it is left."""
+    topo = Topology.create(prefix="tt")
+    try:
+        yield topo
+    finally:
+        procs = list(topo.procs)
+        topo.remove()
+        for proc in procs:  # Topology.remove() leaves the pipes open (ResourceWarning)
+            for pipe in (proc.stdout, proc.stderr, proc.stdin):
+                if pipe is not None:
+                    pipe.close()
+        assert namespaces_clean(prefix="tt"), "a test namespace was left behind"
+
+
+def ip_json(ns: str, *args: str) -> Any:
+    out = ns_exec(ns, "ip", "-j", *args).stdout
+    return json.loads(out) if out.strip() else []
+
+
+def link(ns: str, name: str) -> dict[str, Any] | None:
+    res = ns_exec(ns, "ip", "-j", "link", "show", "dev", name, check=False)
+    if res.returncode != 0:
+        return None
+    items: list[dict[str, Any]] = json.loads(res.stdout)
+    return items[0] if items else None
+
+
+def links(ns: str) -> list[str]:
+    return [str(item["ifname"]) for item in ip_json(ns, "link", "show")]
+
+
+def routes(ns: str, *extra: str, v6: bool = False) -> list[dict[str, Any]]:
+    fam = ("-6",) if v6 else ("-4",)
+    result: list[dict[str, Any]] = ip_json(ns, *fam, "route", "show", *extra)
+    return result
+
+
+def addresses(ns: str, dev: str) -> list[str]:
+    items = ip_json(ns, "addr", "show", "dev", dev)
+    out: list[str] = []
+    for item in items:
+        for a in item.get("addr_info", []):
+            if a.get("scope") != "link":
+                out.append(f"{a['local']}/{a['prefixlen']}")
+    return out
+
+
+def sh(ns: str, *cmd: str) -> None:
+    res = ns_exec(ns, *cmd, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} in {ns}: {res.stderr.strip()}")
+
+
+def tun_config(settings: dict[str, Any], *outbounds: dict[str, Any], **top: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "log": {"loglevel": "warning", "access": "none"},
+        "inbounds": [{"protocol": "tun", "tag": "tun-in", "settings": settings}],
+        "outbounds": list(outbounds) or [{"protocol": "freedom", "tag": "direct"}],
+        "policy": {"levels": {"0": {"handshake": 3, "connIdle": 30}}},
+    }
+    cfg.update(top)
+    return cfg
+
+
+def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=False, **kw)

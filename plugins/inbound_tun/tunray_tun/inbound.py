@@ -1,0 +1,217 @@
+"""The ``tun`` inbound: a TUN device, a stack on it, one dispatcher call per flow.
+
+Start order (Xray's, adapted): open the TUN (or adopt ``XRAY_TUN_FD``) so its index
+is known; install the uplink binder (so the uplink is detected before our own routes
+exist and every outbound socket is bound before any flow); configure the link (MTU,
+addresses, up, routes); build the stack and attach it; start the accept loop.  Each
+flow runs ``dispatcher.dispatch_link`` on its own task, which this inbound owns.
+
+``stop`` undoes that in reverse and is idempotent: accept loop, flows, stack, binder,
+routes and addresses, device, link, netlink worker.  A failed ``start`` cleans up
+whatever it had done before raising.
+
+An adopted fd (``XRAY_TUN_FD``/``TUNRAY_TUN_FD``) belongs to whoever passed it: the link,
+its addresses and routes are not touched, and the fd is not closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from loguru import logger
+from tunray.config.errors import join
+from tunray.config.schema import Schema
+from tunray.device import FdDevice
+from tunray.inbound import Inbound
+from tunray.net.tun import TunError, adopt_tun, open_tun
+from tunray.stack import Flow, Stack, StackOptions
+
+from tunray_tun import netconf, settings
+from tunray_tun.uplink import UplinkBinder
+
+if TYPE_CHECKING:
+    from tunray.config.model import InboundConfig
+    from tunray.plugin.registry import Registry
+    from tunray.runtime import Runtime
+
+FD_ENV = ("XRAY_TUN_FD", "TUNRAY_TUN_FD", "xray.tun.fd")
+
+
+def inherited_fd() -> int | None:
+    """The TUN fd handed over through the environment, if any."""
+    for key in FD_ENV:
+        value = os.environ.get(key)
+        if value:
+            try:
+                return int(value)
+            except ValueError:
+                raise TunError(0, f"{key}={value!r} is not a file descriptor number") from None
+    return None
+
+
+class TunInbound(Inbound):
+    protocol = "tun"
+    needs_listen = False
+    settings_schema: ClassVar[Schema] = settings.schema()
+
+    @classmethod
+    def for_registry(cls, registry: Registry) -> type[TunInbound]:
+        """A subclass whose schema checks ``stack`` against *registry*'s stacks."""
+        return type(
+            cls.__name__,
+            (cls,),
+            {"settings_schema": settings.schema(lambda: registry.stacks), "__module__": cls.__module__},
+        )
+
+    def __init__(self, config: InboundConfig, runtime: Runtime) -> None:
+        super().__init__(config, runtime)
+        s = self.settings
+        path = join(config.path, "settings")
+        self.stack_cls: type[Stack] = settings.stack_class(
+            runtime.registry.stacks, s.stack, join(path, "stack")
+        )
+        self.stack_settings = settings.parse_stack_settings(runtime.registry.stacks, s, path)
+        self.user_level = s.userLevel
+        self.uplink_mode = settings.uplink_mode(s)
+        if s.dns:
+            logger.warning(
+                "tun: settings.dns only applies on Windows; point the system resolver at it yourself"
+            )
+        self.ifname = s.name
+        self.device: FdDevice | None = None
+        self.stack: Stack | None = None
+        self.adopted = False
+        self._created = False
+        self._setup: netconf.LinkSetup | None = None
+        self._worker: netconf.NetlinkWorker | None = None
+        self._binder: UplinkBinder | None = None
+        self._accept_task: asyncio.Task[None] | None = None
+        self._flows: set[asyncio.Task[None]] = set()
+        self._state = "new"  # new -> started -> stopped
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._state != "new":
+            raise RuntimeError("a TUN inbound starts once")
+        self._state = "started"
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        s = self.settings
+        self._worker = worker = netconf.NetlinkWorker()
+        fd = inherited_fd()
+        if fd is not None:
+            self.device, self.ifname = adopt_tun(fd, expect_name=s.name, mtu=s.mtu)
+            self.adopted = True
+            if s.gateway or s.autoSystemRoutingTable:
+                logger.warning(
+                    "tun: {} was handed over by fd; gateway and routes are left to its owner", self.ifname
+                )
+        else:
+            existed = bool(s.name) and await worker.call(netconf.link_index, s.name) is not None
+            self.device, self.ifname = open_tun(s.name or "tun%d", offload=s.offload, mtu=s.mtu)
+            self._created = not existed
+        index = await worker.call(netconf.link_index, self.ifname)
+        if self.uplink_mode:
+            self._binder = UplinkBinder(self.uplink_mode, self.runtime.dialer, worker, index)
+            await self._binder.start()
+        if not self.adopted:
+            if index is None:
+                raise TunError(0, f"TUN {self.ifname} vanished right after it was opened")
+            self._setup = netconf.LinkSetup(index)
+            await worker.call(self._setup.apply, s.mtu, list(s.gateway), list(s.autoSystemRoutingTable))
+        policy = self.runtime.policy(self.user_level)
+        options = StackOptions(
+            mtu=s.mtu,
+            handshake=s.handshake,
+            tcp_idle_timeout=policy.conn_idle,
+            udp_idle_timeout=float(s.udpTimeout),
+            handshake_timeout=policy.handshake,
+            max_flows=s.maxFlows,
+            tcp_buffer=s.tcpBufferSize * 1024,
+            settings=self.stack_settings,
+        )
+        self.stack = self.stack_cls(options)
+        await self.stack.attach(self.device)
+        self._accept_task = asyncio.get_running_loop().create_task(self._accept_loop(self.stack))
+        logger.info("{} up", self.ifname)
+
+    async def _accept_loop(self, stack: Stack) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async for flow in stack:
+                task = loop.create_task(self._handle(flow))
+                self._flows.add(task)
+                task.add_done_callback(self._flows.discard)
+        except Exception as exc:  # a broken stack: log it, keep the process (other inbounds) alive
+            logger.opt(exception=exc).error(
+                "tun {}: stack {!r} failed: {}", self.ifname, self.stack_cls.name, exc
+            )
+
+    async def _handle(self, flow: Flow) -> None:
+        ctx = self.new_context(flow.source, flow.destination)
+        try:
+            await self.runtime.dispatcher.dispatch_link(ctx, flow.destination, flow.link)
+        except Exception as exc:  # the dispatcher logs flow errors itself; this is a bug guard
+            logger.opt(exception=exc).error("tun {}: flow {} failed: {}", self.ifname, ctx, exc)
+            flow.link.abort()
+
+    async def stop(self) -> None:
+        if self._state == "stopped":
+            return
+        self._state = "stopped"
+        errors: list[BaseException] = []
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accept_task
+            self._accept_task = None
+        flows = list(self._flows)
+        for t in flows:
+            t.cancel()
+        if flows:
+            await asyncio.gather(*flows, return_exceptions=True)
+        if self.stack is not None:
+            await self._collect(errors, self.stack.aclose())
+        if self._binder is not None:
+            await self._collect(errors, self._binder.stop())
+        worker = self._worker
+        if worker is not None and self._setup is not None:
+            await self._collect(errors, worker.call(self._setup.undo))
+        if self.device is not None:
+            self.device.close()
+        if worker is not None and self._created and self._setup is not None:
+            await self._collect(errors, worker.call(netconf.delete_link, self._setup.index))
+        elif worker is not None and self._setup is not None:
+            await self._collect(errors, worker.call(netconf.set_down, self._setup.index))
+        if worker is not None:
+            await self._collect(errors, worker.aclose())
+        if errors:
+            raise errors[0]
+
+    @staticmethod
+    async def _collect(errors: list[BaseException], awaitable: Any) -> None:
+        try:
+            await awaitable
+        except Exception as exc:
+            logger.error("tun: while stopping: {}", exc)
+            errors.append(exc)
+
+    @property
+    def uplink(self) -> str | None:
+        """The interface outbound sockets are bound to now (None: unbound)."""
+        return self._binder.current if self._binder is not None else None
+
+    def stats(self) -> dict[str, Any]:
+        """The stack's counters plus the number of open flows."""
+        out = self.stack.stats() if self.stack is not None else {}
+        out["flows_open"] = len(self._flows)
+        return out

@@ -1,0 +1,116 @@
+"""The ``tun`` inbound's settings: Xray's keys plus tunray's stack and limits.
+
+Xray's keys (``name``, ``mtu``, ``gateway``, ``dns``, ``userLevel``,
+``autoSystemRoutingTable``, ``autoOutboundsInterface``, ``desc``) keep Xray's meaning;
+``dns`` and ``desc`` are accepted and have no effect on Linux.  tunray adds the stack
+choice, its settings, the handshake mode, offloads and the resource limits.
+
+``autoOutboundsInterface``: absent (or ``null``) means ``"auto"`` when
+``autoSystemRoutingTable`` is non-empty and off otherwise, as in Xray; ``""`` turns it
+off explicitly; ``"auto"`` detects the uplink; any other string names an interface.
+
+The stack name is checked against the registry the inbound class was registered
+with (see :meth:`TunInbound.for_registry`), so ``tunray run -test`` reports an
+unknown stack with the list of installed ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from tunray.config.errors import ConfigError, join
+from tunray.config.schema import (
+    CIDR,
+    IP,
+    AnyValue,
+    Bool,
+    Enum,
+    Field,
+    Int,
+    InterfaceAddress,
+    ListOf,
+    Schema,
+    Settings,
+    Str,
+)
+
+IFNAME = r"[^\s/:]{1,15}"  # IFNAMSIZ - 1 bytes, no whitespace, '/' or ':'
+DEFAULT_STACK = "python"
+
+FIELDS: tuple[Field, ...] = (
+    Field("name", Str(pattern=IFNAME), default="", doc="interface name; empty = the kernel's next free tunN"),
+    Field("mtu", Int(min=576, max=65535), default=1500, doc="link MTU, also the stack's MTU"),
+    Field(
+        "gateway", ListOf(InterfaceAddress), default=[], doc="addresses (with prefix) put on the interface"
+    ),
+    Field("dns", ListOf(IP), default=[], doc="Windows only in Xray; accepted and ignored with a warning"),
+    Field("userLevel", Int(min=0), default=0, doc="policy level of TUN flows"),
+    Field(
+        "autoSystemRoutingTable",
+        ListOf(CIDR),
+        default=[],
+        doc="prefixes routed into the TUN (main table, on-link, metric 1)",
+    ),
+    Field(
+        "autoOutboundsInterface",
+        Str(),
+        default=None,
+        doc='"auto", an interface name, or "" (off); absent = "auto" if routes are set',
+    ),
+    Field("desc", Str(), default="", doc="Windows adapter description; ignored"),
+    Field(
+        "stack", Str(non_empty=True), default=DEFAULT_STACK, doc="registered stack turning packets into flows"
+    ),
+    Field("stackSettings", AnyValue(), default=None, doc="object validated by the stack's own schema"),
+    Field(
+        "handshake",
+        Enum("lazy", "eager"),
+        default="lazy",
+        doc="lazy: SYN-ACK only after the upstream connects",
+    ),
+    Field("offload", Bool(), default=True, doc="IFF_VNET_HDR with checksum and TSO offloads"),
+    Field(
+        "maxFlows", Int(min=1), default=4096, doc="open flows at most; the stack refuses new ones beyond it"
+    ),
+    Field("udpTimeout", Int(min=1), default=60, doc="seconds a UDP flow may sit idle before it is closed"),
+    Field("tcpBufferSize", Int(min=16), default=4096, doc="per-TCP-flow buffer in KiB (receive window cap)"),
+)
+
+
+def _stack_check(stacks: Callable[[], Mapping[str, Any]] | None) -> Callable[[Settings, str], None]:
+    def check(s: Settings, path: str) -> None:
+        if stacks is not None:
+            stack_class(stacks(), s.stack, join(path, "stack"))
+            parse_stack_settings(stacks(), s, path)
+        if s.autoOutboundsInterface not in (None, "", "auto"):
+            Str(pattern=IFNAME).parse(s.autoOutboundsInterface, join(path, "autoOutboundsInterface"))
+
+    return check
+
+
+def schema(stacks: Callable[[], Mapping[str, Any]] | None = None) -> Schema:
+    """The settings schema; with *stacks*, also check the stack name and its settings."""
+    return Schema(*FIELDS, check=_stack_check(stacks))
+
+
+def stack_class(stacks: Mapping[str, Any], name: str, path: str) -> Any:
+    cls = stacks.get(name.lower())
+    if cls is None:
+        known = ", ".join(sorted(stacks)) or "none"
+        raise ConfigError(path, f"unknown stack {name!r}: installed stacks are {known}")
+    return cls
+
+
+def parse_stack_settings(stacks: Mapping[str, Any], s: Settings, path: str) -> Settings:
+    cls = stack_class(stacks, s.stack, join(path, "stack"))
+    parsed: Settings = cls.settings_schema.parse(s.stackSettings, join(path, "stackSettings"))
+    return parsed
+
+
+def uplink_mode(s: Settings) -> str:
+    """The effective ``autoOutboundsInterface``: ``""`` (off), ``"auto"`` or a name."""
+    mode: str | None = s.autoOutboundsInterface
+    if mode is None:
+        return "auto" if s.autoSystemRoutingTable else ""
+    return mode

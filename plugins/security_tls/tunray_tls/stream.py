@@ -1,0 +1,223 @@
+"""A TLS client stream over another stream, built on ``ssl.MemoryBIO`` + ``SSLObject``.
+
+Theory of operation.  Bytes read from the inner stream go into the *incoming* BIO;
+``SSLObject.read`` turns whole records into plaintext; what OpenSSL wants to send
+collects in the *outgoing* BIO and is flushed to the inner stream after every call.
+The two directions may run in two tasks: every ``SSLObject`` call is synchronous, so
+they never interleave, and each flush hands all pending bytes to the inner stream in
+one synchronous ``write`` call, so record order is kept.
+
+Why not ``loop.start_tls``: XTLS Vision must leave TLS at an exact record boundary
+and read the raw socket from there.  OpenSSL (read-ahead off, the default) takes a
+record's bytes from the BIO only when it decrypts that record, so at any moment the
+stream knows three things:
+
+* plaintext decrypted but not yet returned (``SSLObject.pending()``),
+* bytes received but not yet decrypted (left in the incoming BIO),
+* the inner stream, positioned right after those bytes.
+
+:meth:`TlsStream.detach_raw` hands all three over and ends TLS *reading* (writing
+through TLS stays possible: a Vision client may keep its uplink inside TLS).
+:meth:`TlsStream.read_record` returns at most one record's plaintext so a caller can
+stop exactly at a boundary; :meth:`TlsStream.read` gathers several records.
+
+Duck-typed protocol offered to protocols (no core type): ``tls_version: str``
+(``"TLSv1.3"``), ``alpn: str | None``, ``async read_record(n) -> bytes``,
+``detach_raw() -> (plaintext: bytes, raw: bytes, inner)``, ``inner``.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+CHUNK = 256 * 1024
+_RECORD = 16 * 1024 + 256
+
+
+class TlsError(ConnectionError):
+    """A TLS handshake or record-layer failure; the message says what and with whom."""
+
+
+class TlsStream:
+    """See the module docstring.  Create with :func:`handshake`."""
+
+    __slots__ = (
+        "_close_notify_due",
+        "_detached",
+        "_in",
+        "_inner",
+        "_obj",
+        "_out",
+        "_write_closed",
+        "alpn",
+        "tls_version",
+    )
+
+    def __init__(self, inner: Any, obj: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> None:
+        self._inner = inner
+        self._obj = obj
+        self._in = incoming
+        self._out = outgoing
+        self._detached = False
+        self._write_closed = False
+        self._close_notify_due = False
+        self.tls_version: str = obj.version() or ""
+        self.alpn: str | None = obj.selected_alpn_protocol()
+
+    @property
+    def inner(self) -> Any:
+        """The stream under TLS (after :meth:`detach_raw`, the caller reads it directly)."""
+        return self._inner
+
+    async def _flush(self) -> None:
+        out = self._out
+        if out.pending:
+            await self._inner.write(out.read())
+
+    async def _fill(self) -> None:
+        """Move more ciphertext from the inner stream into the incoming BIO."""
+        await self._flush()
+        data = await self._inner.read(CHUNK)
+        if data:
+            self._in.write(data)
+        else:
+            self._in.write_eof()
+
+    async def read_record(self, max_bytes: int = 65536) -> bytes:
+        """Plaintext from at most one TLS record; ``b""`` at the end of the stream."""
+        if self._detached:
+            raise RuntimeError("TLS reading was detached (detach_raw)")
+        obj = self._obj
+        while True:
+            try:
+                data = obj.read(max_bytes)
+            except ssl.SSLWantReadError:
+                if self._close_notify_due:
+                    self._close_notify()
+                await self._fill()
+                continue
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                return b""  # Go peers often close without close_notify: treat as EOF
+            except ssl.SSLError as exc:
+                raise TlsError(f"tls read: {exc.reason or exc}") from None
+            if self._out.pending:
+                await self._flush()  # e.g. a KeyUpdate answer
+            return data
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        """Plaintext from one or more records already received (up to *max_bytes*)."""
+        first = await self.read_record(max_bytes)
+        if not first or len(first) >= max_bytes:
+            return first
+        parts = [first]
+        size = len(first)
+        obj = self._obj
+        while size < max_bytes and (obj.pending() or self._in.pending >= 5):
+            try:
+                more = obj.read(max_bytes - size)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                break  # reported as b"" by the next read
+            except ssl.SSLError as exc:
+                raise TlsError(f"tls read: {exc.reason or exc}") from None
+            if not more:
+                break
+            parts.append(more)
+            size += len(more)
+        if self._out.pending:
+            await self._flush()
+        return b"".join(parts)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._write_closed:
+            raise ConnectionResetError("TLS write side closed")
+        try:
+            self._obj.write(data)
+        except ssl.SSLError as exc:
+            raise TlsError(f"tls write: {exc.reason or exc}") from None
+        await self._flush()
+
+    async def write_eof(self) -> None:
+        """Send close_notify (TLS 1.3 lets the peer keep sending).  Idempotent.
+
+        OpenSSL's shutdown reads the incoming buffer and fails on application data
+        found there, so while received records wait undecrypted the alert is sent by
+        the reader once it has drained them.
+        """
+        if self._write_closed:
+            return
+        self._write_closed = True
+        if self._in.pending or self._obj.pending():
+            self._close_notify_due = True
+            return
+        self._close_notify()
+        try:
+            await self._flush()
+        except ConnectionError:
+            pass
+
+    def _close_notify(self) -> None:
+        self._close_notify_due = False
+        try:
+            self._obj.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # the peer's close_notify is not awaited
+        except ssl.SSLError:
+            pass
+
+    def detach_raw(self) -> tuple[bytes, bytes, Any]:
+        """End TLS reading; return (decrypted unread plaintext, undecrypted raw bytes, inner stream)."""
+        if self._detached:
+            raise RuntimeError("already detached")
+        obj = self._obj
+        parts: list[bytes] = []
+        while obj.pending():
+            try:
+                parts.append(obj.read(obj.pending()))
+            except ssl.SSLError:
+                break
+        self._detached = True
+        raw = self._in.read()
+        return b"".join(parts), raw, self._inner
+
+    def abort(self) -> None:
+        self._inner.abort()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def fileno(self) -> int | None:
+        return None
+
+
+async def handshake(inner: Any, ctx: ssl.SSLContext, server_name: str | None) -> TlsStream:
+    """Run the client handshake over *inner*; raise :class:`TlsError` (a ``ConnectionError``)."""
+    incoming = ssl.MemoryBIO()
+    outgoing = ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_side=False, server_hostname=server_name or None)
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if outgoing.pending:
+                await inner.write(outgoing.read())
+            data = await inner.read(CHUNK)
+            if not data:
+                raise TlsError("connection closed during the TLS handshake") from None
+            incoming.write(data)
+        except ssl.SSLCertVerificationError as exc:
+            raise TlsError(f"certificate refused: {exc.verify_message or exc.reason}") from None
+        except ssl.SSLError as exc:
+            raise TlsError(f"tls handshake failed: {exc.reason or exc}") from None
+    if outgoing.pending:
+        await inner.write(outgoing.read())
+    return TlsStream(inner, obj, incoming, outgoing)
+
+
+def leaf_der(stream: TlsStream) -> bytes:
+    """The server's leaf certificate (DER), verified or not."""
+    der = stream._obj.getpeercert(binary_form=True)
+    return der or b""
