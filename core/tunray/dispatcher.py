@@ -80,6 +80,8 @@ class Dispatcher:
                     link.abort()
             if task is not None:
                 self.active.discard(task)
+            if any(rt.stats_flags):
+                rt.count_traffic(ctx)
             if observers:
                 rt.plugins.flow_closed(ctx, error)
 

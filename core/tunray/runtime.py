@@ -22,6 +22,7 @@ from tunray.net.dialer import Dialer
 from tunray.outbound import Outbound
 from tunray.plugin.manager import PluginManager
 from tunray.policy import LevelPolicy
+from tunray.session import FlowContext
 
 
 class Runtime:
@@ -33,7 +34,20 @@ class Runtime:
         self.dialer = Dialer(self.resolver)
         self._owns_access_log = access_log is None
         self.access_log = access_log if access_log is not None else AccessLog.from_settings(config.log)
+        #: Xray-named traffic counters (``inbound>>>TAG>>>traffic>>>uplink`` ...), kept when the
+        #: config has a ``stats`` section and the matching ``policy.system`` flags are on.
         self.stats: dict[str, int] = {}
+        system = config.policy.system
+        self.stats_flags: tuple[bool, bool, bool, bool] = (
+            (
+                bool(system.statsInboundUplink),
+                bool(system.statsInboundDownlink),
+                bool(system.statsOutboundUplink),
+                bool(system.statsOutboundDownlink),
+            )
+            if config.stats_enabled and system is not None
+            else (False, False, False, False)
+        )
         self._policies: dict[int, LevelPolicy] = {}
         self.router: Any = plugins.make_router(config, self)
         self.dispatcher: Dispatcher = plugins.make_dispatcher(self)
@@ -57,6 +71,20 @@ class Runtime:
         config = build_config(raw, plugins.registry)
         plugins.configure(config)
         return cls(config, plugins, **kwargs)
+
+    def count_traffic(self, ctx: FlowContext) -> None:
+        """Add a finished flow's bytes to the enabled counters (once per flow)."""
+        in_up, in_down, out_up, out_down = self.stats_flags
+        s = self.stats
+        for enabled, kind, tag, direction, n in (
+            (in_up, "inbound", ctx.inbound_tag, "uplink", ctx.uplink_bytes),
+            (in_down, "inbound", ctx.inbound_tag, "downlink", ctx.downlink_bytes),
+            (out_up, "outbound", ctx.outbound_tag, "uplink", ctx.uplink_bytes),
+            (out_down, "outbound", ctx.outbound_tag, "downlink", ctx.downlink_bytes),
+        ):
+            if enabled and tag:
+                key = f"{kind}>>>{tag}>>>traffic>>>{direction}"
+                s[key] = s.get(key, 0) + n
 
     def policy(self, level: int = 0) -> LevelPolicy:
         p = self._policies.get(level)

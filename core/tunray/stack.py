@@ -84,7 +84,10 @@ class Stack(ABC):
 
     @abstractmethod
     async def aclose(self) -> None:
-        """Stop reading, reset every open flow, release the device.  Idempotent."""
+        """Stop reading the device, reset every open flow, wake every waiter.  Idempotent.
+
+        The device is not closed: whoever opened it (the inbound) closes it.
+        """
 
     async def __aiter__(self) -> AsyncIterator[Flow]:
         while True:

@@ -197,3 +197,18 @@ async def test_flow_hooks_are_called_once_per_flow(echo_port: int) -> None:
     ids = {i for _, i in seen}
     assert len(ids) == 1
     assert [e for e, _ in seen] == ["opened", "routed:direct", "closed:5/5"]
+
+
+async def test_traffic_stats_follow_policy_system_flags(echo_port: int) -> None:
+    cfg = config(
+        stats={},
+        policy={"system": {"statsInboundUplink": True, "statsInboundDownlink": True, "statsOutboundUplink": True}},
+    )
+    async with running(cfg) as rt:
+        await roundtrip(rt, f"tcp:127.0.0.1:{echo_port}", b"123456")
+        await roundtrip(rt, f"tcp:127.0.0.1:{echo_port}", b"7890")
+        assert rt.stats == {
+            "inbound>>>drv>>>traffic>>>uplink": 10,
+            "inbound>>>drv>>>traffic>>>downlink": 10,
+            "outbound>>>direct>>>traffic>>>uplink": 10,
+        }

@@ -277,6 +277,13 @@ def test_domain_strategy_is_case_insensitive() -> None:
         assert r.domain_strategy == canonical
 
 
+async def test_domain_and_domains_are_both_used() -> None:
+    r = router([{"domain": ["full:a.test"], "domains": ["full:b.test"], "outboundTag": "proxy"}])
+    assert await tag(r, flow("a.test:1")) == "proxy"
+    assert await tag(r, flow("b.test:1")) == "proxy"
+    assert await tag(r, flow("c.test:1")) is None
+
+
 def test_config_parse_shapes() -> None:
     r = Router.from_config(
         {"rules": [{"domain": "baidu.com,qq.com", "ip": ["10.0.0.0/8", "::1/128"], "outboundTag": "direct"}]},

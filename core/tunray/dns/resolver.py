@@ -152,6 +152,8 @@ class Resolver:
         if not (want4 or want6):
             return []
         name = domain.lower().rstrip(".")
+        if not name:
+            return []
         for _ in range(MAX_ALIAS_DEPTH):
             try:
                 literal = ipaddress.ip_address(name)

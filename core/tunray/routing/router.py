@@ -109,7 +109,7 @@ Cond = Callable[[_View], bool]
 
 
 class _Rule:
-    __slots__ = ("balancer", "conds", "index", "ip", "outbound_tag", "tag")
+    __slots__ = ("balancer", "conds", "fixed", "index", "ip", "outbound_tag", "tag")
 
     def __init__(
         self,
@@ -126,10 +126,12 @@ class _Rule:
         self.outbound_tag = outbound_tag
         self.balancer = balancer
         self.tag = tag
+        # A frozen dataclass costs ~1 µs to build; a plain rule's route never changes.
+        self.fixed = Route(outbound_tag, index, tag)
 
     def route(self) -> Route | None:
         if self.balancer is None:
-            return Route(self.outbound_tag, self.index, self.tag)
+            return self.fixed
         chosen = self.balancer.pick()
         if chosen is None:
             return None
@@ -335,10 +337,17 @@ def _compile_rule(
         src = IPMatcher.compile(entries, join(path, key), assets=assets)
         conds.append(lambda v: v.src_ip is not None and src.match(v.src_ip))
 
-    key, value = get("domain", "domains")
-    if value is not None and (patterns := _string_list(value, join(path, key))):
-        dom = DomainMatcher.compile(patterns, join(path, key), assets=assets)
+    matchers = []
+    for name in ("domain", "domains"):  # Xray reads both keys and uses them together
+        key, value = get(name)
+        if value is not None and (patterns := _string_list(value, join(path, key))):
+            matchers.append(DomainMatcher.compile(patterns, join(path, key), assets=assets))
+    if len(matchers) == 1:
+        dom = matchers[0]
         conds.append(lambda v: v.domain is not None and dom.match(v.domain))
+    elif matchers:
+        doms = tuple(matchers)
+        conds.append(lambda v: v.domain is not None and any(m.match(v.domain) for m in doms))
 
     ipm = None
     key, value = get("ip")
