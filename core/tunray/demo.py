@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import ipaddress
-import json
 import os
 import shutil
 import signal
@@ -86,16 +85,10 @@ def plan_from_config(path: Path) -> DemoPlan:
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        from tunray.config import loader
+    """The config as tunray reads it (comments, YAML/TOML, includes), not just JSON."""
+    from tunray.config import loader
 
-        merged = loader.load([str(path)])  # type: ignore[attr-defined]
-        if isinstance(merged, dict):
-            return merged
-    except Exception:  # the loader's API is not this module's business; plain JSON suffices
-        pass
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
+    return loader.load([str(path)])
 
 
 # --- the world ----------------------------------------------------------------------------------
@@ -262,14 +255,15 @@ def udp_echo(world: World, host: str, count: int = 20) -> list[float]:
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     rtts: list[float] = []
     with world.topo.enter(world.topo.client), socket.socket(fam, socket.SOCK_DGRAM) as s:
+        # Not connect()ed: the echo server answers from an unbound socket, so a reply to a
+        # host on its lo leaves from its veth address, and the full-cone stack shows that.
         s.settimeout(2.0)
-        s.connect((host, ECHO_PORT))
         for i in range(count):
             msg = f"tunray demo {i} ".encode() + os.urandom(32)
             t0 = time.monotonic()
-            s.send(msg)
+            s.sendto(msg, (host, ECHO_PORT))
             try:
-                while s.recv(2048) != msg:
+                while s.recvfrom(2048)[0] != msg:
                     pass
             except TimeoutError:
                 continue

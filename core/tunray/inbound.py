@@ -21,6 +21,7 @@ from tunray.sniffing import SniffConfig
 
 if TYPE_CHECKING:
     from tunray.config.model import InboundConfig
+    from tunray.plugin.registry import Registry
     from tunray.runtime import Runtime
 
 
@@ -29,6 +30,14 @@ class Inbound(ABC):
     settings_schema: ClassVar[Schema] = EMPTY
     #: Xray's ``port``/``listen`` are required unless the inbound ignores them (TUN does).
     needs_listen: ClassVar[bool] = True
+
+    @classmethod
+    def validate_config(cls, settings: Settings, path: str, registry: Registry) -> None:
+        """Checks that need the registry (other plugins' names); raise ConfigError.
+
+        Called by config validation after ``settings_schema`` parsed *settings*; *path*
+        is the JSON path of the ``settings`` object.  Default: nothing to check.
+        """
 
     def __init__(self, config: InboundConfig, runtime: Runtime) -> None:
         self.config = config

@@ -24,6 +24,7 @@ from tunray.session import FlowContext
 
 if TYPE_CHECKING:
     from tunray.config.model import OutboundConfig
+    from tunray.plugin.registry import Registry
     from tunray.runtime import Runtime
 
 
@@ -32,6 +33,10 @@ class Outbound(ABC):
     settings_schema: ClassVar[Schema] = EMPTY
     #: Networks this outbound can carry; the dispatcher drops others with a log line.
     networks: ClassVar[frozenset[str]] = frozenset({"tcp", "udp"})
+
+    @classmethod
+    def validate_config(cls, settings: Settings, path: str, registry: Registry) -> None:
+        """Checks that need the registry; raise ConfigError.  See ``Inbound.validate_config``."""
 
     def __init__(self, config: OutboundConfig, runtime: Runtime) -> None:
         self.config = config

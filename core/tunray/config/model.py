@@ -249,6 +249,7 @@ def _inbound(item: Any, path: str, registry: Registry, index: int) -> InboundCon
         if v:
             raise NotSupported(join(path, key), f"inbound {key!r}")
     settings = cls.settings_schema.parse(_get(item, "settings")[1], join(path, "settings"))
+    cls.validate_config(settings, join(path, "settings"), registry)
     sniff_key, sniff = _get(item, "sniffing")
     sniffing = SNIFFING_SCHEMA.parse(sniff, join(path, sniff_key))
     if "fakedns" in sniffing.destOverride:
@@ -291,6 +292,7 @@ def _outbound(item: Any, path: str, registry: Registry) -> OutboundConfig:
         if v:
             raise NotSupported(join(path, k), what)
     settings = cls.settings_schema.parse(_get(item, "settings")[1], join(path, "settings"))
+    cls.validate_config(settings, join(path, "settings"), registry)
     stream_key, stream_raw = _get(item, "streamSettings")
     stream = _stream(stream_raw, join(path, stream_key), registry)
     st_key, send_through = _get(item, "sendThrough")

@@ -19,7 +19,7 @@ from tunray import hookimpl
 from tunray.config.schema import Field, Int, Schema
 from tunray.device import VNET_HDR_LEN, PacketDevice
 from tunray.stack import Flow, Stack, StackClosed, StackOptions
-from tunray.testing.netns import Topology, namespaces_clean, ns_exec
+from tunray.testing.netns import Topology, ns_exec
 from tunray_tun.inbound import TunInbound
 
 
@@ -108,7 +108,13 @@ def topology() -> Iterator[Topology]:
             for pipe in (proc.stdout, proc.stderr, proc.stdin):
                 if pipe is not None:
                     pipe.close()
-        assert namespaces_clean(prefix="tt"), "a test namespace was left behind"
+        left = ip_netns_list()
+        assert topo.client not in left and topo.server not in left, "a test namespace was left behind"
+
+
+def ip_netns_list() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
 def ip_json(ns: str, *args: str) -> Any:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from loguru import logger
 from tunray.config.errors import join
-from tunray.config.schema import Schema
+from tunray.config.schema import Schema, Settings
 from tunray.device import FdDevice
 from tunray.inbound import Inbound
 from tunray.net.tun import TunError, adopt_tun, open_tun
@@ -58,13 +58,9 @@ class TunInbound(Inbound):
     settings_schema: ClassVar[Schema] = settings.schema()
 
     @classmethod
-    def for_registry(cls, registry: Registry) -> type[TunInbound]:
-        """A subclass whose schema checks ``stack`` against *registry*'s stacks."""
-        return type(
-            cls.__name__,
-            (cls,),
-            {"settings_schema": settings.schema(lambda: registry.stacks), "__module__": cls.__module__},
-        )
+    def validate_config(cls, s: Settings, path: str, registry: Registry) -> None:
+        """``stack`` must name an installed stack, and ``stackSettings`` fit its schema."""
+        settings.parse_stack_settings(registry.stacks, s, path)
 
     def __init__(self, config: InboundConfig, runtime: Runtime) -> None:
         super().__init__(config, runtime)

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from loguru import logger
-from pyroute2 import IPRoute  # type: ignore[import-untyped]
-from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 T = TypeVar("T")
 

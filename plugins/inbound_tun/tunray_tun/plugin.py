@@ -14,4 +14,4 @@ if TYPE_CHECKING:
 def tunray_register_types(registry: Registry) -> None:
     from tunray_tun.inbound import TunInbound
 
-    registry.add_inbound(TunInbound.for_registry(registry))
+    registry.add_inbound(TunInbound)

@@ -9,14 +9,14 @@ choice, its settings, the handshake mode, offloads and the resource limits.
 ``autoSystemRoutingTable`` is non-empty and off otherwise, as in Xray; ``""`` turns it
 off explicitly; ``"auto"`` detects the uplink; any other string names an interface.
 
-The stack name is checked against the registry the inbound class was registered
-with (see :meth:`TunInbound.for_registry`), so ``tunray run -test`` reports an
-unknown stack with the list of installed ones.
+The stack name is checked against the plugin registry in
+:meth:`TunInbound.validate_config`, so ``tunray run -test`` reports an unknown stack
+with the list of installed ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from tunray.config.errors import ConfigError, join
@@ -78,20 +78,14 @@ FIELDS: tuple[Field, ...] = (
 )
 
 
-def _stack_check(stacks: Callable[[], Mapping[str, Any]] | None) -> Callable[[Settings, str], None]:
-    def check(s: Settings, path: str) -> None:
-        if stacks is not None:
-            stack_class(stacks(), s.stack, join(path, "stack"))
-            parse_stack_settings(stacks(), s, path)
-        if s.autoOutboundsInterface not in (None, "", "auto"):
-            Str(pattern=IFNAME).parse(s.autoOutboundsInterface, join(path, "autoOutboundsInterface"))
-
-    return check
+def _check(s: Settings, path: str) -> None:
+    if s.autoOutboundsInterface not in (None, "", "auto"):
+        Str(pattern=IFNAME).parse(s.autoOutboundsInterface, join(path, "autoOutboundsInterface"))
 
 
-def schema(stacks: Callable[[], Mapping[str, Any]] | None = None) -> Schema:
-    """The settings schema; with *stacks*, also check the stack name and its settings."""
-    return Schema(*FIELDS, check=_stack_check(stacks))
+def schema() -> Schema:
+    """The settings schema (the stack name is checked by ``TunInbound.validate_config``)."""
+    return Schema(*FIELDS, check=_check)
 
 
 def stack_class(stacks: Mapping[str, Any], name: str, path: str) -> Any:

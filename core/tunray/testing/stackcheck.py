@@ -1,0 +1,582 @@
+"""The published stack conformance suite: ``await check_stack(MyStack)`` (root only).
+
+Theory of operation.  Every check builds a :class:`StackHarness`: a throwaway network
+namespace holding a real TUN, with the stack under test attached to the TUN's fd in
+*this* process.  The TUN is created in the root namespace (so we keep its fd), moved
+into the namespace and configured there::
+
+    TUN  10.77.0.1/24  fd77::1/64 (nodad)  default routes v4 and v6 through it
+
+so the kernel inside the namespace is the app: anything it sends to 10.77.0.x,
+fd77::x or any other address leaves through the TUN and is terminated by the stack.
+The harness answers each flow in-process, choosing a behaviour by destination port
+(``SINK``, ``SOURCE``, ``ECHO``, ...), while clients (:mod:`tunray.testing.stackclient`,
+stdlib only) run inside the namespace through ``ip netns exec``.  Deleting the
+namespace removes everything in it; the harness also kills its clients and closes
+the stack and the TUN, in that order, whatever happened.
+
+Only public contracts are used (:class:`~tunray.stack.Stack`, :class:`~tunray.stack.StackOptions`,
+the links, :func:`~tunray.net.tun.open_tun`), so lwIP, ``system`` and later stacks run
+the same suite unchanged.  Individual checks are public so suites can parametrize them;
+:data:`CHECKS` lists those that take no size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import ipaddress
+import json
+import os
+import random
+import secrets
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tunray.device import VNET_HDR_LEN, PacketDevice
+from tunray.link import ByteLink, PacketLink
+from tunray.net.address import Destination, Network
+from tunray.net.tun import open_tun
+from tunray.stack import Flow, Stack, StackOptions
+from tunray.testing import stackclient
+
+SINK, SOURCE, ECHO, HALF, SERVER_HALF, REFUSE, DEFER = 1000, 2000, 3000, 3001, 3002, 4000, 4001
+UDP_PORT, THIRD_PORT = 5000, 7777
+TRAILER = b" (and this after your FIN)"
+GREETING = b"my FIN comes now; keep talking"
+DEFER_SECONDS = 0.6
+V4_PEER, V4_FAR, V4_THIRD = "10.77.0.2", "198.51.100.7", "203.0.113.9"
+V6_PEER, V6_FAR, V6_THIRD = "fd77::2", "2001:db8::7", "2001:db8:ffff::9"
+DEFAULT_BULK_BYTES = 16 << 20
+CLIENT = stackclient.__file__
+
+
+def _ip(*args: str, stdin: str | None = None) -> None:
+    proc = subprocess.run(["ip", *args], input=stdin, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)} failed: {proc.stderr.strip()}")
+
+
+class StackHarness:
+    """A stack on a TUN in a namespace, answering flows by port; see the module docstring."""
+
+    def __init__(self, stack: Stack, device: PacketDevice, ns: str, ifname: str) -> None:
+        self.stack, self.device, self.ns, self.ifname = stack, device, ns, ifname
+        self.flows: list[Flow] = []  # every flow the stack produced, in order
+        self.udp_peers: dict[Destination, set[Destination]] = {}  # UDP flow source -> destinations seen
+        self.errors: list[BaseException] = []  # unexpected handler failures
+        self._results: dict[int, asyncio.Future[str]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._procs: set[asyncio.subprocess.Process] = set()
+        self._server: asyncio.Task[None] | None = None
+
+    # --- clients ----------------------------------------------------------------------------------
+
+    async def spawn(self, mode: str, *args: object) -> asyncio.subprocess.Process:
+        """Start a client in the namespace with pipes on stdin, stdout and stderr."""
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", self.ns, sys.executable, CLIENT, mode, *map(str, args),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        self._procs.add(proc)
+        return proc
+
+    async def client(self, mode: str, *args: object, limit: float = 60.0) -> dict[str, Any]:
+        """Run a client to completion and return its result (its last JSON line)."""
+        proc = await self.spawn(mode, *args)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), limit)
+        except TimeoutError:
+            raise AssertionError(
+                f"client {mode} {args} did not finish in {limit}s; stack counters {self.stack.counters}"
+            ) from None
+        finally:
+            await self._reap(proc)
+        if proc.returncode != 0:
+            raise AssertionError(f"client {mode} {args} failed ({proc.returncode}): {err.decode()[-2000:]}")
+        result: dict[str, Any] = json.loads(out.splitlines()[-1])
+        return result
+
+    async def _reap(self, proc: asyncio.subprocess.Process) -> None:
+        self._procs.discard(proc)
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    # --- server side ------------------------------------------------------------------------------
+
+    def result_for(self, port: int) -> asyncio.Future[str]:
+        """What the ``SERVER_HALF`` handler received from the flow with source port *port* (SHA-256)."""
+        if port not in self._results:
+            self._results[port] = asyncio.get_running_loop().create_future()
+        return self._results[port]
+
+    def counted(self) -> int:
+        return sum(self.stack.counters.values())
+
+    def assert_healthy(self) -> None:
+        if self.errors:
+            raise AssertionError(f"a flow handler failed: {self.errors[0]!r}") from self.errors[0]
+
+    async def _serve(self) -> None:
+        async for flow in self.stack:
+            self.flows.append(flow)
+            task = asyncio.create_task(self._handle(flow))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, flow: Flow) -> None:
+        link = flow.link
+        try:
+            if isinstance(link, PacketLink):
+                await self._udp(flow, link)
+                return
+            port = flow.destination.port
+            if port == REFUSE:
+                link.abort()
+                return
+            if port == DEFER:
+                await asyncio.sleep(DEFER_SECONDS)
+            await link.accept()
+            if port == SINK:
+                await _sink(link)
+            elif port == SOURCE:
+                await _source(link)
+            elif port == SERVER_HALF:
+                digest = await _server_half(link)
+                fut = self.result_for(flow.source.port)
+                if not fut.done():
+                    fut.set_result(digest)
+            else:
+                await _echo(link, TRAILER if port == HALF else b"")
+        except (ConnectionError, asyncio.CancelledError):
+            link.abort()
+        except Exception as exc:  # reported by assert_healthy, with the flow
+            exc.add_note(f"while serving {flow.network} {flow.source} -> {flow.destination}")
+            self.errors.append(exc)
+            link.abort()
+
+    async def _udp(self, flow: Flow, link: PacketLink) -> None:
+        peers = self.udp_peers.setdefault(flow.source, set())
+        third = V6_THIRD if isinstance(flow.source.host, ipaddress.IPv6Address) else V4_THIRD
+        link.send(b"unsolicited", Destination(Network.UDP, ipaddress.ip_address(third), THIRD_PORT))
+        while (packet := await link.recv()) is not None:
+            peers.add(packet.peer)
+            link.send(packet.data + b" via " + str(packet.peer.host).encode(), packet.peer)
+
+    async def _stop(self) -> None:
+        errors: list[BaseException] = []
+        for proc in list(self._procs):
+            await self._reap(proc)
+        try:
+            await asyncio.wait_for(self.stack.aclose(), 10)
+        except Exception as exc:
+            errors.append(exc)
+        tasks = [t for t in (self._server, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                errors.append(outcome)
+        if errors:
+            raise errors[0]
+
+
+async def _sink(link: ByteLink) -> None:
+    digest = hashlib.sha256()
+    while data := await link.read(1 << 20):
+        digest.update(data)
+    await link.write(digest.hexdigest().encode())
+    await link.aclose()
+
+
+async def _source(link: ByteLink) -> None:
+    head = b""
+    while len(head) < 8:
+        data = await link.read(8 - len(head))
+        if not data:
+            await link.aclose()
+            return
+        head += data
+    size = int.from_bytes(head, "big")
+    block = os.urandom(1048583)
+    view = memoryview(block + block)
+    digest = hashlib.sha256()
+    pos = 0
+    while size > 0:
+        n = min(256 << 10, size)
+        piece = view[pos:pos + n]
+        digest.update(piece)
+        await link.write(piece)
+        pos = (pos + n) % len(block)
+        size -= n
+    await link.write(digest.hexdigest().encode())
+    await link.write_eof()
+    while await link.read():
+        pass
+    await link.aclose()
+
+
+async def _echo(link: ByteLink, trailer: bytes) -> None:
+    while data := await link.read():
+        await link.write(data)
+    if trailer:
+        await link.write(trailer)  # after the app's FIN: a half-closed flow still receives
+    await link.write_eof()
+    await link.aclose()
+
+
+async def _server_half(link: ByteLink) -> str:
+    await link.write(GREETING)
+    await link.write_eof()  # our FIN first; the app keeps sending
+    digest = hashlib.sha256()
+    while data := await link.read(1 << 20):
+        digest.update(data)
+    await link.aclose()
+    return digest.hexdigest()
+
+
+class ImpairedDevice(PacketDevice):
+    """Loses, duplicates and reorders packets in both directions; seeded, so a failure replays.
+
+    Reading, a reordered packet is handed out after the next one and a duplicate right
+    after its original; writing, a reordered packet is sent after the next write.
+    """
+
+    def __init__(self, inner: PacketDevice, *, seed: int = 7, loss: float = 0.02, dup: float = 0.01,
+                 reorder: float = 0.02) -> None:
+        self.inner = inner
+        self.mtu = inner.mtu
+        self.offloads = inner.offloads
+        self._rng = random.Random(seed)
+        self._odds = (("lost", loss), ("duplicated", dup), ("reordered", reorder))
+        self._backlog: collections.deque[bytes] = collections.deque()
+        self._release = False
+        self._held: bytes | None = None
+        self.stats = {"packets": 0, "lost": 0, "duplicated": 0, "reordered": 0}
+
+    def _fate(self) -> str:
+        self.stats["packets"] += 1
+        r = self._rng.random()
+        for fate, odds in self._odds:
+            if r < odds:
+                self.stats[fate] += 1
+                return fate
+            r -= odds
+        return "ok"
+
+    def fileno(self) -> int:
+        return self.inner.fileno()
+
+    def read(self, size: int = 65536 + VNET_HDR_LEN) -> bytes | None:
+        if self._release and self._backlog:
+            self._release = False
+            return self._backlog.popleft()
+        while True:
+            packet = self.inner.read(size)
+            if packet is None:
+                return self._backlog.popleft() if self._backlog else None
+            fate = self._fate()
+            if fate == "lost":
+                continue
+            if fate == "reordered":
+                self._backlog.append(packet)
+                continue
+            if fate == "duplicated":
+                self._backlog.append(packet)
+            self._release = True
+            return packet
+
+    def write(self, packet: bytes | bytearray | memoryview) -> bool:
+        fate = self._fate()
+        if fate == "lost":
+            return True
+        if fate == "reordered" and self._held is None:
+            self._held = bytes(packet)  # the caller may reuse its buffer
+            return True
+        ok = self.inner.write(packet)
+        if fate == "duplicated":
+            self.inner.write(packet)
+        if self._held is not None:
+            held, self._held = self._held, None
+            self.inner.write(held)
+        return ok
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@contextlib.asynccontextmanager
+async def stack_harness(
+    stack_cls: type[Stack],
+    *,
+    mtu: int = 1500,
+    offload: bool = False,
+    handshake: str = "lazy",
+    settings: Mapping[str, Any] | None = None,
+    wrap: Callable[[PacketDevice], PacketDevice] | None = None,
+    **options: Any,
+) -> AsyncIterator[StackHarness]:
+    """A running :class:`StackHarness`; everything is removed on exit, even on failure.
+
+    *settings* go through the stack's own schema; *options* are further :class:`StackOptions`
+    fields; *wrap* may put a device (such as :class:`ImpairedDevice`) between TUN and stack.
+    """
+    parsed = stack_cls.settings_schema.parse(dict(settings or {}), "stack.settings")
+    stack = stack_cls(StackOptions(mtu=mtu, handshake=handshake, settings=parsed, **options))
+    ns = f"trstk-{secrets.token_hex(4)}"
+    device: PacketDevice | None = None
+    harness: StackHarness | None = None
+    _ip("netns", "add", ns)
+    try:
+        device, ifname = open_tun(offload=offload, mtu=mtu)
+        _ip("link", "set", ifname, "netns", ns)
+        _ip("-n", ns, "-batch", "-", stdin="\n".join((
+            "link set lo up",
+            f"link set {ifname} mtu {mtu} txqueuelen 1000",
+            f"addr add 10.77.0.1/24 dev {ifname}",
+            f"addr add fd77::1/64 dev {ifname} nodad",
+            f"link set {ifname} up",
+            f"route add default dev {ifname}",
+            f"route add ::/0 dev {ifname}",
+        )) + "\n")
+        if wrap is not None:
+            device = wrap(device)
+        harness = StackHarness(stack, device, ns, ifname)
+        await stack.attach(device)
+        harness._server = asyncio.create_task(harness._serve())
+        yield harness
+        harness.assert_healthy()
+    finally:
+        try:
+            if harness is not None:
+                await harness._stop()
+            else:
+                await stack.aclose()
+        finally:
+            if device is not None:
+                device.close()
+            _remove_namespace(ns)
+
+
+def _remove_namespace(ns: str) -> None:
+    pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), 9)
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def namespaces_left() -> list[str]:
+    """Namespaces made by this suite that still exist (should be none)."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith("trstk-")]
+
+
+# --- the checks -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    """What one bulk check measured at the client, in Gbit/s."""
+
+    upload: float
+    download: float
+
+
+def _peer(family: int) -> str:
+    if family not in (4, 6):
+        raise ValueError(f"family must be 4 or 6, not {family}")
+    return V4_PEER if family == 4 else V6_PEER
+
+
+async def _bulk(h: StackHarness, host: str, size: int) -> Throughput:
+    limit = 60 + size / (4 << 20)  # generous: 4 MiB/s worst case on a loaded CI box
+    up = await h.client("upload", host, SINK, size, limit=limit)
+    assert up["sent"] == up["reply"], f"upload of {size} bytes to {host} corrupted: {up}"
+    down = await h.client("download", host, SOURCE, size, limit=limit)
+    assert down["bytes"] == size, f"download from {host}: {down['bytes']} of {size} bytes"
+    assert down["received"] == down["server"], f"download of {size} bytes from {host} corrupted"
+    return Throughput(size * 8 / up["seconds"] / 1e9, size * 8 / down["seconds"] / 1e9)
+
+
+async def check_bulk(stack_cls: type[Stack], *, family: int = 4, size: int = DEFAULT_BULK_BYTES,
+                     **setup: Any) -> Throughput:
+    """*size* bytes app -> stack and stack -> app over IPv4 or IPv6, SHA-256 checked at both ends."""
+    async with stack_harness(stack_cls, **setup) as h:
+        return await _bulk(h, _peer(family), size)
+
+
+async def check_many_flows(stack_cls: type[Stack], *, flows: int = 200, **setup: Any) -> None:
+    """*flows* TCP flows open at the same time, each echoing its own message."""
+    async with stack_harness(stack_cls, **setup) as h:
+        result = await h.client("many", V4_PEER, ECHO, flows, limit=60 + flows / 10)
+        assert result == {"ok": flows, "n": flows}, f"only {result['ok']} of {flows} concurrent flows echoed"
+        tcp = [f for f in h.flows if f.network is Network.TCP and f.destination.port == ECHO]
+        assert len(tcp) == flows, f"the stack produced {len(tcp)} flows for {flows} connections"
+
+
+async def check_udp_full_cone(stack_cls: type[Stack], **setup: Any) -> None:
+    """One UDP socket, two destinations: one flow; replies carry each real source; a third source gets in."""
+    async with stack_harness(stack_cls, **setup) as h:
+        for near, far, third in ((V4_PEER, V4_FAR, V4_THIRD), (V6_PEER, V6_FAR, V6_THIRD)):
+            result = await h.client("udp", UDP_PORT, f"{near},{far}", 3)
+            got = {tuple(r) for r in result["replies"]}
+            want = {(near, UDP_PORT, f"to {near} via {near}"), (far, UDP_PORT, f"to {far} via {far}"),
+                    (third, THIRD_PORT, "unsolicited")}
+            assert got == want, f"UDP replies {sorted(got)}, expected {sorted(want)}"
+            mine = [src for src in h.udp_peers if src.port == result["port"]]
+            assert len(mine) == 1, f"{len(mine)} UDP flows for one app socket (expected one per source)"
+            peers = {(str(d.host), d.port) for d in h.udp_peers[mine[0]]}
+            assert peers == {(near, UDP_PORT), (far, UDP_PORT)}, f"the UDP flow saw destinations {peers}"
+
+
+async def check_half_close(stack_cls: type[Stack], **setup: Any) -> None:
+    """The app's FIN first (it still receives), then the stack's FIN first (the app still sends)."""
+    async with stack_harness(stack_cls, **setup) as h:
+        for host in (V4_PEER, V6_PEER):
+            result = await h.client("halfclose", host, HALF)
+            assert result["reply"] == "first half" + TRAILER.decode(), f"after the app's FIN: {result}"
+            result = await h.client("serverhalf", host, SERVER_HALF, 1 << 20)
+            assert result["greeting"] == GREETING.decode(), f"before the stack's FIN: {result}"
+            got = await asyncio.wait_for(h.result_for(result["port"]), 10)
+            assert got == result["sent"], "bytes the app sent after the stack's FIN were lost or changed"
+
+
+async def check_lazy_handshake(stack_cls: type[Stack], **setup: Any) -> None:
+    """Lazy: ``abort()`` before ``accept()`` refuses within 1 s; the SYN-ACK waits for ``accept()``."""
+    setup["handshake"] = "lazy"
+    async with stack_harness(stack_cls, **setup) as h:
+        for host in (V4_PEER, V6_PEER):
+            result = await h.client("connect", host, REFUSE)
+            assert result["refused"], f"lazy abort() before accept() did not refuse the app: {result}"
+            assert result["connect_seconds"] < 1.0, f"refusal took {result['connect_seconds']:.2f}s"
+        result = await h.client("connect", V4_PEER, DEFER)
+        assert not result["refused"] and result["echo"] == "sent before accept", result
+        assert result["connect_seconds"] >= DEFER_SECONDS - 0.1, (
+            f"lazy: the app connected after {result['connect_seconds']:.2f}s, before accept() "
+            f"({DEFER_SECONDS}s)"
+        )
+
+
+async def check_eager_handshake(stack_cls: type[Stack], **setup: Any) -> None:
+    """Eager: the app's connect succeeds at once, before ``accept()``; what it sent is kept."""
+    setup["handshake"] = "eager"
+    async with stack_harness(stack_cls, **setup) as h:
+        for host in (V4_PEER, V6_PEER):
+            result = await h.client("connect", host, DEFER)
+            assert not result["refused"], "eager: the app's connect was refused"
+            assert result["connect_seconds"] < DEFER_SECONDS / 2, (
+                f"eager: connect took {result['connect_seconds']:.2f}s, it should not wait for accept()"
+            )
+            assert result["echo"] == "sent before accept", f"eager: data sent before accept(): {result}"
+
+
+async def check_icmp_echo(stack_cls: type[Stack], **setup: Any) -> None:
+    """Echo requests to any address behind the TUN are answered by the stack."""
+    async with stack_harness(stack_cls, **setup) as h:
+        for host in (V4_PEER, V4_FAR, V6_PEER, V6_FAR):
+            result = await h.client("ping", host, 3)
+            assert result["replies"] == 3, f"{result['replies']} of 3 pings to {host} answered"
+
+
+async def check_malformed(stack_cls: type[Stack], **setup: Any) -> None:
+    """Garbage and truncated packets beside live v4 and v6 flows: dropped, counted, flows intact."""
+    seed = int.from_bytes(os.urandom(4), "big")
+    async with stack_harness(stack_cls, **setup) as h:
+        proc = await h.spawn("inject", h.ifname, V4_PEER, V6_PEER, ECHO, seed)
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+
+        async def line() -> dict[str, Any]:
+            assert proc.stdout is not None and proc.stderr is not None
+            raw = await asyncio.wait_for(proc.stdout.readline(), 20)
+            if not raw:
+                err = await proc.stderr.read()
+                raise AssertionError(f"inject client (seed {seed}) died: {err.decode()[-2000:]}")
+            out: dict[str, Any] = json.loads(raw)
+            return out
+
+        assert (await line()) == {"ready": True}
+        before = h.counted()
+        proc.stdin.write(b"go\n")
+        sent = await line()
+        for _ in range(150):  # the stack reads the TUN asynchronously: up to 3 s
+            if h.counted() - before >= sent["crafted"]:
+                break
+            await asyncio.sleep(0.02)
+        delta = h.counted() - before
+        assert delta >= sent["crafted"], (
+            f"{sent['crafted']} malformed packets (+{sent['noise']} random, seed {seed}) raised the "
+            f"stack's counters by only {delta}: {h.stack.counters}"
+        )
+        proc.stdin.write(b"go\n")
+        result = await line()
+        await asyncio.wait_for(proc.wait(), 10)
+        assert result == {"intact": [True, True]}, f"live flows damaged by malformed packets (seed {seed})"
+        ghosts = [f for f in h.flows if f.destination.port in (9998, 9999)]
+        assert not ghosts, f"malformed packets opened flows: {ghosts}"
+
+
+async def check_impaired(stack_cls: type[Stack], *, family: int = 4, size: int = 4 << 20, seed: int = 7,
+                         **setup: Any) -> None:
+    """2% loss, 1% duplication, 2% reordering both ways between TUN and stack: no byte lost or changed."""
+    devices: list[ImpairedDevice] = []
+
+    def wrap(device: PacketDevice) -> PacketDevice:
+        devices.append(ImpairedDevice(device, seed=seed))
+        return devices[-1]
+
+    async with stack_harness(stack_cls, wrap=wrap, **setup) as h:
+        await _bulk(h, _peer(family), size)
+    stats = devices[0].stats
+    assert stats["lost"] and stats["duplicated"] + stats["reordered"], f"the impairment never struck: {stats}"
+
+
+CheckFn = Callable[..., Awaitable[Any]]
+CHECKS: dict[str, CheckFn] = {
+    "many_flows": check_many_flows,
+    "udp_full_cone": check_udp_full_cone,
+    "half_close": check_half_close,
+    "lazy_handshake": check_lazy_handshake,
+    "eager_handshake": check_eager_handshake,
+    "icmp_echo": check_icmp_echo,
+    "malformed": check_malformed,
+    "impaired": check_impaired,
+}
+"""The checks that need no size argument, by name (bulk is :func:`check_bulk`)."""
+
+
+async def check_stack(
+    stack_cls: type[Stack],
+    *,
+    mtu: int = 1500,
+    offload: bool = False,
+    bulk_bytes: int = DEFAULT_BULK_BYTES,
+    flows: int = 200,
+    handshake: str = "lazy",
+    settings: Mapping[str, Any] | None = None,
+) -> None:
+    """Run every check against *stack_cls*; raise :class:`AssertionError` naming the first that fails.
+
+    *handshake* is the mode for the traffic checks; both handshake checks always run.
+    """
+    setup: dict[str, Any] = {"mtu": mtu, "offload": offload, "handshake": handshake, "settings": settings}
+    runs: list[tuple[str, CheckFn, dict[str, Any]]] = [
+        ("bulk v4", check_bulk, {"family": 4, "size": bulk_bytes}),
+        ("bulk v6", check_bulk, {"family": 6, "size": bulk_bytes}),
+        ("many_flows", check_many_flows, {"flows": flows}),
+        ("impaired", check_impaired, {"size": min(bulk_bytes, 4 << 20)}),
+    ]
+    runs += [(name, fn, {}) for name, fn in CHECKS.items() if name not in ("many_flows", "impaired")]
+    for name, fn, kwargs in runs:
+        try:
+            await fn(stack_cls, **setup, **kwargs)
+        except AssertionError as exc:
+            exc.add_note(f"check_stack({stack_cls.__name__}, mtu={mtu}, offload={offload}): {name}")
+            raise
