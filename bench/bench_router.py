@@ -22,7 +22,7 @@ from tunray.routing.router import Route, Router
 from tunray.session import FlowContext
 
 N = 10_000
-ROUNDS = 20_000
+ROUNDS = 50_000
 
 
 def _name(rng: random.Random) -> str:
@@ -94,7 +94,7 @@ def run(router: Router, ctx: FlowContext) -> Route | None:
     raise RuntimeError("pick_route suspended under AsIs")
 
 
-def timeit(fn: Callable[[], Any], repeats: int = 5) -> float:
+def timeit(fn: Callable[[], Any], repeats: int = 25) -> float:
     """Best mean over *repeats* batches (the minimum filters out noise from other processes)."""
     best = float("inf")
     for _ in range(repeats):

@@ -59,7 +59,9 @@ def kit_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KitVenv]:
     wheels = base / "wheels"
     pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
     kit = KitVenv(base, python, venv / "bin" / "tunray", wheels)
-    _check(kit.run(*pip, "wheel", "--no-deps", "-w", wheels, EXAMPLE, cwd=base))
+    example = base / "example-src"  # built from a copy: setuptools writes build/ and egg-info in-tree
+    shutil.copytree(EXAMPLE, example, ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"))
+    _check(kit.run(*pip, "wheel", "--no-deps", "-w", wheels, example, cwd=base))
     (wheel,) = wheels.glob("tunray_outbound_socks-*.whl")
     kit = KitVenv(base, python, venv / "bin" / "tunray", wheel)
     _check(kit.run(*pip, "install", _copy_core(base), wheel, "pytest", "pytest-timeout", cwd=base, timeout=300))

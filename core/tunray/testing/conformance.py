@@ -10,6 +10,9 @@ real dispatcher calls, against a :mod:`tunray.testing.echo` server at *echo_host
 * a dial to a closed port resets the app's link promptly (within the handshake timeout);
 * UDP (when the outbound declares it): echo, and replies from a second source
   address reach the app with that source (full cone), if ``cone=True``.
+
+``await check_stack(stack_cls)`` runs the stack suite of :mod:`tunray.testing.stackcheck`
+(a real TUN in a throwaway namespace, the kernel as the app); it is re-exported here.
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ import hashlib
 import os
 import struct
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from tunray.net.address import Destination, Network, parse_host
 from tunray.testing.harness import driver_of, running
+from tunray.testing.stackcheck import check_stack
+
+__all__ = ["check_outbound", "check_stack"]
 
 
 def _config(outbound: dict[str, Any]) -> dict[str, Any]:
@@ -61,8 +68,10 @@ async def check_outbound(
     cone: bool = True,
     closed_port: int = 9,
     concurrency: int = 20,
+    extra: Sequence[Any] = (),
 ) -> None:
-    async with running(_config(outbound)) as rt:
+    """*extra*: plugin modules to register in-process (test a plugin without installing it)."""
+    async with running(_config(outbound), extra=extra) as rt:
         drv = driver_of(rt)
         # 1. bulk echo, intact
         await _tcp_echo(drv, echo_host, port, 4 << 20, 40000)

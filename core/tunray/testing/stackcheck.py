@@ -45,13 +45,13 @@ from tunray.net.tun import open_tun
 from tunray.stack import Flow, Stack, StackOptions
 from tunray.testing import stackclient
 
-SINK, SOURCE, ECHO, HALF, SERVER_HALF, REFUSE, DEFER = 1000, 2000, 3000, 3001, 3002, 4000, 4001
+SINK, SOURCE, ECHO, HALF, SERVER_HALF, REFUSE, DEFER, HOLD = 1000, 2000, 3000, 3001, 3002, 4000, 4001, 4002
 UDP_PORT, THIRD_PORT = 5000, 7777
 TRAILER = b" (and this after your FIN)"
 GREETING = b"my FIN comes now; keep talking"
 DEFER_SECONDS = 0.6
-V4_PEER, V4_FAR, V4_THIRD = "10.77.0.2", "198.51.100.7", "203.0.113.9"
-V6_PEER, V6_FAR, V6_THIRD = "fd77::2", "2001:db8::7", "2001:db8:ffff::9"
+V4_APP, V4_PEER, V4_FAR, V4_THIRD = "10.77.0.1", "10.77.0.2", "198.51.100.7", "203.0.113.9"
+V6_APP, V6_PEER, V6_FAR, V6_THIRD = "fd77::1", "fd77::2", "2001:db8::7", "2001:db8:ffff::9"
 DEFAULT_BULK_BYTES = 16 << 20
 CLIENT = stackclient.__file__
 
@@ -74,13 +74,14 @@ class StackHarness:
         self._tasks: set[asyncio.Task[None]] = set()
         self._procs: set[asyncio.subprocess.Process] = set()
         self._server: asyncio.Task[None] | None = None
+        self.release = asyncio.Event()  # flows to ``HOLD`` wait for it before accept()
 
     # --- clients ----------------------------------------------------------------------------------
 
     async def spawn(self, mode: str, *args: object) -> asyncio.subprocess.Process:
         """Start a client in the namespace with pipes on stdin, stdout and stderr."""
         proc = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", self.ns, sys.executable, CLIENT, mode, *map(str, args),
+            "ip", "netns", "exec", self.ns, sys.executable, "-S", CLIENT, mode, *map(str, args),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         self._procs.add(proc)
@@ -143,6 +144,8 @@ class StackHarness:
                 return
             if port == DEFER:
                 await asyncio.sleep(DEFER_SECONDS)
+            elif port == HOLD:
+                await self.release.wait()
             await link.accept()
             if port == SINK:
                 await _sink(link)
@@ -155,8 +158,11 @@ class StackHarness:
                     fut.set_result(digest)
             else:
                 await _echo(link, TRAILER if port == HALF else b"")
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:
             link.abort()
+        except asyncio.CancelledError:
+            link.abort()
+            raise
         except Exception as exc:  # reported by assert_healthy, with the flow
             exc.add_note(f"while serving {flow.network} {flow.source} -> {flow.destination}")
             self.errors.append(exc)
@@ -340,8 +346,8 @@ async def stack_harness(
         _ip("-n", ns, "-batch", "-", stdin="\n".join((
             "link set lo up",
             f"link set {ifname} mtu {mtu} txqueuelen 1000",
-            f"addr add 10.77.0.1/24 dev {ifname}",
-            f"addr add fd77::1/64 dev {ifname} nodad",
+            f"addr add {V4_APP}/24 dev {ifname}",
+            f"addr add {V6_APP}/64 dev {ifname} nodad",
             f"link set {ifname} up",
             f"route add default dev {ifname}",
             f"route add ::/0 dev {ifname}",
@@ -371,6 +377,8 @@ def _remove_namespace(ns: str) -> None:
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), 9)
     subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+    if os.path.exists(f"/run/netns/{ns}"):
+        raise RuntimeError(f"namespace {ns} could not be removed")
 
 
 def namespaces_left() -> list[str]:
@@ -425,13 +433,13 @@ async def check_many_flows(stack_cls: type[Stack], *, flows: int = 200, **setup:
 async def check_udp_full_cone(stack_cls: type[Stack], **setup: Any) -> None:
     """One UDP socket, two destinations: one flow; replies carry each real source; a third source gets in."""
     async with stack_harness(stack_cls, **setup) as h:
-        for near, far, third in ((V4_PEER, V4_FAR, V4_THIRD), (V6_PEER, V6_FAR, V6_THIRD)):
+        for app, near, far, third in ((V4_APP, V4_PEER, V4_FAR, V4_THIRD), (V6_APP, V6_PEER, V6_FAR, V6_THIRD)):
             result = await h.client("udp", UDP_PORT, f"{near},{far}", 3)
             got = {tuple(r) for r in result["replies"]}
             want = {(near, UDP_PORT, f"to {near} via {near}"), (far, UDP_PORT, f"to {far} via {far}"),
                     (third, THIRD_PORT, "unsolicited")}
             assert got == want, f"UDP replies {sorted(got)}, expected {sorted(want)}"
-            mine = [src for src in h.udp_peers if src.port == result["port"]]
+            mine = [src for src in h.udp_peers if (str(src.host), src.port) == (app, result["port"])]
             assert len(mine) == 1, f"{len(mine)} UDP flows for one app socket (expected one per source)"
             peers = {(str(d.host), d.port) for d in h.udp_peers[mine[0]]}
             assert peers == {(near, UDP_PORT), (far, UDP_PORT)}, f"the UDP flow saw destinations {peers}"
@@ -466,15 +474,24 @@ async def check_lazy_handshake(stack_cls: type[Stack], **setup: Any) -> None:
 
 
 async def check_eager_handshake(stack_cls: type[Stack], **setup: Any) -> None:
-    """Eager: the app's connect succeeds at once, before ``accept()``; what it sent is kept."""
+    """Eager: the app's connect succeeds while ``accept()`` is still held back; what it sent is kept."""
     setup["handshake"] = "eager"
     async with stack_harness(stack_cls, **setup) as h:
         for host in (V4_PEER, V6_PEER):
-            result = await h.client("connect", host, DEFER)
-            assert not result["refused"], "eager: the app's connect was refused"
-            assert result["connect_seconds"] < DEFER_SECONDS / 2, (
-                f"eager: connect took {result['connect_seconds']:.2f}s, it should not wait for accept()"
-            )
+            h.release.clear()
+            proc = await h.spawn("connect", host, HOLD, "hold")
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                first = await asyncio.wait_for(proc.stdout.readline(), 5)
+            except TimeoutError:
+                raise AssertionError(f"eager: the app's connect to {host} waited for accept()") from None
+            assert first, f"eager: the client connecting to {host} died"
+            assert "connected" in json.loads(first), first
+            h.release.set()
+            proc.stdin.write(b"go\n")
+            out, err = await asyncio.wait_for(proc.communicate(), 10)
+            assert proc.returncode == 0, err.decode()[-2000:]
+            result = json.loads(out.splitlines()[-1])
             assert result["echo"] == "sent before accept", f"eager: data sent before accept(): {result}"
 
 
@@ -486,39 +503,50 @@ async def check_icmp_echo(stack_cls: type[Stack], **setup: Any) -> None:
             assert result["replies"] == 3, f"{result['replies']} of 3 pings to {host} answered"
 
 
+async def inject_malformed(h: StackHarness, *, seed: int | None = None) -> dict[str, int]:
+    """Inject malformed packets beside a live v4 and v6 echo flow; check both survive and the drops count.
+
+    Returns how many were sent: ``{"crafted": n, "noise": m}`` (crafted ones must be dropped;
+    the random noise must merely not hurt).
+    """
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "big")
+    proc = await h.spawn("inject", h.ifname, V4_PEER, V6_PEER, ECHO, seed)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
+
+    async def line() -> dict[str, Any]:
+        raw = await asyncio.wait_for(stdout.readline(), 20)
+        if not raw:
+            err = await stderr.read()
+            raise AssertionError(f"inject client (seed {seed}) died: {err.decode()[-2000:]}")
+        out: dict[str, Any] = json.loads(raw)
+        return out
+
+    assert (await line()) == {"ready": True}
+    before = h.counted()
+    stdin.write(b"go\n")
+    sent = await line()
+    for _ in range(150):  # the stack reads the TUN asynchronously: up to 3 s
+        if h.counted() - before >= sent["crafted"]:
+            break
+        await asyncio.sleep(0.02)
+    delta = h.counted() - before
+    assert delta >= sent["crafted"], (
+        f"{sent['crafted']} malformed packets (+{sent['noise']} random, seed {seed}) raised the "
+        f"stack's counters by only {delta}: {h.stack.counters}"
+    )
+    stdin.write(b"go\n")
+    result = await line()
+    await asyncio.wait_for(proc.wait(), 10)
+    assert result == {"intact": [True, True]}, f"live flows damaged by malformed packets (seed {seed})"
+    return {"crafted": sent["crafted"], "noise": sent["noise"]}
+
+
 async def check_malformed(stack_cls: type[Stack], **setup: Any) -> None:
     """Garbage and truncated packets beside live v4 and v6 flows: dropped, counted, flows intact."""
-    seed = int.from_bytes(os.urandom(4), "big")
     async with stack_harness(stack_cls, **setup) as h:
-        proc = await h.spawn("inject", h.ifname, V4_PEER, V6_PEER, ECHO, seed)
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-
-        async def line() -> dict[str, Any]:
-            assert proc.stdout is not None and proc.stderr is not None
-            raw = await asyncio.wait_for(proc.stdout.readline(), 20)
-            if not raw:
-                err = await proc.stderr.read()
-                raise AssertionError(f"inject client (seed {seed}) died: {err.decode()[-2000:]}")
-            out: dict[str, Any] = json.loads(raw)
-            return out
-
-        assert (await line()) == {"ready": True}
-        before = h.counted()
-        proc.stdin.write(b"go\n")
-        sent = await line()
-        for _ in range(150):  # the stack reads the TUN asynchronously: up to 3 s
-            if h.counted() - before >= sent["crafted"]:
-                break
-            await asyncio.sleep(0.02)
-        delta = h.counted() - before
-        assert delta >= sent["crafted"], (
-            f"{sent['crafted']} malformed packets (+{sent['noise']} random, seed {seed}) raised the "
-            f"stack's counters by only {delta}: {h.stack.counters}"
-        )
-        proc.stdin.write(b"go\n")
-        result = await line()
-        await asyncio.wait_for(proc.wait(), 10)
-        assert result == {"intact": [True, True]}, f"live flows damaged by malformed packets (seed {seed})"
+        await inject_malformed(h)
         ghosts = [f for f in h.flows if f.destination.port in (9998, 9999)]
         assert not ghosts, f"malformed packets opened flows: {ghosts}"
 

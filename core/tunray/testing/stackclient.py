@@ -1,6 +1,6 @@
 """Kernel-side clients for :mod:`tunray.testing.stackcheck`, run inside the test's namespace.
 
-    python stackclient.py MODE ARGS...
+    python -S stackclient.py MODE ARGS...
 
 Each mode drives the Linux TCP/IP stack (the "app") against the stack under test on the
 other side of a TUN and prints JSON lines; the last line is the result.  The module uses
@@ -15,7 +15,6 @@ Modes: ``upload``/``download`` (bulk with SHA-256), ``halfclose`` (our FIN first
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -107,7 +106,8 @@ def serverhalf(host: str, port: int, size: int) -> dict[str, Any]:
                 "port": s.getsockname()[1]}
 
 
-def connect(host: str, port: int) -> dict[str, Any]:
+def connect(host: str, port: int, hold: bool = False) -> dict[str, Any]:
+    """Time the handshake, then echo; with *hold*, report the connect and wait for a stdin line first."""
     start = time.monotonic()
     try:
         s = socket.create_connection((host, port), timeout=10)
@@ -115,13 +115,21 @@ def connect(host: str, port: int) -> dict[str, Any]:
         return {"refused": True, "connect_seconds": time.monotonic() - start}
     with s:
         took = time.monotonic() - start
-        s.sendall(b"sent before accept")
-        s.shutdown(socket.SHUT_WR)
-        echo = recv_all(s)
-    return {"refused": False, "connect_seconds": took, "echo": echo.decode(errors="replace")}
+        if hold:
+            emit({"connected": took})
+            sys.stdin.readline()
+        try:
+            s.sendall(b"sent before accept")
+            s.shutdown(socket.SHUT_WR)
+            echo = recv_all(s).decode(errors="replace")
+        except ConnectionError as exc:  # reset or broken pipe
+            echo = f"({type(exc).__name__})"
+    return {"refused": False, "connect_seconds": took, "echo": echo}
 
 
 async def _many(host: str, port: int, n: int) -> dict[str, Any]:
+    import asyncio
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < n + 64:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n + 256)), hard))
@@ -236,7 +244,7 @@ def udp_dgram(src: bytes, dst: bytes, sport: int, dport: int, data: bytes, *, cs
 
 def captured(cap: socket.socket) -> list[bytes]:
     """Every packet our kernel sent into the TUN since *cap* was bound."""
-    out = []
+    out: list[bytes] = []
     while True:
         try:
             pkt, addr = cap.recvfrom(70000)
@@ -362,8 +370,10 @@ def main() -> None:
     elif mode == "serverhalf":
         result = serverhalf(args[0], int(args[1]), int(args[2]))
     elif mode == "connect":
-        result = connect(args[0], int(args[1]))
+        result = connect(args[0], int(args[1]), args[2:] == ["hold"])
     elif mode == "many":
+        import asyncio  # only here: importing it costs more than the other modes take
+
         result = asyncio.run(_many(args[0], int(args[1]), int(args[2])))
     elif mode == "udp":
         result = udp(int(args[0]), args[1].split(","), int(args[2]))

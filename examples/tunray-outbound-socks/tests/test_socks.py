@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from socks_server import SocksServer
-
 from tunray.config.errors import ConfigError
 from tunray.config.model import build_config
 from tunray.net.address import Destination, Network, parse_host

@@ -63,7 +63,10 @@ def encode_address(host: Host, port: int) -> bytes:
         return bytes([ATYP_IPV4]) + host.packed + struct.pack("!H", port)
     if isinstance(host, ipaddress.IPv6Address):
         return bytes([ATYP_IPV6]) + host.packed + struct.pack("!H", port)
-    name = host.encode("idna")
+    try:
+        name = host.encode("idna")  # punycode: the wire carries ASCII names
+    except UnicodeError:
+        raise SocksError(f"domain {host!r} cannot be encoded") from None
     if not 0 < len(name) < 256:
         raise SocksError(f"domain {host!r} does not fit a SOCKS address")
     return bytes([ATYP_DOMAIN, len(name)]) + name + struct.pack("!H", port)
@@ -95,7 +98,7 @@ def decode_address(buf: bytes | bytearray | memoryview, offset: int = 0) -> tupl
         end = offset + 2 + n + 2
         if len(buf) < end:
             return None
-        host = bytes(buf[offset + 2 : offset + 2 + n]).decode("idna", errors="replace").lower()
+        host = bytes(buf[offset + 2 : offset + 2 + n]).decode("ascii", errors="replace").lower()
     else:
         raise SocksError(f"unknown SOCKS address type {atyp}")
     (port,) = struct.unpack_from("!H", buf, end - 2)

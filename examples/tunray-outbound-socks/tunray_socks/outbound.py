@@ -32,6 +32,7 @@ from tunray.outbound import Outbound
 from tunray.policy import LevelPolicy
 from tunray.relay import relay
 from tunray.session import FlowContext
+
 from tunray_socks import codec
 from tunray_socks.codec import SocksError
 
@@ -99,6 +100,8 @@ class SocksOutbound(Outbound):
     def __init__(self, config: Any, runtime: Any) -> None:
         super().__init__(config, runtime)
         s = self.settings
+        self.user: str
+        self.password: str
         if s.servers is not None:
             server = s.servers[0]
             user = server.users[0] if server.users else None

@@ -15,11 +15,13 @@ def test_entry_point_names_the_plugin_module() -> None:
     assert ep.load() is tunray_vless.plugin
 
 
-def test_hook_matches_the_spec_and_registers_nothing_yet() -> None:
+def test_hook_matches_the_spec_and_registers_the_outbound() -> None:
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(spec)
     pm.register(tunray_vless.plugin, name="outbound_vless")
     pm.check_pending()
     registry = Registry()
     pm.hook.tunray_register_types(registry=registry)
-    assert registry.outbounds == {} and registry.transports == {}
+    from tunray_vless.outbound import VlessOutbound
+
+    assert registry.outbounds == {"vless": VlessOutbound} and registry.transports == {}

@@ -30,7 +30,7 @@ class SelfSigned:
 def make_cert(directory: Path, names: tuple[str, ...] = ("vless.test", "localhost"), ips: tuple[str, ...] = ("127.0.0.1", "::1"), stem: str = "server") -> SelfSigned:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else "test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     san: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
     san += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
     cert = (

@@ -1,16 +1,17 @@
-"""Entry point of ``tunray-outbound-vless`` (group ``tunray``, name ``outbound_vless``).
-
-Phase 1 ships only the codecs; the ``vless`` outbound class is registered here once the
-core's dialer exists.
-"""
+"""Entry point of ``tunray-outbound-vless`` (group ``tunray``, name ``outbound_vless``): registers ``vless``."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tunray import hookimpl
-from tunray.plugin.registry import Registry
+
+if TYPE_CHECKING:
+    from tunray.plugin.registry import Registry
 
 
 @hookimpl
 def tunray_register_types(registry: Registry) -> None:
-    """Register nothing yet: the outbound class arrives with the core dialer."""
-    del registry
+    from tunray_vless.outbound import VlessOutbound
+
+    registry.add_outbound(VlessOutbound)

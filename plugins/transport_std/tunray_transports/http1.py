@@ -98,7 +98,9 @@ def parse_head(head: bytes) -> ResponseHead:
 def check_upgrade(head: ResponseHead, accept: str | None) -> None:
     """Raise :class:`HandshakeError` unless *head* is a ``101`` upgrade to websocket."""
     if head.status != 101:
-        raise HandshakeError(f"server answered {head.status} {head.reason} instead of 101 Switching Protocols")
+        raise HandshakeError(
+            f"server answered {head.status} {head.reason} instead of 101 Switching Protocols"
+        )
     if (head.get("upgrade") or "").lower() != "websocket" or not head.has_token("connection", "upgrade"):
         raise HandshakeError("101 response without Upgrade: websocket / Connection: Upgrade")
     if accept is not None and head.get("sec-websocket-accept") != accept:

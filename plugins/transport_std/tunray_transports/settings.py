@@ -127,7 +127,9 @@ class HttpOptions:
         return f"[{dest.host}]" if dest.is_ip and ":" in dest.host_text else dest.host_text
 
 
-def _http_options(stream: Settings, key: str, schema: Schema, path: str, *, host_in_headers: bool) -> HttpOptions:
+def _http_options(
+    stream: Settings, key: str, schema: Schema, path: str, *, host_in_headers: bool
+) -> HttpOptions:
     where = join(path, raw_key(stream, key))
     s = schema.parse(stream.get(key), where)
     clean, ed = split_early_data(s.path, join(where, "path"))
@@ -142,7 +144,9 @@ def _http_options(stream: Settings, key: str, schema: Schema, path: str, *, host
             continue
         has_ua = has_ua or name.lower() == "user-agent"
         if "\r" in name or "\n" in name or "\r" in value or "\n" in value or ":" in name:
-            raise ConfigError(join(join(where, "headers"), name), "header names and values may not contain newlines")
+            raise ConfigError(
+                join(join(where, "headers"), name), "header names and values may not contain newlines"
+            )
         headers.append((name, value))
     if not has_ua:
         headers.append(("User-Agent", DEFAULT_USER_AGENT))

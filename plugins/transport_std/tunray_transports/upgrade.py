@@ -29,17 +29,18 @@ async def read_head(inner: Any, reader: ResponseReader, accept: str | None) -> b
             return reader.leftover
 
 
-def upgrade_request(opts: HttpOptions, host: str, extra: tuple[tuple[str, str], ...] = ()) -> tuple[bytes, str]:
-    """The request bytes and the ``Sec-WebSocket-Key`` they carry."""
-    key = ws_key(os.urandom(16))
-    headers = (
-        ("Connection", "Upgrade"),
-        ("Upgrade", "websocket"),
-        ("Sec-WebSocket-Key", key),
-        ("Sec-WebSocket-Version", "13"),
-        *extra,
-        *opts.headers,
-    )
+def upgrade_request(
+    opts: HttpOptions, host: str, extra: tuple[tuple[str, str], ...] = (), *, websocket: bool = True
+) -> tuple[bytes, str]:
+    """The request bytes and the ``Sec-WebSocket-Key`` they carry ("" for HTTPUpgrade).
+
+    HTTPUpgrade sends no ``Sec-WebSocket-Key``/``-Version`` unless configured in
+    ``headers``: sing-box's server refuses such a request as "real websocket", and
+    Xray's server does not need them.
+    """
+    key = ws_key(os.urandom(16)) if websocket else ""
+    ws_headers = (("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13")) if websocket else ()
+    headers = (("Connection", "Upgrade"), ("Upgrade", "websocket"), *ws_headers, *extra, *opts.headers)
     return build_request(opts.path, host, headers), key
 
 
@@ -61,8 +62,8 @@ class UpgradedStream:
                     self._leftover = await read_head(self._inner, self._pending, None)
                     self._pending = None
         if self._leftover:
-            data, self._leftover = self._leftover[:max_bytes], self._leftover[max_bytes:]
-            return data
+            head, self._leftover = self._leftover[:max_bytes], self._leftover[max_bytes:]
+            return head
         data: bytes = await self._inner.read(max_bytes)
         return data
 
@@ -80,7 +81,7 @@ class UpgradedStream:
 
 
 async def open_httpupgrade(inner: Any, opts: HttpOptions, host: str) -> UpgradedStream:
-    request, _ = upgrade_request(opts, host)
+    request, _ = upgrade_request(opts, host, websocket=False)
     await inner.write(request)
     reader = ResponseReader()
     if opts.early_data > 0:

@@ -99,7 +99,9 @@ def mask(data: bytes | bytearray | memoryview, key: bytes, offset: int = 0) -> b
     return (int.from_bytes(data, "little") ^ int.from_bytes(stream, "little")).to_bytes(n, "little")
 
 
-def encode_frame(opcode: int, payload: bytes | bytearray | memoryview, mask_key: bytes | None, fin: bool = True) -> bytes:
+def encode_frame(
+    opcode: int, payload: bytes | bytearray | memoryview, mask_key: bytes | None, fin: bool = True
+) -> bytes:
     n = len(payload)
     b0 = (0x80 if fin else 0) | opcode
     m = 0x80 if mask_key is not None else 0
@@ -285,7 +287,9 @@ class WebSocketConnection:
 
     __slots__ = ("_out", "_random", "max_frame", "reader", "state")
 
-    def __init__(self, *, random: Callable[[int], bytes] = os.urandom, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(
+        self, *, random: Callable[[int], bytes] = os.urandom, max_frame: int = DEFAULT_MAX_FRAME
+    ) -> None:
         self.reader = FrameReader()
         self.state = State.OPEN
         self._out = bytearray()

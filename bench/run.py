@@ -1,0 +1,316 @@
+"""tunray's TUN path against sing-box (gvisor and system stacks) on the same namespaces.
+
+    sudo .venv/bin/python bench/run.py            # full matrix (~10 minutes), writes docs/benchmarks.md
+    sudo .venv/bin/python bench/run.py --quick    # reduced matrix (a few minutes)
+
+Every proxy run gets a fresh :class:`world.World` (client/server namespaces, iperf3 and
+echo servers on 203.0.113.10 in the server namespace, the proxy's TUN capturing
+203.0.113.0/24 in the client namespace) and is torn down before the next.  Runs
+alternate between the proxies round by round (the order rotates); each figure is the
+median over rounds.  Metrics:
+
+* iperf3 (``-J``): single-stream upload, download and 4-stream aggregate, TUN MTU 1500 and 65535;
+* TCP connections per second (connect, echo 32 bytes, close; 64 loops in parallel);
+* UDP echo round trip p50 / p99;
+* RSS and CPU seconds of the proxy process holding 5,000 TCP flows.
+
+The table goes to stdout and between the markers of docs/benchmarks.md; the chart to
+docs/benchmarks.png (drawn by :mod:`png`, no matplotlib needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import png
+from world import ECHO_PORT, HOST4, IPERF_PORT, PROXIES, REPO, SING_BOX, Proxy, World
+
+LOAD = str(Path(__file__).with_name("load.py"))
+DOC = REPO / "docs" / "benchmarks.md"
+CHART = REPO / "docs" / "benchmarks.png"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    target: str = ""  # e.g. ">= 0.5" against sing-box gvisor
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int
+    mtus: tuple[int, ...]
+    iperf_seconds: int
+    conn_seconds: float
+    udp_count: int
+    flows: int
+
+
+FULL = Plan(rounds=2, mtus=(1500, 65535), iperf_seconds=5, conn_seconds=5.0, udp_count=2000, flows=5000)
+QUICK = Plan(rounds=1, mtus=(1500, 65535), iperf_seconds=2, conn_seconds=3.0, udp_count=500, flows=5000)
+
+
+def metrics(plan: Plan) -> list[Metric]:
+    out: list[Metric] = []
+    for mtu in plan.mtus:
+        tgt = ">= 0.5" if mtu == 65535 else ""
+        out += [
+            Metric(f"up1@{mtu}", f"iperf3 upload 1 stream, MTU {mtu}", "Mbit/s", True, tgt),
+            Metric(f"down1@{mtu}", f"iperf3 download 1 stream, MTU {mtu}", "Mbit/s", True, tgt),
+            Metric(f"up4@{mtu}", f"iperf3 upload 4 streams, MTU {mtu}", "Mbit/s", True),
+        ]
+    out += [
+        Metric("cps", "TCP connections per second", "conn/s", True, ">= 0.5"),
+        Metric("udp_p50", "UDP echo RTT p50", "µs", False),
+        Metric("udp_p99", "UDP echo RTT p99", "µs", False),
+        Metric("rss_idle", "RSS idle", "MiB", False),
+        Metric("rss_flows", f"RSS at {plan.flows:,} TCP flows", "MiB", False, "<= 2.0"),
+        Metric("cpu_flows", f"CPU s to open {plan.flows:,} flows", "s", False),
+    ]
+    return out
+
+
+# --- measurements -------------------------------------------------------------------------------
+
+
+def iperf(world: World, seconds: int, *, reverse: bool = False, streams: int = 1) -> float:
+    argv = ["iperf3", "-c", HOST4, "-p", str(IPERF_PORT), "-t", str(seconds), "-J", "--connect-timeout", "5000"]
+    if seconds >= 4:
+        argv += ["-O", "1"]
+    if reverse:
+        argv.append("-R")
+    if streams > 1:
+        argv += ["-P", str(streams)]
+    res = world.run_client(argv, timeout=seconds + 30)
+    data = json.loads(res.stdout or "{}")
+    if "error" in data or res.returncode != 0:
+        raise RuntimeError(f"iperf3 failed: {data.get('error') or res.stderr.strip()}")
+    return float(data["end"]["sum_received"]["bits_per_second"]) / 1e6
+
+
+def load(world: World, *args: str, timeout: float) -> dict[str, float]:
+    res = world.run_client([sys.executable, LOAD, *args], timeout=timeout)
+    if res.returncode != 0:
+        raise RuntimeError(f"load {args[0]} failed: {res.stderr.strip()[-300:]}")
+    out: dict[str, float] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+def proc_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def hold_flows(world: World, pid: int, flows: int) -> dict[str, float]:
+    cpu0 = proc_cpu_s(pid)
+    rss0 = proc_rss_mib(pid)
+    argv = ["ip", "netns", "exec", world.client, sys.executable, LOAD, "hold", HOST4, str(ECHO_PORT), "--flows", str(flows)]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        if not select.select([proc.stdout], [], [], 180)[0]:
+            raise RuntimeError("holding flows timed out")
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"hold failed: {proc.stderr.read().decode(errors='replace')[-300:] if proc.stderr else ''}")
+        info = json.loads(line)
+        time.sleep(1.0)  # let the proxy settle (buffers allocated, timers armed)
+        rss = proc_rss_mib(pid)
+        cpu = proc_cpu_s(pid) - cpu0
+        if info["held"] < flows * 0.99:
+            raise RuntimeError(f"only {info['held']}/{flows} flows opened")
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    return {"rss_idle": rss0, "rss_flows": rss, "cpu_flows": cpu, "held": info["held"]}
+
+
+def run_proxy(proxy: Proxy, mtu: int, plan: Plan, workdir: Path, say: Callable[[str], None]) -> dict[str, float]:
+    """One proxy at one MTU in a fresh world; returns metric key -> value."""
+    res: dict[str, float] = {}
+    world = World(workdir)
+    try:
+        pid = world.start(proxy, mtu)
+        t = plan.iperf_seconds
+        res[f"up1@{mtu}"] = iperf(world, t)
+        res[f"down1@{mtu}"] = iperf(world, t, reverse=True)
+        res[f"up4@{mtu}"] = iperf(world, t, streams=4)
+        if mtu == 1500:
+            c = load(world, "connrate", HOST4, str(ECHO_PORT), "--seconds", str(plan.conn_seconds), "--parallel", "64",
+                     timeout=plan.conn_seconds + 60)
+            res["cps"] = c["cps"]
+            u = load(world, "udprtt", HOST4, str(ECHO_PORT), "--count", str(plan.udp_count), timeout=120)
+            res["udp_p50"], res["udp_p99"] = u["p50_us"], u["p99_us"]
+            res.update({k: v for k, v in hold_flows(world, pid, plan.flows).items() if k != "held"})
+        say(f"  {proxy.label:<22} MTU {mtu:<5} " + "  ".join(f"{k}={v:,.0f}" if v >= 100 else f"{k}={v:.2f}"
+                                                        for k, v in res.items()))
+    finally:
+        world.close()
+    return res
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def fmt(v: float | None) -> str:
+    if v is None:
+        return "–"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}" if abs(v) >= 1 else f"{v:.3f}"
+
+
+def verdict(m: Metric, r: float | None) -> str:
+    if not m.target or r is None:
+        return ""
+    op, bound = m.target.split()
+    ok = r >= float(bound) if op == ">=" else r <= float(bound)
+    return f"{m.target} {'✅' if ok else '❌'}"
+
+
+def table(ms: list[Metric], med: dict[str, dict[str, float]]) -> str:
+    head = ("| metric | unit | tunray | sing-box gvisor | sing-box system | tunray / gvisor | tunray / system | target (vs gvisor) |\n"
+            "|---|---|---:|---:|---:|---:|---:|---|\n")
+    rows = []
+    for m in ms:
+        t, g, s = (med.get(p.key, {}).get(m.key) for p in PROXIES)
+        rg, rs = ratio(t, g), ratio(t, s)
+        rows.append(f"| {m.label} | {m.unit} | {fmt(t)} | {fmt(g)} | {fmt(s)} | {fmt(rg)} | {fmt(rs)} | {verdict(m, rg)} |")
+    return head + "\n".join(rows) + "\n"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024 // 1024
+    sb = subprocess.run([str(SING_BOX), "version"], capture_output=True, text=True).stdout.splitlines()
+    ip3 = subprocess.run(["iperf3", "--version"], capture_output=True, text=True).stdout.splitlines()
+    return (f"{cpu}, {os.cpu_count()} CPUs, {mem} GiB RAM; Linux {platform.release()}; "
+            f"Python {platform.python_version()}; {sb[0] if sb else 'sing-box ?'}; {ip3[0] if ip3 else 'iperf3 ?'}")
+
+
+def write_doc(body: str) -> None:
+    text = DOC.read_text() if DOC.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        text += f"\n{BEGIN}\n{END}\n"
+    pre, rest = text.split(BEGIN, 1)
+    post = rest.split(END, 1)[1]
+    DOC.write_text(f"{pre}{BEGIN}\n{body}{END}{post}")
+
+
+def chart(ms: list[Metric], med: dict[str, dict[str, float]], title: str) -> bytes:
+    rows = []
+    for m in ms:
+        t, g, s = (med.get(p.key, {}).get(m.key) for p in PROXIES)
+        label = m.key.replace("@", " MTU ").replace("_", " ").upper()
+        rows.append((label, [ratio(t, g), ratio(t, s)]))
+    return png.ratio_chart(title, rows, [("TUNRAY / SING-BOX GVISOR", (52, 101, 164)),
+                                         ("TUNRAY / SING-BOX SYSTEM", (230, 140, 30))], marks=(0.5, 1.0, 2.0))
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="reduced matrix, a few minutes")
+    ap.add_argument("--rounds", type=int, help="rounds (default 2, quick 1)")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
+    ap.add_argument("--only", choices=[p.key for p in PROXIES], action="append", help="run only these proxies")
+    a = ap.parse_args(argv)
+    plan = QUICK if a.quick else FULL
+    if a.rounds:
+        plan = Plan(a.rounds, plan.mtus, plan.iperf_seconds, plan.conn_seconds, plan.udp_count, plan.flows)
+    if os.geteuid() != 0:
+        print("the benchmark needs root (namespaces, TUN)", file=sys.stderr)
+        return 2
+    for tool, path in (("iperf3", shutil.which("iperf3")), ("sing-box", str(SING_BOX) if SING_BOX.exists() else None)):
+        if path is None:
+            print(f"missing {tool}: run ./scripts/install", file=sys.stderr)
+            return 2
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by servers, proxies and clients
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    proxies = [p for p in PROXIES if not a.only or p.key in a.only]
+    samples: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    cmd = ".venv/bin/python bench/run.py" + (" --quick" if a.quick else "") + (f" --rounds {a.rounds}" if a.rounds else "")
+    started = datetime.datetime.now(datetime.UTC)
+    workdir = Path(tempfile.mkdtemp(prefix="tunray-bench-"))
+    try:
+        for r in range(plan.rounds):
+            order = proxies[r % len(proxies):] + proxies[: r % len(proxies)]
+            print(f"round {r + 1}/{plan.rounds}: " + ", ".join(p.label for p in order), flush=True)
+            for mtu in plan.mtus:
+                for proxy in order:
+                    for k, v in run_proxy(proxy, mtu, plan, workdir, lambda s: print(s, flush=True)).items():
+                        samples[proxy.key][k].append(v)
+    except KeyboardInterrupt:
+        print("interrupted; everything was cleaned up", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    med = {p: {k: statistics.median(v) for k, v in d.items()} for p, d in samples.items()}
+    ms = metrics(plan)
+    tbl = table(ms, med)
+    print()
+    print(tbl)
+    minutes = (datetime.datetime.now(datetime.UTC) - started).total_seconds() / 60
+    if not a.no_write and not a.only:
+        body = (f"Command: `sudo {cmd}` ({plan.rounds} round(s), median; took {minutes:.0f} min)  \n"
+                f"Date: {started:%Y-%m-%d %H:%M} UTC  \n"
+                f"Machine: {machine()}\n\n{tbl}\n![ratios](benchmarks.png)\n")
+        write_doc(body)
+        CHART.write_bytes(chart(ms, med, f"TUNRAY VS SING-BOX, {started:%Y-%m-%d}"))
+        print(f"wrote {DOC.relative_to(REPO)} and {CHART.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""The ``vless`` outbound against real servers on loopback: sing-box (raw, TLS, Vision) and v2ray 4.34.
+
+Flows are opened with the driver inbound through a whole runtime; the servers'
+direct/freedom outbound reaches a :mod:`tunray.testing.echo` server on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from loguru import logger
+from tunray.net.address import Destination, Network, parse_host
+from tunray.testing.harness import driver_of, running
+from tunray.testing.links import AppEnd
+from vless_certs import SelfSigned, make_cert
+from vless_servers import RunningServer, free_port, start_sing_box, start_v2ray, vless_outbound
+
+VISION = "xtls-rprx-vision"
+KINDS = ["sing-box-raw", "sing-box-tls", "sing-box-vision", "v2ray-raw"]
+POLICY = {"levels": {"0": {"handshake": 2, "connIdle": 30, "uplinkOnly": 2, "downlinkOnly": 2}}}
+
+
+def _config(outbound: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "log": {"loglevel": "none"},
+        "inbounds": [{"protocol": "driver"}],
+        "outbounds": [dict(outbound, tag="vless")],
+        "policy": POLICY,
+    }
+
+
+@contextlib.contextmanager
+def _server(kind: str, directory: Path) -> Iterator[tuple[RunningServer, dict[str, Any], SelfSigned]]:
+    cert = make_cert(directory)
+    if kind == "v2ray-raw":
+        srv = start_v2ray(directory)
+        ob = vless_outbound(srv)
+    elif kind == "sing-box-raw":
+        srv = start_sing_box(directory)
+        ob = vless_outbound(srv)
+    elif kind == "sing-box-tls":
+        srv = start_sing_box(directory, tls=cert)
+        ob = vless_outbound(srv, tls=cert)
+    else:
+        srv = start_sing_box(directory, tls=cert, flow=VISION)
+        ob = vless_outbound(srv, tls=cert, flow=VISION, pin=True)
+    try:
+        yield srv, ob, cert
+    finally:
+        srv.stop()
+
+
+def _tcp(host: str, port: int) -> Destination:
+    return Destination(Network.TCP, parse_host(host), port)
+
+
+async def _echo_bulk(drv: Any, target: Destination, size: int, source_port: int, block: int = 1 << 18) -> None:
+    app, task = drv.open_tcp(f"10.0.0.2:{source_port}", target)
+    payload = os.urandom(size)
+
+    async def send() -> None:
+        for i in range(0, size, block):
+            await app.send(payload[i : i + block])
+        app.shutdown_write()
+
+    sender = asyncio.create_task(send())
+    digest = hashlib.sha256()
+    received = 0
+    try:
+        while chunk := await app.recv(1 << 20):
+            digest.update(chunk)
+            received += len(chunk)
+    finally:
+        await sender
+        await task
+    assert received == size, f"echo returned {received} of {size} bytes"
+    assert digest.digest() == hashlib.sha256(payload).digest(), "echoed bytes differ"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.timeout(120)
+async def test_bulk_50_mib_each_way(kind: str, tmp_path: Path, echo_port: int) -> None:
+    with _server(kind, tmp_path) as (_srv, ob, _cert):
+        async with running(_config(ob)) as rt:
+            await _echo_bulk(driver_of(rt), _tcp("127.0.0.1", echo_port), 50 << 20, 40000)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_100_concurrent_flows_ipv6_and_domain(kind: str, tmp_path: Path, echo_port: int) -> None:
+    with _server(kind, tmp_path) as (_srv, ob, _cert):
+        async with running(_config(ob)) as rt:
+            drv = driver_of(rt)
+            await asyncio.gather(
+                *(_echo_bulk(drv, _tcp("127.0.0.1", echo_port), 32 * 1024, 41000 + i) for i in range(100))
+            )
+            await _echo_bulk(drv, _tcp("::1", echo_port), 1 << 20, 42000)  # an IPv6 destination
+            await _echo_bulk(drv, _tcp("localhost", echo_port), 1 << 20, 42001)  # resolved by the server
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_udp_xudp_echo_and_full_cone(kind: str, tmp_path: Path, echo_port: int) -> None:
+    """Ports other than 53/443 go over XUDP: per-packet addresses and replies from any source."""
+    with _server(kind, tmp_path) as (_srv, ob, _cert):
+        async with running(_config(ob)) as rt:
+            drv = driver_of(rt)
+            target = Destination(Network.UDP, parse_host("127.0.0.1"), echo_port)
+            app, task = drv.open_udp("10.0.0.2:5353", target)
+            app.send(b"ping-1", target)
+            reply = await asyncio.wait_for(app.recv(), 5)
+            assert reply.data == b"ping-1" and reply.peer == target
+            for i in range(20):
+                app.send(b"x%d" % i, target)
+            got = {(await asyncio.wait_for(app.recv(), 5)).data for _ in range(20)}
+            assert got == {b"x%d" % i for i in range(20)}
+            if kind.startswith("sing-box"):
+                # v2ray 4.34 predates XUDP's per-packet addresses: one destination per flow
+                probe = target.with_port(echo_port + 1)
+                app.send(b"cone", probe)
+                sources = set()
+                for _ in range(2):
+                    r = await asyncio.wait_for(app.recv(), 5)
+                    assert r.data == b"cone"
+                    sources.add(r.peer)
+                assert sources == {probe, probe.with_port(echo_port + 3)}, sources
+            app.close()
+            await asyncio.wait_for(task, 5)
+
+
+async def test_vision_refuses_udp_443_without_the_udp443_flow(tmp_path: Path) -> None:
+    with _server("sing-box-vision", tmp_path) as (_srv, ob, _cert):
+        async with running(_config(ob)) as rt:
+            target = Destination(Network.UDP, parse_host("127.0.0.1"), 443)
+            app, task = driver_of(rt).open_udp("10.0.0.2:5353", target)
+            app.send(b"quic?", target)
+            await asyncio.wait_for(task, 3)
+            assert app.closed
+
+
+# --- Vision with real inner TLS 1.3: the server switches its downlink to raw TCP ---------
+
+
+class _AppTls:
+    """The app's own TLS client over the driver's app end (so Vision sees inner TLS 1.3)."""
+
+    def __init__(self, app: AppEnd, ctx: ssl.SSLContext) -> None:
+        self.app = app
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname="vless.test")
+
+    async def _pump(self) -> None:
+        if self.outgoing.pending:
+            await self.app.send(self.outgoing.read())
+        data = await self.app.recv(1 << 18)
+        if not data:
+            raise ConnectionError("closed")
+        self.incoming.write(data)
+
+    async def handshake(self) -> None:
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await self._pump()
+        if self.outgoing.pending:
+            await self.app.send(self.outgoing.read())
+
+    async def send(self, data: bytes) -> None:
+        self.obj.write(data)
+        await self.app.send(self.outgoing.read())
+
+    async def recv(self) -> bytes:
+        while True:
+            try:
+                return self.obj.read(1 << 18)
+            except ssl.SSLWantReadError:
+                await self._pump()
+
+
+@contextlib.asynccontextmanager
+async def _tls_echo_server(cert: SelfSigned) -> AsyncIterator[int]:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert.cert_file, cert.key_file)
+    handlers: set[asyncio.Task[Any]] = set()
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(echo, "127.0.0.1", port, ssl=ctx)
+    try:
+        yield port
+    finally:
+        server.close()
+        await server.wait_closed()
+        for t in handlers:
+            t.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+
+
+@pytest.mark.parametrize("block", [1 << 16, 3 << 20])
+async def test_vision_direct_switch_with_inner_tls13(tmp_path: Path, block: int) -> None:
+    messages: list[str] = []
+    sink = logger.add(messages.append, level="DEBUG", format="{message}")
+    try:
+        with _server("sing-box-vision", tmp_path) as (_srv, ob, cert):
+            async with _tls_echo_server(cert) as tls_port, running(_config(ob)) as rt:
+                app, task = driver_of(rt).open_tcp("10.0.0.2:40100", _tcp("127.0.0.1", tls_port))
+                client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                client_ctx.load_verify_locations(cert.cert_file)
+                inner = _AppTls(app, client_ctx)
+                await inner.handshake()
+                assert inner.obj.version() == "TLSv1.3"
+                payload = os.urandom(3 << 20)
+                got = bytearray()
+
+                async def reader() -> None:
+                    while len(got) < len(payload):
+                        got.extend(await inner.recv())
+
+                r = asyncio.create_task(reader())
+                try:
+                    for i in range(0, len(payload), block):
+                        await inner.send(payload[i : i + block])
+                finally:
+                    await asyncio.wait_for(r, 20)
+                assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+                app.shutdown_write()
+                await asyncio.wait_for(task, 10)
+    finally:
+        logger.remove(sink)
+    assert any("vision downlink switched to the raw socket" in m for m in messages), "the server never switched"
+
+
+# --- faults -------------------------------------------------------------------------------
+
+
+async def test_wrong_uuid_closes_the_flow_promptly(tmp_path: Path, echo_port: int) -> None:
+    with _server("sing-box-raw", tmp_path) as (srv, _ob, _cert):
+        ob = vless_outbound(srv, user_id="00000000-0000-4000-8000-000000000001")
+        async with running(_config(ob)) as rt:
+            app, task = driver_of(rt).open_tcp("10.0.0.2:40200", _tcp("127.0.0.1", echo_port))
+            started = time.monotonic()
+            await app.send(b"hello")
+            await asyncio.wait_for(task, 3)
+            assert app.reset or app.closed
+            assert time.monotonic() - started < 1.5
+
+
+async def test_wrong_certificate_is_refused_with_a_clear_log_line(tmp_path: Path, echo_port: int) -> None:
+    messages: list[str] = []
+    sink = logger.add(messages.append, level="WARNING", format="{message}")
+    try:
+        with _server("sing-box-tls", tmp_path) as (srv, _ob, _cert):
+            other = make_cert(tmp_path, stem="other")
+            ob = vless_outbound(srv, tls=other)  # trusts a different self-signed cert
+            async with running(_config(ob)) as rt:
+                app, task = driver_of(rt).open_tcp("10.0.0.2:40300", _tcp("127.0.0.1", echo_port))
+                await asyncio.wait_for(task, 3)
+                assert app.reset and not app.accepted
+    finally:
+        logger.remove(sink)
+    assert any(("certificate refused" in m and "certificate verify failed" in m) or "self-signed" in m for m in messages), messages
+
+
+async def test_server_killed_mid_transfer(tmp_path: Path, echo_port: int) -> None:
+    with _server("sing-box-tls", tmp_path) as (srv, ob, _cert):
+        async with running(_config(ob)) as rt:
+            app, task = driver_of(rt).open_tcp("10.0.0.2:40400", _tcp("127.0.0.1", echo_port))
+            await app.send(b"x" * 100_000)
+            assert len(await app.recv_exactly(100_000)) == 100_000
+            srv.stop()
+            started = time.monotonic()
+
+            async def keep_sending() -> None:
+                with contextlib.suppress(ConnectionError):
+                    for _ in range(1000):
+                        await app.send(b"y" * 1000)
+                        await asyncio.sleep(0.01)
+
+            sender = asyncio.create_task(keep_sending())
+            await asyncio.wait_for(task, 5)  # uplinkOnly/downlinkOnly are 2 s
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            assert time.monotonic() - started < 4.5
+            assert app.closed or app.reset
+
+
+async def test_server_unreachable_fails_within_the_handshake_timeout(tmp_path: Path, echo_port: int) -> None:
+    cert = make_cert(tmp_path)
+    # A refused port: the dial fails at once.
+    dead = RunningServer(proc=None, host="127.0.0.1", port=free_port(), config=tmp_path, log=tmp_path)  # type: ignore[arg-type]
+    # A listener that never accepts nor speaks: the kernel completes the TCP handshake,
+    # the TLS handshake times out (policy handshake = 2 s).
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    silent_port = silent.getsockname()[1]
+    try:
+        for ob, limit in (
+            (vless_outbound(dead), 1.0),
+            (vless_outbound(RunningServer(None, "127.0.0.1", silent_port, tmp_path, tmp_path), tls=cert), 3.0),  # type: ignore[arg-type]
+        ):
+            async with running(_config(ob)) as rt:
+                started = time.monotonic()
+                app, task = driver_of(rt).open_tcp("10.0.0.2:40500", _tcp("127.0.0.1", echo_port))
+                await asyncio.wait_for(task, 5)
+                assert app.reset and not app.accepted
+                assert time.monotonic() - started < limit
+    finally:
+        silent.close()
