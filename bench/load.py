@@ -105,12 +105,18 @@ async def hold(host: str, port: int, flows: int, batch: int = 100) -> None:
             for _attempt in range(3):
                 try:
                     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10.0)
+                except (OSError, TimeoutError):
+                    await asyncio.sleep(0.1)
+                    continue
+                try:
                     writer.write(PAYLOAD)
                     await asyncio.wait_for(reader.readexactly(len(PAYLOAD)), 10.0)
-                    writers.append(writer)
-                    return
                 except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                    writer.close()
                     await asyncio.sleep(0.1)
+                    continue
+                writers.append(writer)
+                return
             failed += 1
 
     await asyncio.gather(*(open_one() for _ in range(flows)))

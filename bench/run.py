@@ -252,6 +252,15 @@ def chart(ms: list[Metric], med: dict[str, dict[str, float]], title: str) -> byt
 # --- main -------------------------------------------------------------------------------------
 
 
+def _raise_nofile(want: int = 1 << 17) -> None:
+    """Inherited by servers, proxies and clients: sing-box's system stack holds 6 fds per flow."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, hard), max(want, hard)))
+    except (ValueError, OSError):  # not allowed to raise the hard limit: use what there is
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -273,8 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         if path is None:
             print(f"missing {tool}: run ./scripts/install", file=sys.stderr)
             return 2
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by servers, proxies and clients
+    _raise_nofile()
     signal.signal(signal.SIGTERM, _interrupt)
 
     proxies = [p for p in PROXIES if not a.only or p.key in a.only]

@@ -123,9 +123,9 @@ class World:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{proxy.label} exited ({self.proc.returncode}): {self.log_tail()}")
             if not routed:
-                if ns_exec(self.client, "ip", "link", "show", "dev", proxy.tun, check=False).returncode == 0:
-                    ns_exec(self.client, "ip", "route", "add", ROUTE4, "dev", proxy.tun)
-                    routed = True
+                # the link exists before it is up; adding the route fails until then
+                add = ns_exec(self.client, "ip", "route", "replace", ROUTE4, "dev", proxy.tun, check=False)
+                routed = add.returncode == 0
             elif self._probe():
                 return self.proc.pid
             time.sleep(0.1)

@@ -20,7 +20,7 @@ from tunray.session import FlowContext, User
 from tunray.sniffing import SniffConfig
 
 if TYPE_CHECKING:
-    from tunray.config.model import InboundConfig
+    from tunray.config.model import InboundConfig, StreamConfig
     from tunray.plugin.registry import Registry
     from tunray.runtime import Runtime
 
@@ -32,11 +32,14 @@ class Inbound(ABC):
     needs_listen: ClassVar[bool] = True
 
     @classmethod
-    def validate_config(cls, settings: Settings, path: str, registry: Registry) -> None:
+    def validate_config(
+        cls, settings: Settings, path: str, registry: Registry, stream: StreamConfig | None = None
+    ) -> None:
         """Checks that need the registry (other plugins' names); raise ConfigError.
 
-        Called by config validation after ``settings_schema`` parsed *settings*; *path*
-        is the JSON path of the ``settings`` object.  Default: nothing to check.
+        Called by config validation after ``settings_schema`` parsed *settings* and the
+        ``streamSettings`` (*stream*, or None) were parsed; *path* is the JSON path of the
+        ``settings`` object.  Default: nothing to check.
         """
 
     def __init__(self, config: InboundConfig, runtime: Runtime) -> None:

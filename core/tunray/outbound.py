@@ -23,7 +23,7 @@ from tunray.link import ByteLink, PacketLink
 from tunray.session import FlowContext
 
 if TYPE_CHECKING:
-    from tunray.config.model import OutboundConfig
+    from tunray.config.model import OutboundConfig, StreamConfig
     from tunray.plugin.registry import Registry
     from tunray.runtime import Runtime
 
@@ -35,7 +35,9 @@ class Outbound(ABC):
     networks: ClassVar[frozenset[str]] = frozenset({"tcp", "udp"})
 
     @classmethod
-    def validate_config(cls, settings: Settings, path: str, registry: Registry) -> None:
+    def validate_config(
+        cls, settings: Settings, path: str, registry: Registry, stream: StreamConfig | None = None
+    ) -> None:
         """Checks that need the registry; raise ConfigError.  See ``Inbound.validate_config``."""
 
     def __init__(self, config: OutboundConfig, runtime: Runtime) -> None:

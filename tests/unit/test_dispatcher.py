@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,23 +11,14 @@ from typing import Any
 import pytest
 from tunray.log import AccessLog
 from tunray.net.address import Destination, Network
+from tunray.testing.echo import local_echo
 from tunray.testing.harness import driver_of, running
 
 
 @pytest.fixture
 def echo_port() -> Iterator[int]:
-    import random
-
-    port = random.randrange(20000, 60000, 4)
-    proc = subprocess.Popen([sys.executable, "-m", "tunray.testing.echo", "--port", str(port)], stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None and b"ready" in proc.stdout.readline()
+    with local_echo() as port:
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(5)
-        assert proc.stdout is not None
-        proc.stdout.close()
 
 
 def config(rules: list[dict[str, Any]] | None = None, sniffing: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:

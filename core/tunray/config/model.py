@@ -249,13 +249,13 @@ def _inbound(item: Any, path: str, registry: Registry, index: int) -> InboundCon
         if v:
             raise NotSupported(join(path, key), f"inbound {key!r}")
     settings = cls.settings_schema.parse(_get(item, "settings")[1], join(path, "settings"))
-    cls.validate_config(settings, join(path, "settings"), registry)
     sniff_key, sniff = _get(item, "sniffing")
     sniffing = SNIFFING_SCHEMA.parse(sniff, join(path, sniff_key))
     if "fakedns" in sniffing.destOverride:
         raise NotSupported(join(join(path, sniff_key), "destOverride"), "fakedns sniffing")
     stream_key, stream_raw = _get(item, "streamSettings")
     stream = _stream(stream_raw, join(path, stream_key), registry)
+    cls.validate_config(settings, join(path, "settings"), registry, stream)
     return InboundConfig(
         tag=tag or "",
         protocol=protocol.lower(),
@@ -292,9 +292,9 @@ def _outbound(item: Any, path: str, registry: Registry) -> OutboundConfig:
         if v:
             raise NotSupported(join(path, k), what)
     settings = cls.settings_schema.parse(_get(item, "settings")[1], join(path, "settings"))
-    cls.validate_config(settings, join(path, "settings"), registry)
     stream_key, stream_raw = _get(item, "streamSettings")
     stream = _stream(stream_raw, join(path, stream_key), registry)
+    cls.validate_config(settings, join(path, "settings"), registry, stream)
     st_key, send_through = _get(item, "sendThrough")
     if send_through is not None and not isinstance(send_through, str):
         raise expected(join(path, st_key), "an IP address string", send_through)

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import socket
 import struct
+from collections.abc import Iterator
 
 
 def pattern(n: int, seed: int = 0) -> bytes:
@@ -109,6 +111,36 @@ async def serve(port: int) -> None:
     finally:
         for s in servers:
             s.close()
+
+
+@contextlib.contextmanager
+def local_echo(attempts: int = 8) -> Iterator[int]:
+    """Run the echo servers in a child process on loopback; yield the base port.
+
+    Picks a random base port and tries again if any of its four ports is taken.
+    """
+    import random
+    import subprocess
+    import sys
+
+    for _ in range(attempts):
+        port = random.randrange(20000, 60000, 4)
+        with subprocess.Popen(
+            [sys.executable, "-m", "tunray.testing.echo", "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        ) as proc:
+            assert proc.stdout is not None
+            if b"ready" not in proc.stdout.readline():
+                proc.wait()
+                continue
+            try:
+                yield port
+            finally:
+                proc.terminate()
+                proc.wait(5)
+            return
+    raise RuntimeError("could not start the echo servers on any port")
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ class TunInbound(Inbound):
     settings_schema: ClassVar[Schema] = settings.schema()
 
     @classmethod
-    def validate_config(cls, s: Settings, path: str, registry: Registry) -> None:
+    def validate_config(cls, s: Settings, path: str, registry: Registry, stream: Any = None) -> None:
         """``stack`` must name an installed stack, and ``stackSettings`` fit its schema."""
         settings.parse_stack_settings(registry.stacks, s, path)
 

@@ -17,7 +17,7 @@ from tunray_vless.outbound import VlessOutbound
 from tunray_vless.settings import FLOW_VISION
 
 UID = "27848739-7e62-4138-9fd3-098a63964b6b"
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 
 def _cfg(settings: dict[str, Any], stream: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -95,10 +95,11 @@ def test_mlkem_encryption_is_not_supported() -> None:
     assert info.value.path == "outbounds[0].settings.encryption"
 
 
-def test_vision_without_tls_is_refused() -> None:
+def test_vision_without_tls_is_refused_at_validation() -> None:
     settings = {"address": "a", "port": 1, "id": UID, "encryption": "none", "flow": FLOW_VISION}
-    with pytest.raises(ConfigError, match="XTLS only supports TLS"):
-        Runtime.from_raw(_cfg(settings))
+    with pytest.raises(ConfigError, match="XTLS only supports TLS") as info:
+        build_config(_cfg(settings), PluginManager().registry)  # what `tunray run -test` runs
+    assert info.value.path == "outbounds[0].settings.flow"
     _outbound(_cfg(settings, TLS))
 
 
@@ -145,7 +146,7 @@ def test_cli_reports_broken_configs_in_one_line(
     assert "Traceback" not in text
 
 
-@pytest.mark.parametrize("name", ["vless-tls.json", "vless-vision.json"])
+@pytest.mark.parametrize("name", ["vless-tls.json", "vless-vision.json", "vless-ws.json", "vless-grpc.json"])
 def test_example_configs_pass_run_test(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["run", "-test", "-c", str(CONFIGS / name)])
     out = capsys.readouterr()

@@ -79,19 +79,21 @@ class VlessOutbound(Outbound):
     protocol = "vless"
     settings_schema = SETTINGS_SCHEMA
 
+    @classmethod
+    def validate_config(cls, settings: Any, path: str, registry: Any, stream: Any = None) -> None:
+        """Vision needs TLS directly over raw TCP: Xray refuses it per connection, tunray at ``-test``."""
+        spec = resolve(settings, path)
+        if spec.vision and (stream is None or stream.security not in VISION_SECURITIES or stream.network != "raw"):
+            raise ConfigError(
+                join(path, "flow"),
+                'flow "xtls-rprx-vision" needs streamSettings {"network": "raw", "security": "tls"} '
+                "(or reality): XTLS only supports TLS and REALITY directly",
+            )
+
     def __init__(self, config: Any, runtime: Any) -> None:
         super().__init__(config, runtime)
         self.spec: ServerSpec = resolve(self.settings, join(config.path, "settings"))
         stream = config.stream
-        if self.spec.vision and (
-            stream is None or stream.security not in VISION_SECURITIES or stream.network != "raw"
-        ):
-            # Xray refuses this per connection; tunray says so once, at start-up.
-            raise ConfigError(
-                join(config.path, "settings"),
-                'flow "xtls-rprx-vision" needs streamSettings {"network": "raw", "security": "tls"} '
-                "(or reality): XTLS only supports TLS and REALITY directly",
-            )
         self.dialable = Dialable(runtime, stream, config.send_through)
         sockopt = stream.settings.sockopt if stream is not None else None
         self.strategy: str = sockopt.domainStrategy if sockopt is not None else "AsIs"

@@ -293,3 +293,13 @@ def test_cert_matches_wildcards(tmp_path: Path) -> None:
     assert not cert_matches(cert.der, ("example.com",))
     assert cert_matches(cert.der, ("10.0.0.1",))
     assert not cert_matches(cert.der, ("10.0.0.2",))
+
+
+def test_alpn_default_follows_the_transport() -> None:
+    from tunray_tls.settings import parse_options
+
+    assert parse_options(None, "tlsSettings", "raw").alpn == ("h2", "http/1.1")
+    assert parse_options(None, "tlsSettings", "ws").alpn == ("http/1.1",)
+    assert parse_options(None, "tlsSettings", "httpupgrade").alpn == ("http/1.1",)
+    assert parse_options(None, "tlsSettings", "grpc").alpn == ("h2",)
+    assert parse_options({"alpn": ["h3"]}, "tlsSettings", "grpc").alpn == ("h3",)

@@ -62,7 +62,7 @@ class TlsSecurity(Layer):
 
     def __init__(self, stream: Settings) -> None:
         super().__init__(stream)
-        self.options: TlsOptions = parse_options(stream.tlsSettings, "streamSettings.tlsSettings")
+        self.options: TlsOptions = parse_options(stream.tlsSettings, "streamSettings.tlsSettings", stream.network)
         try:
             self.context = build_context(self.options)
         except (OSError, ssl.SSLError) as exc:

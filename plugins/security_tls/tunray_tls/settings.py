@@ -26,6 +26,9 @@ VERSIONS = {
     "1.3": ssl.TLSVersion.TLSv1_3,
 }
 DEFAULT_ALPN = ("h2", "http/1.1")
+#: What Xray offers when ``alpn`` is not set, by ``streamSettings.network``: WebSocket and
+#: HTTPUpgrade need HTTP/1.1 (a server picking h2 would break them), gRPC needs h2.
+NETWORK_ALPN = {"ws": ("http/1.1",), "websocket": ("http/1.1",), "httpupgrade": ("http/1.1",), "grpc": ("h2",), "gun": ("h2",)}
 
 CERTIFICATE_SCHEMA = Schema(
     Field("usage", Enum("encipherment", "verify", "issue"), default="encipherment", doc="what the certificate is for"),
@@ -40,7 +43,12 @@ CERTIFICATE_SCHEMA = Schema(
 
 TLS_SCHEMA = Schema(
     Field("serverName", Str(), default="", doc="SNI and the name to verify (default: server address)"),
-    Field("alpn", ListOf(Str(), comma_string=True), default=list(DEFAULT_ALPN), doc="ALPN protocols to offer"),
+    Field(
+        "alpn",
+        ListOf(Str(), comma_string=True),
+        default=None,
+        doc="ALPN protocols to offer (default by network: h2+http/1.1 raw, http/1.1 ws/httpupgrade, h2 grpc)",
+    ),
     Field("fingerprint", Str(), default="", doc="uTLS browser fingerprint: accepted, ignored (Go only)"),
     Field(
         "pinnedPeerCertSha256",
@@ -99,7 +107,7 @@ class TlsOptions:
     key_log: str = ""
 
 
-def parse_options(raw: object, path: str) -> TlsOptions:
+def parse_options(raw: object, path: str, network: str = "raw") -> TlsOptions:
     """Validate ``tlsSettings`` (*path* names it); raise :class:`ConfigError`."""
     s: Settings = TLS_SCHEMA.parse(raw, path)
     if s.allowInsecure:
@@ -132,7 +140,11 @@ def parse_options(raw: object, path: str) -> TlsOptions:
             client = (cert.certificateFile, cert.keyFile)
     return TlsOptions(
         server_name=s.serverName,
-        alpn=tuple(a.strip() for a in s.alpn if a.strip()),
+        alpn=(
+            tuple(a.strip() for a in s.alpn if a.strip())
+            if s.alpn is not None
+            else NETWORK_ALPN.get(network.lower(), DEFAULT_ALPN)
+        ),
         fingerprint=s.fingerprint,
         pins=pins,
         verify_names=names,
