@@ -222,28 +222,34 @@ def _list(raw: dict[str, Any], key: str) -> tuple[str, list[Any]]:
     return k, value
 
 
-def _inbound(item: Any, path: str, registry: Registry, index: int) -> InboundConfig:
+def _protocol_entry(item: Any, path: str, table: dict[str, Any], example: str) -> tuple[str, Any, str]:
+    """Common prologue of an inbound/outbound entry: (protocol, registered class, tag)."""
     if not isinstance(item, dict):
         raise expected(path, "an object", item)
     _, protocol = _get(item, "protocol")
     if not isinstance(protocol, str) or not protocol:
-        raise ConfigError(join(path, "protocol"), "is required (a protocol name such as \"tun\")")
-    cls = registry.inbounds.get(protocol.lower())
+        raise ConfigError(join(path, "protocol"), f'is required (a protocol name such as "{example}")')
+    cls = table.get(protocol.lower())
     if cls is None:
         raise ConfigError(
             join(path, "protocol"),
             f"unknown protocol {protocol!r}: no installed plugin provides it "
-            f"(known: {', '.join(sorted(registry.inbounds)) or 'none'})",
+            f"(known: {', '.join(sorted(table)) or 'none'})",
         )
     _, tag = _get(item, "tag")
     if tag is not None and not isinstance(tag, str):
         raise expected(join(path, "tag"), "a string", tag)
+    return protocol.lower(), cls, tag or ""
+
+
+def _inbound(item: Any, path: str, registry: Registry) -> InboundConfig:
+    protocol, cls, tag = _protocol_entry(item, path, registry.inbounds, "tun")
     _, port = _get(item, "port")
     _, listen = _get(item, "listen")
     if cls.needs_listen:
-        PORT.parse(port, join(path, "port")) if port is not None else None
         if port is None:
             raise ConfigError(join(path, "port"), "is required for this protocol")
+        PORT.parse(port, join(path, "port"))
     for key in ("allocate",):
         _, v = _get(item, key)
         if v:
@@ -257,8 +263,8 @@ def _inbound(item: Any, path: str, registry: Registry, index: int) -> InboundCon
     stream = _stream(stream_raw, join(path, stream_key), registry)
     cls.validate_config(settings, join(path, "settings"), registry, stream)
     return InboundConfig(
-        tag=tag or "",
-        protocol=protocol.lower(),
+        tag=tag,
+        protocol=protocol,
         settings=settings,
         cls=cls,
         path=path,
@@ -270,21 +276,7 @@ def _inbound(item: Any, path: str, registry: Registry, index: int) -> InboundCon
 
 
 def _outbound(item: Any, path: str, registry: Registry) -> OutboundConfig:
-    if not isinstance(item, dict):
-        raise expected(path, "an object", item)
-    _, protocol = _get(item, "protocol")
-    if not isinstance(protocol, str) or not protocol:
-        raise ConfigError(join(path, "protocol"), 'is required (a protocol name such as "freedom")')
-    cls = registry.outbounds.get(protocol.lower())
-    if cls is None:
-        raise ConfigError(
-            join(path, "protocol"),
-            f"unknown protocol {protocol!r}: no installed plugin provides it "
-            f"(known: {', '.join(sorted(registry.outbounds)) or 'none'})",
-        )
-    _, tag = _get(item, "tag")
-    if tag is not None and not isinstance(tag, str):
-        raise expected(join(path, "tag"), "a string", tag)
+    protocol, cls, tag = _protocol_entry(item, path, registry.outbounds, "freedom")
     for key, what in (("proxySettings", "outbound proxySettings (chaining)"), ("mux", "mux")):
         k, v = _get(item, key)
         if isinstance(v, dict) and key == "mux" and not v.get("enabled"):
@@ -304,8 +296,8 @@ def _outbound(item: Any, path: str, registry: Registry) -> OutboundConfig:
 
         target_strategy = STRATEGIES.parse(target_strategy, join(path, ts_key))
     return OutboundConfig(
-        tag=tag or "",
-        protocol=protocol.lower(),
+        tag=tag,
+        protocol=protocol,
         settings=settings,
         cls=cls,
         path=path,
@@ -349,7 +341,7 @@ def build_config(raw: dict[str, Any], registry: Registry) -> Config:
             raise ConfigError(join(join(pol_key, "levels"), level), "level keys must be numbers like \"0\"")
 
     ib_key, ib_list = _list(raw, "inbounds")
-    inbounds = [_inbound(item, join(ib_key, i), registry, i) for i, item in enumerate(ib_list)]
+    inbounds = [_inbound(item, join(ib_key, i), registry) for i, item in enumerate(ib_list)]
     _unique_tags(inbounds, ib_key)
     ob_key, ob_list = _list(raw, "outbounds")
     outbounds = [_outbound(item, join(ob_key, i), registry) for i, item in enumerate(ob_list)]
