@@ -11,14 +11,12 @@ from typing import Any
 import pytest
 from tunray.log import AccessLog
 from tunray.net.address import Destination, Network
-from tunray.testing.echo import local_echo
 from tunray.testing.harness import driver_of, running
 
 
 @pytest.fixture
-def echo_port() -> Iterator[int]:
-    with local_echo() as port:
-        yield port
+def echo_port(echo_server: int) -> Iterator[int]:
+    yield echo_server
 
 
 def config(rules: list[dict[str, Any]] | None = None, sniffing: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:

@@ -8,6 +8,9 @@ real dispatcher calls, against a :mod:`tunray.testing.echo` server at *echo_host
   upstream connected, the app's half-close propagated while the reply still flows,
   many concurrent flows;
 * a dial to a closed port resets the app's link promptly (within the handshake timeout);
+  with ``remote_dial=True`` (proxy outbounds: the server dials the target, after the
+  app's link was accepted) only that the app's flow is closed or reset within the
+  handshake timeout + 2 s;
 * UDP (when the outbound declares it): echo, and replies from a second source
   address reach the app with that source (full cone), if ``cone=True``.
 
@@ -31,13 +34,15 @@ from tunray.testing.stackcheck import check_stack
 
 __all__ = ["check_outbound", "check_stack"]
 
+_HANDSHAKE = 3  # the policy's handshake timeout (seconds) in the runtime check_outbound builds
+
 
 def _config(outbound: dict[str, Any]) -> dict[str, Any]:
     return {
         "log": {"loglevel": "none"},
         "inbounds": [{"protocol": "driver", "tag": "drv"}],
         "outbounds": [dict(outbound, tag="under-test")],
-        "policy": {"levels": {"0": {"handshake": 3, "connIdle": 30, "uplinkOnly": 2, "downlinkOnly": 2}}},
+        "policy": {"levels": {"0": {"handshake": _HANDSHAKE, "connIdle": 30, "uplinkOnly": 2, "downlinkOnly": 2}}},
     }
 
 
@@ -69,8 +74,15 @@ async def check_outbound(
     closed_port: int = 9,
     concurrency: int = 20,
     extra: Sequence[Any] = (),
+    remote_dial: bool = False,
 ) -> None:
-    """*extra*: plugin modules to register in-process (test a plugin without installing it)."""
+    """*extra*: plugin modules to register in-process (test a plugin without installing it).
+
+    *remote_dial*: the outbound hands the target dial to a server (VLESS and other
+    proxies), so a dial to *closed_port* fails there after the app's link was accepted;
+    step 4 then only requires the flow to end (closed or reset) within the handshake
+    timeout + 2 s.
+    """
     async with running(_config(outbound), extra=extra) as rt:
         drv = driver_of(rt)
         # 1. bulk echo, intact
@@ -91,9 +103,16 @@ async def check_outbound(
         # 4. dial failure resets the app promptly and never accepts it
         started = time.monotonic()
         app, task = drv.open_tcp("10.0.0.2:40002", Destination(Network.TCP, parse_host(echo_host), closed_port))
-        await asyncio.wait_for(task, 5)
-        assert app.reset and not app.accepted, "a failed dial must reset the app's link without accepting it"
-        assert time.monotonic() - started < 3.5, "a refused dial must fail within the handshake timeout"
+        if remote_dial:
+            # the server dials: the link is accepted first, then ends when the server gives up
+            limit = _HANDSHAKE + 2.0
+            await asyncio.wait_for(task, limit + 1.0)
+            assert app.reset or app.closed, "a failed remote dial must end the app's flow"
+            assert time.monotonic() - started < limit, "a refused remote dial must end within handshake + 2 s"
+        else:
+            await asyncio.wait_for(task, 5)
+            assert app.reset and not app.accepted, "a failed dial must reset the app's link without accepting it"
+            assert time.monotonic() - started < 3.5, "a refused dial must fail within the handshake timeout"
         if not udp:
             return
         # 5. UDP echo and full cone

@@ -84,6 +84,30 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
 
 @pytest.fixture
+def netns_topology() -> Iterator[Any]:
+    """Two namespaces, ``client`` and ``server``, joined by veth (IPv4 + IPv6); removed afterwards.
+
+    See :class:`tunray.testing.netns.Topology`.  Needs root: mark the test ``@pytest.mark.root``.
+    """
+    from tunray.testing.netns import Topology
+
+    topo = Topology.create()
+    try:
+        yield topo
+    finally:
+        topo.remove()
+
+
+@pytest.fixture
+def echo_server() -> Iterator[int]:
+    """The :mod:`tunray.testing.echo` servers on loopback; yields the base port."""
+    from tunray.testing.echo import local_echo
+
+    with local_echo() as port:
+        yield port
+
+
+@pytest.fixture
 def fake_clock() -> Iterator[Any]:
     from tunray.testing.clock import FakeClock
 
