@@ -39,6 +39,7 @@ class Proxy:
     key: str  # "tunray", "sb-gvisor", "sb-system"
     label: str
     tun: str
+    fds_per_flow: int  # measured: open descriptors per held TCP flow
 
     def config(self, mtu: int, uplink: str) -> dict[str, Any]:
         if self.key == "tunray":
@@ -71,9 +72,9 @@ class Proxy:
 
 
 PROXIES = (
-    Proxy("tunray", "tunray (python stack)", "tunray0"),
-    Proxy("sb-gvisor", "sing-box gvisor", "sbtun0"),
-    Proxy("sb-system", "sing-box system", "sbtun0"),
+    Proxy("tunray", "tunray (python stack)", "tunray0", 1),
+    Proxy("sb-gvisor", "sing-box gvisor", "sbtun0", 1),
+    Proxy("sb-system", "sing-box system", "sbtun0", 6),
 )
 
 

@@ -184,7 +184,16 @@ def _start_echo(port: int) -> subprocess.Popen[bytes]:
     return echo
 
 
-async def main() -> None:
+async def _measure(
+    ob: dict[str, Any], client_port: int, echo: int, size: int, seconds: float
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    ours = await bench_tunray(ob, echo, size, seconds)
+    theirs = await bench_sing_box_client(client_port, echo, size, seconds)
+    return ours, theirs
+
+
+def main() -> None:
+    """Processes start here, outside the event loop; each path's measurements run in their own loop."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--mib", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -201,8 +210,7 @@ async def main() -> None:
             client = start_sing_box_client(directory, server, cert if use_tls else None, flow)
             try:
                 ob = vless_outbound(server, tls=cert if use_tls else None, flow=flow)
-                ours = await bench_tunray(ob, echo_port, size, args.seconds)
-                theirs = await bench_sing_box_client(client.port, echo_port, size, args.seconds)
+                ours, theirs = asyncio.run(_measure(ob, client.port, echo_port, size, args.seconds))
             finally:
                 client.stop()
                 server.stop()
@@ -210,6 +218,8 @@ async def main() -> None:
     finally:
         echo.kill()
         echo.wait()
+        if echo.stdout is not None:
+            echo.stdout.close()
     print(f"single stream {size >> 20} MiB, connections for {args.seconds:g} s; sing-box {sing_box_path().rsplit('/', 1)[-1]}")
     print(f"{'path':<12} {'client':<9} {'echo MiB/s':>10} {'down MiB/s':>11} {'conn/s':>8}")
     for name, ours, theirs in rows:
@@ -220,4 +230,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -1,7 +1,12 @@
-"""The ``vless`` outbound against real servers on loopback: sing-box (raw, TLS, Vision) and v2ray 4.34.
+"""The ``vless`` outbound against real servers on loopback: sing-box and v2ray 4.34.
 
-Flows are opened with the driver inbound through a whole runtime; the servers'
-direct/freedom outbound reaches a :mod:`tunray.testing.echo` server on loopback.
+The matrix runs over every server configuration in :data:`vless_servers.KINDS`
+(raw, TLS, Vision, WebSocket+TLS, HTTPUpgrade, gRPC+TLS on sing-box; raw and
+WebSocket+TLS on v2ray): bulk each way with SHA-256, 100 concurrent flows plus an
+IPv6 and a server-resolved domain destination, UDP over XUDP.  The plain UDP framing
+(ports 53/443) runs over the same table in ``test_vless_netns.py``.  Flows are opened
+with the driver inbound through a whole runtime; the servers' direct/freedom outbound
+reaches a :mod:`tunray.testing.echo` server on loopback.
 """
 
 from __future__ import annotations
@@ -13,20 +18,19 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from loguru import logger
 from tunray.net.address import Destination, Network, parse_host
+from tunray.testing.conformance import check_outbound
 from tunray.testing.harness import driver_of, running
 from tunray.testing.links import AppEnd
 from vless_certs import SelfSigned, make_cert
-from vless_servers import RunningServer, free_port, start_sing_box, start_v2ray, vless_outbound
+from vless_servers import KINDS, RunningServer, free_port, serve, vless_outbound
 
-VISION = "xtls-rprx-vision"
-KINDS = ["sing-box-raw", "sing-box-tls", "sing-box-vision", "v2ray-raw"]
 POLICY = {"levels": {"0": {"handshake": 2, "connIdle": 30, "uplinkOnly": 2, "downlinkOnly": 2}}}
 
 
@@ -37,27 +41,6 @@ def _config(outbound: dict[str, Any]) -> dict[str, Any]:
         "outbounds": [dict(outbound, tag="vless")],
         "policy": POLICY,
     }
-
-
-@contextlib.contextmanager
-def _server(kind: str, directory: Path) -> Iterator[tuple[RunningServer, dict[str, Any], SelfSigned]]:
-    cert = make_cert(directory)
-    if kind == "v2ray-raw":
-        srv = start_v2ray(directory)
-        ob = vless_outbound(srv)
-    elif kind == "sing-box-raw":
-        srv = start_sing_box(directory)
-        ob = vless_outbound(srv)
-    elif kind == "sing-box-tls":
-        srv = start_sing_box(directory, tls=cert)
-        ob = vless_outbound(srv, tls=cert)
-    else:
-        srv = start_sing_box(directory, tls=cert, flow=VISION)
-        ob = vless_outbound(srv, tls=cert, flow=VISION, pin=True)
-    try:
-        yield srv, ob, cert
-    finally:
-        srv.stop()
 
 
 def _tcp(host: str, port: int) -> Destination:
@@ -87,30 +70,39 @@ async def _echo_bulk(drv: Any, target: Destination, size: int, source_port: int,
     assert digest.digest() == hashlib.sha256(payload).digest(), "echoed bytes differ"
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.timeout(120)
 async def test_bulk_50_mib_each_way(kind: str, tmp_path: Path, echo_port: int) -> None:
-    with _server(kind, tmp_path) as (_srv, ob, _cert):
+    with serve(kind, tmp_path) as (_srv, ob, _cert):
         async with running(_config(ob)) as rt:
             await _echo_bulk(driver_of(rt), _tcp("127.0.0.1", echo_port), 50 << 20, 40000)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", list(KINDS))
 async def test_100_concurrent_flows_ipv6_and_domain(kind: str, tmp_path: Path, echo_port: int) -> None:
-    with _server(kind, tmp_path) as (_srv, ob, _cert):
+    with serve(kind, tmp_path) as (_srv, ob, _cert):
         async with running(_config(ob)) as rt:
             drv = driver_of(rt)
+            # at once: over WebSocket each flow ends by the downlinkOnly timer (no half-close)
             await asyncio.gather(
-                *(_echo_bulk(drv, _tcp("127.0.0.1", echo_port), 32 * 1024, 41000 + i) for i in range(100))
+                *(_echo_bulk(drv, _tcp("127.0.0.1", echo_port), 32 * 1024, 41000 + i) for i in range(100)),
+                _echo_bulk(drv, _tcp("::1", echo_port), 1 << 20, 42000),  # an IPv6 destination
+                _echo_bulk(drv, _tcp("localhost", echo_port), 1 << 20, 42001),  # resolved by the server
             )
-            await _echo_bulk(drv, _tcp("::1", echo_port), 1 << 20, 42000)  # an IPv6 destination
-            await _echo_bulk(drv, _tcp("localhost", echo_port), 1 << 20, 42001)  # resolved by the server
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ["sing-box-raw", "sing-box-tls", "sing-box-httpupgrade", "sing-box-grpc-tls"])
+@pytest.mark.timeout(90)
+async def test_check_outbound_conformance(kind: str, tmp_path: Path, echo_port: int) -> None:
+    """The published outbound suite; the target dial happens at the server (``remote_dial``)."""
+    with serve(kind, tmp_path) as (_srv, ob, _cert):
+        await check_outbound(ob, "127.0.0.1", port=echo_port, remote_dial=True)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
 async def test_udp_xudp_echo_and_full_cone(kind: str, tmp_path: Path, echo_port: int) -> None:
     """Ports other than 53/443 go over XUDP: per-packet addresses and replies from any source."""
-    with _server(kind, tmp_path) as (_srv, ob, _cert):
+    with serve(kind, tmp_path) as (_srv, ob, _cert):
         async with running(_config(ob)) as rt:
             drv = driver_of(rt)
             target = Destination(Network.UDP, parse_host("127.0.0.1"), echo_port)
@@ -122,7 +114,7 @@ async def test_udp_xudp_echo_and_full_cone(kind: str, tmp_path: Path, echo_port:
                 app.send(b"x%d" % i, target)
             got = {(await asyncio.wait_for(app.recv(), 5)).data for _ in range(20)}
             assert got == {b"x%d" % i for i in range(20)}
-            if kind.startswith("sing-box"):
+            if KINDS[kind].xudp_cone:
                 # v2ray 4.34 predates XUDP's per-packet addresses: one destination per flow
                 probe = target.with_port(echo_port + 1)
                 app.send(b"cone", probe)
@@ -137,7 +129,7 @@ async def test_udp_xudp_echo_and_full_cone(kind: str, tmp_path: Path, echo_port:
 
 
 async def test_vision_refuses_udp_443_without_the_udp443_flow(tmp_path: Path) -> None:
-    with _server("sing-box-vision", tmp_path) as (_srv, ob, _cert):
+    with serve("sing-box-vision", tmp_path) as (_srv, ob, _cert):
         async with running(_config(ob)) as rt:
             target = Destination(Network.UDP, parse_host("127.0.0.1"), 443)
             app, task = driver_of(rt).open_udp("10.0.0.2:5353", target)
@@ -223,7 +215,7 @@ async def test_vision_direct_switch_with_inner_tls13(tmp_path: Path, block: int)
     messages: list[str] = []
     sink = logger.add(messages.append, level="DEBUG", format="{message}")
     try:
-        with _server("sing-box-vision", tmp_path) as (_srv, ob, cert):
+        with serve("sing-box-vision", tmp_path) as (_srv, ob, cert):
             async with _tls_echo_server(cert) as tls_port, running(_config(ob)) as rt:
                 app, task = driver_of(rt).open_tcp("10.0.0.2:40100", _tcp("127.0.0.1", tls_port))
                 client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -256,7 +248,7 @@ async def test_vision_direct_switch_with_inner_tls13(tmp_path: Path, block: int)
 
 
 async def test_wrong_uuid_closes_the_flow_promptly(tmp_path: Path, echo_port: int) -> None:
-    with _server("sing-box-raw", tmp_path) as (srv, _ob, _cert):
+    with serve("sing-box-raw", tmp_path) as (srv, _ob, _cert):
         ob = vless_outbound(srv, user_id="00000000-0000-4000-8000-000000000001")
         async with running(_config(ob)) as rt:
             app, task = driver_of(rt).open_tcp("10.0.0.2:40200", _tcp("127.0.0.1", echo_port))
@@ -271,7 +263,7 @@ async def test_wrong_certificate_is_refused_with_a_clear_log_line(tmp_path: Path
     messages: list[str] = []
     sink = logger.add(messages.append, level="WARNING", format="{message}")
     try:
-        with _server("sing-box-tls", tmp_path) as (srv, _ob, _cert):
+        with serve("sing-box-tls", tmp_path) as (srv, _ob, _cert):
             other = make_cert(tmp_path, stem="other")
             ob = vless_outbound(srv, tls=other)  # trusts a different self-signed cert
             async with running(_config(ob)) as rt:
@@ -284,7 +276,7 @@ async def test_wrong_certificate_is_refused_with_a_clear_log_line(tmp_path: Path
 
 
 async def test_server_killed_mid_transfer(tmp_path: Path, echo_port: int) -> None:
-    with _server("sing-box-tls", tmp_path) as (srv, ob, _cert):
+    with serve("sing-box-tls", tmp_path) as (srv, ob, _cert):
         async with running(_config(ob)) as rt:
             app, task = driver_of(rt).open_tcp("10.0.0.2:40400", _tcp("127.0.0.1", echo_port))
             await app.send(b"x" * 100_000)

@@ -3,6 +3,11 @@
 Each server listens on loopback (or wherever *listen* says, e.g. inside a namespace
 through ``prefix``), sends what it receives to its ``direct``/``freedom`` outbound,
 and is killed by :meth:`RunningServer.stop`.
+
+:data:`KINDS` names every server configuration the interop matrix runs (raw, TLS,
+Vision, WebSocket+TLS, HTTPUpgrade, gRPC+TLS; sing-box and v2ray); :func:`start_kind`
+starts one and :func:`kind_outbound` builds the matching tunray ``vless`` outbound, so
+every test module parametrizes over the same table instead of repeating server configs.
 """
 
 from __future__ import annotations
@@ -12,15 +17,76 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vless_certs import SelfSigned
+from vless_certs import SelfSigned, make_cert
 
 USER_ID = "27848739-7e62-4138-9fd3-098a63964b6b"
 V2RAY = shutil.which("v2ray") or "/usr/bin/v2ray"
+VISION = "xtls-rprx-vision"
+WS_PATH = "/ray"
+UPGRADE_PATH = "/up"
+GRPC_SERVICE = "tunray"
+EARLY_DATA = 2048
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One server configuration of the interop matrix."""
+
+    name: str
+    server: str  # "sing-box" or "v2ray"
+    tls: bool = False
+    flow: str = ""
+    network: str = "raw"  # raw, ws, httpupgrade, grpc
+    #: XUDP with per-packet addresses (full cone); v2ray 4.34 keeps one destination per flow
+    xudp_cone: bool = True
+    #: the app's half-close reaches the target (WebSocket has no half-close)
+    half_close: bool = True
+
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind("sing-box-raw", "sing-box"),
+        Kind("sing-box-tls", "sing-box", tls=True),
+        Kind("sing-box-vision", "sing-box", tls=True, flow=VISION),
+        Kind("sing-box-ws-tls", "sing-box", tls=True, network="ws", half_close=False),
+        Kind("sing-box-httpupgrade", "sing-box", network="httpupgrade"),
+        Kind("sing-box-grpc-tls", "sing-box", tls=True, network="grpc"),
+        Kind("v2ray-raw", "v2ray", xudp_cone=False),
+        Kind("v2ray-ws-tls", "v2ray", tls=True, network="ws", xudp_cone=False, half_close=False),
+    )
+}
+
+
+def sing_box_transport(network: str, *, early_data: int = 0) -> dict[str, Any] | None:
+    """sing-box's ``transport`` object for *network* (``None`` for raw TCP)."""
+    if network == "ws":
+        ws: dict[str, Any] = {"type": "ws", "path": WS_PATH}
+        if early_data:
+            ws.update(max_early_data=early_data, early_data_header_name="Sec-WebSocket-Protocol")
+        return ws
+    if network == "httpupgrade":
+        return {"type": "httpupgrade", "path": UPGRADE_PATH}
+    if network == "grpc":
+        return {"type": "grpc", "service_name": GRPC_SERVICE}
+    return None
+
+
+def client_stream(network: str) -> dict[str, Any]:
+    """tunray ``streamSettings`` (without security) matching :func:`sing_box_transport`."""
+    if network == "ws":
+        return {"network": "ws", "wsSettings": {"path": WS_PATH}}
+    if network == "httpupgrade":
+        return {"network": "httpupgrade", "httpupgradeSettings": {"path": UPGRADE_PATH}}
+    if network == "grpc":
+        return {"network": "grpc", "grpcSettings": {"serviceName": GRPC_SERVICE}}
+    return {"network": "raw"}
 
 
 def sing_box_path() -> str:
@@ -99,6 +165,7 @@ def start_sing_box(
     port: int | None = None,
     prefix: Sequence[str] = (),
     user_id: str = USER_ID,
+    transport: dict[str, Any] | None = None,
 ) -> RunningServer:
     port = port or free_port(host)
     inbound: dict[str, Any] = {
@@ -110,6 +177,8 @@ def start_sing_box(
     }
     if tls is not None:
         inbound["tls"] = {"enabled": True, "certificate_path": str(tls.cert_file), "key_path": str(tls.key_file)}
+    if transport is not None:
+        inbound["transport"] = transport
     cfg = {
         "log": {"level": "debug" if flow else "warn", "timestamp": False},
         "inbounds": [inbound],
@@ -121,19 +190,33 @@ def start_sing_box(
 
 
 def start_v2ray(
-    directory: Path, *, host: str = "127.0.0.1", port: int | None = None, prefix: Sequence[str] = ()
+    directory: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    prefix: Sequence[str] = (),
+    tls: SelfSigned | None = None,
+    ws_path: str | None = None,
 ) -> RunningServer:
+    """v2ray 4.34: raw TCP, or WebSocket at *ws_path*; behind TLS with *tls*."""
     port = port or free_port(host)
+    inbound: dict[str, Any] = {
+        "listen": host,
+        "port": port,
+        "protocol": "vless",
+        "settings": {"clients": [{"id": USER_ID}], "decryption": "none"},
+    }
+    stream: dict[str, Any] = {}
+    if ws_path is not None:
+        stream.update(network="ws", wsSettings={"path": ws_path})
+    if tls is not None:
+        certificate = {"certificateFile": str(tls.cert_file), "keyFile": str(tls.key_file)}
+        stream.update(security="tls", tlsSettings={"certificates": [certificate]})
+    if stream:
+        inbound["streamSettings"] = stream
     cfg = {
         "log": {"loglevel": "warning"},
-        "inbounds": [
-            {
-                "listen": host,
-                "port": port,
-                "protocol": "vless",
-                "settings": {"clients": [{"id": USER_ID}], "decryption": "none"},
-            }
-        ],
+        "inbounds": [inbound],
         "outbounds": [{"protocol": "freedom"}],
     }
     path = directory / f"v2ray-{port}.json"
@@ -149,8 +232,9 @@ def vless_outbound(
     pin: bool = False,
     user_id: str = USER_ID,
     server_name: str = "vless.test",
+    network: str = "raw",
 ) -> dict[str, Any]:
-    """A tunray ``vless`` outbound object for *server* (simplified form)."""
+    """A tunray ``vless`` outbound object for *server* (simplified form) over *network*."""
     ob: dict[str, Any] = {
         "protocol": "vless",
         "settings": {
@@ -161,14 +245,63 @@ def vless_outbound(
             "encryption": "none",
         },
     }
+    stream = client_stream(network)
     if tls is not None:
         tls_settings: dict[str, Any] = {"serverName": server_name}
         if pin:
             tls_settings["pinnedPeerCertSha256"] = tls.sha256_hex
         else:
             tls_settings["certificates"] = [{"usage": "verify", "certificateFile": str(tls.cert_file)}]
-        ob["streamSettings"] = {"network": "raw", "security": "tls", "tlsSettings": tls_settings}
+        stream.update(security="tls", tlsSettings=tls_settings)
+    if tls is not None or network != "raw":
+        ob["streamSettings"] = stream
     return ob
+
+
+def start_kind(
+    kind: Kind,
+    directory: Path,
+    cert: SelfSigned,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    prefix: Sequence[str] = (),
+    user_id: str = USER_ID,
+) -> RunningServer:
+    """Start the server of *kind* (TLS with *cert* when the kind has TLS)."""
+    tls = cert if kind.tls else None
+    if kind.server == "v2ray":
+        v2_host = "0.0.0.0" if host == "::" else host  # clients reach v2ray over IPv4 only
+        ws_path = WS_PATH if kind.network == "ws" else None
+        return start_v2ray(directory, host=v2_host, port=port, prefix=prefix, tls=tls, ws_path=ws_path)
+    transport = sing_box_transport(kind.network)
+    return start_sing_box(
+        directory, tls=tls, flow=kind.flow, host=host, port=port, prefix=prefix, user_id=user_id, transport=transport
+    )
+
+
+def kind_outbound(kind: Kind, server: RunningServer, cert: SelfSigned, *, user_id: str = USER_ID) -> dict[str, Any]:
+    """The tunray ``vless`` outbound for a server started by :func:`start_kind` (Vision pins the cert)."""
+    return vless_outbound(
+        server,
+        tls=cert if kind.tls else None,
+        flow=kind.flow,
+        pin=bool(kind.flow),
+        user_id=user_id,
+        network=kind.network,
+    )
+
+
+@contextmanager
+def serve(name: str, directory: Path) -> Iterator[tuple[RunningServer, dict[str, Any], SelfSigned]]:
+    """Start kind *name* on loopback; yield (server, tunray outbound, certificate); stop it after."""
+    kind = KINDS[name]
+    cert = make_cert(directory)
+    srv = start_kind(kind, directory, cert)
+    try:
+        yield srv, kind_outbound(kind, srv, cert), cert
+    finally:
+        srv.stop()
 
 
 async def until(predicate: Callable[[], bool], seconds: float = 5.0) -> None:

@@ -15,8 +15,15 @@ Theory of operation.
 * In-order data and ACK-clocked sends are batched: :meth:`flush` (called by the core at
   the end of a batch) sends new data and one ACK; duplicate ACKs (out-of-order data)
   go out at once so the peer's fast retransmit works.
-* Congestion control is NewReno with SACK-guided hole retransmission in recovery;
-  RTO per RFC 6298 (min 200 ms, backoff, reset on any ACK from a live peer).
+* Congestion control is NewReno (RFC 5681 slow start / congestion avoidance, limited
+  transmit).  Loss recovery lives in :mod:`~tunray_stack_python.recovery`: a SACK
+  scoreboard, RFC 6675 hole retransmission paced by PRR (RFC 6937), detection of lost
+  retransmissions, NewReno partial ACKs (RFC 6582) without SACK; cwnd goes to ssthresh
+  once per episode and back on exit.  No go-back-N: after a timeout every unSACKed byte
+  is lost and goes out again under a slow-starting cwnd, SACKed data never does.
+* Timers: a tail loss probe (RFC 8985: ~2 SRTT) goes before the RTO (RFC 6298, min
+  200 ms, backoff forgotten on the first ACK of new data); RTT from timestamps (RFC 7323)
+  when offered, else one timed segment (Karn).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from tunray_stack_python.ip import (
     vnet_header,
 )
 from tunray_stack_python.reassembly import OutOfOrder
+from tunray_stack_python.recovery import Recovery
 from tunray_stack_python.tcp_state import FIN_QUEUED, RECEIVING, TRANSITIONS, Input, State
 from tunray_stack_python.tcp_wire import (
     ACK,
@@ -60,6 +68,8 @@ _II = struct.Struct("!II")
 MIN_RTO = 0.2
 MAX_RTO = 60.0
 MAX_RETRIES = 12
+MIN_PTO = 0.01  # tail loss probe floor
+DELACK = 0.04  # the peer may delay the ACK of a lone segment this long (Linux's minimum)
 INF = float("inf")
 
 
@@ -68,12 +78,11 @@ class TcpConn:
 
     __slots__ = (
         "ack_now", "ack_pending", "adv_right", "closed_reset", "core", "cwnd", "dupacks", "fin_acked", "fin_rcvd",
-        "fin_rtx", "fin_sent", "fin_wanted", "gso_max", "handshake_deadline", "in_recovery", "ip_base", "irs1", "iss",
-        "iss1", "key", "last_active", "limit", "local_ip", "local_port", "mss", "ooo",
-        "peer_fin_off", "peer_wscale", "pseudo", "rcv_nxt", "rcv_wscale", "rcvbuf", "read_closed",
-        "read_total", "recover", "remote_ip", "remote_port", "retries", "rto", "rto_deadline", "rtt_off",
-        "rtt_time", "rttvar", "rtx_high", "sack_ok", "sacked", "scheduled", "snd_max", "snd_nxt",
-        "snd_una", "snd_wnd", "sndbuf", "srtt", "ssthresh", "state", "timer_deadline", "ts_ok",
+        "fin_rtx", "fin_sent", "fin_wanted", "gso_max", "handshake_deadline", "ip_base", "irs1", "iss", "iss1", "key",
+        "last_active", "limit", "local_ip", "local_port", "mss", "ooo", "peer_fin_off", "peer_wscale", "probe",
+        "pseudo", "rcv_nxt", "rcv_wscale", "rcvbuf", "read_closed", "read_total", "rec", "remote_ip", "remote_port",
+        "retries", "rto", "rto_deadline", "rtt_off", "rtt_time", "rttvar", "sack_ok", "scheduled", "snd_max",
+        "snd_nxt", "snd_una", "snd_wnd", "sndbuf", "srtt", "ssthresh", "state", "timer_deadline", "ts_ok",
         "ts_recent", "user", "version", "want_read", "want_write", "wl1",
     )
 
@@ -107,10 +116,8 @@ class TcpConn:
         self.cwnd = 0
         self.ssthresh = 1 << 30
         self.dupacks = 0
-        self.in_recovery = False
-        self.recover = 0
-        self.rtx_high = 0
-        self.sacked: list[tuple[int, int]] = []
+        self.rec: Recovery | None = None  # loss recovery state, allocated on the first sign of loss
+        self.probe = False  # the armed timer is a tail loss probe, not the RTO
         self.srtt = 0.0
         self.rttvar = 0.0
         self.rto = 1.0
@@ -124,7 +131,7 @@ class TcpConn:
         self.rcv_nxt = 0
         self.read_total = 0
         self.adv_right = 0
-        self.ooo = OutOfOrder()
+        self.ooo: OutOfOrder | None = None  # allocated by the first out-of-order segment
         self.peer_fin_off = -1
         self.fin_rcvd = False
         self.read_closed = False
@@ -294,13 +301,18 @@ class TcpConn:
 
     def _store_ooo(self, off: int, payload: memoryview, right: int) -> None:
         end = min(off + len(payload), right)
-        if end <= off or self.ooo.size + (end - off) > self.limit:
+        ooo = self.ooo
+        if ooo is None:
+            ooo = self.ooo = OutOfOrder()
+        if end <= off or ooo.size + (end - off) > self.limit:
             self.core.count("tcp_ooo_dropped")
             return
-        self.ooo.add(off, payload[:end - off])
+        ooo.add(off, payload[:end - off])
 
     def _pull_ooo(self) -> None:
-        while (ready := self.ooo.pop_ready(self.rcv_nxt)) is not None:
+        ooo = self.ooo
+        assert ooo is not None
+        while (ready := ooo.pop_ready(self.rcv_nxt)) is not None:
             start, data = ready
             end = start + len(data)
             if end > self.rcv_nxt:
@@ -311,15 +323,17 @@ class TcpConn:
                 else:
                     self.rcvbuf += memoryview(data)[self.rcv_nxt - start:]
                 self.rcv_nxt = end
+        if not ooo:
+            self.ooo = None
 
     def _on_ack(self, ack: int, win: int, seg_off: int, ts: tuple[int, int] | None,
                 sack: list[tuple[int, int]] | None, carries: bool, now: float) -> None:
-        acked = seq_delta(ack, (self.iss1 + self.snd_una) & M32)
-        in_flight = self.snd_max - self.snd_una
+        una = self.snd_una
+        acked = seq_delta(ack, (self.iss1 + una) & M32)
         if acked < 0:
             return  # an old ACK
-        fin_out = 1 if self.fin_sent else 0
-        if acked > in_flight + fin_out:
+        in_flight = self.snd_max - una
+        if acked > in_flight + (1 if self.fin_sent else 0):
             self.core.count("tcp_ack_of_unsent")
             self.ack_now = True
             return
@@ -329,129 +343,151 @@ class TcpConn:
         if seg_off >= self.wl1:
             self.wl1 = seg_off
             self.snd_wnd = wnd
-        if sack and self.sack_ok:
-            self._on_sack(sack)
-        mss = self.mss
+        rec = self.rec
+        sacked_before = 0
+        if sack is not None and self.sack_ok:
+            if rec is None:
+                rec = self.rec = Recovery()
+            sacked_before = rec.sacked
+            base = (self.iss1 + una) & M32
+            rec.add([(una + seq_delta(a, base), una + seq_delta(b, base)) for a, b in sack], una, self.snd_max)
         if acked == 0:
-            if in_flight and not carries and wnd == old_wnd:
-                self.dupacks += 1
-                if self.in_recovery:
-                    self.cwnd += mss
-                    self._retransmit_hole(now)
-                elif self.dupacks == 3:
-                    self.in_recovery = True
-                    self.recover = self.snd_max
-                    self.ssthresh = max(in_flight // 2, 2 * mss)
-                    self.cwnd = self.ssthresh + 3 * mss
-                    self.rtx_high = self.snd_una
-                    self.core.count("tcp_fast_retransmit")
-                    self._retransmit_hole(now)
+            if not in_flight or carries:
+                return
+            if sack is not None and self.sack_ok:
+                assert rec is not None
+                if rec.sacked == sacked_before:
+                    return  # nothing new (a D-SACK, a reordered ACK)
+            elif wnd != old_wnd:
+                return  # a window update
+            self.dupacks += 1
+            if rec is None:
+                rec = self.rec = Recovery()
+            if rec.active:
+                rec.delivered += rec.sacked - sacked_before if self.sack_ok else self._seg()
+                rec.check_relost(self._seg())
+            else:
+                self._maybe_recover(rec, now)
             return
+        # New data acknowledged.
         self.dupacks = 0
         data_acked = min(acked, in_flight)
         if data_acked:
             del self.sndbuf[:data_acked]
-            self.snd_una += data_acked
-            if self.snd_nxt < self.snd_una:
-                self.snd_nxt = self.snd_una
-            if self.sacked and self.sacked[0][0] < self.snd_una:
-                self.sacked = [(max(a, self.snd_una), b) for a, b in self.sacked if b > self.snd_una]
+            self.snd_una = una = una + data_acked
+            if self.snd_nxt < una:
+                self.snd_nxt = una
         # RTT sample (timestamps, else one timed segment; Karn: none after a retransmission).
         if ts is not None and self.ts_ok and ts[1]:
             self._rtt_sample(((self._tsval(now) - ts[1]) & M32) / 1000.0)
-        elif self.rtt_off >= 0 and self.snd_una >= self.rtt_off:
+        elif self.rtt_off >= 0 and una >= self.rtt_off:
             self._rtt_sample(now - self.rtt_time)
             self.rtt_off = -1
-        # Congestion window.
-        if self.in_recovery:
-            if self.snd_una >= self.recover:
-                self.in_recovery = False
-                self.cwnd = self.ssthresh
+        grow = True
+        if rec is not None:
+            self.rto = self._base_rto()  # progress: forget the timeout backoff
+            rec.advance(una)
+            if rec.active:
+                rec.delivered += data_acked + rec.sacked - sacked_before
+                if una >= rec.recover:
+                    if not rec.loss:
+                        self.cwnd = self.ssthresh
+                        grow = False
+                    rec.end()
+                else:
+                    if not self.sack_ok:
+                        rec.relost.append((una, min(una + self._seg(), self.snd_max)))  # NewReno partial ACK
+                    rec.check_relost(self._seg())
+                    grow = rec.loss
+            elif rec.blocks:
+                self._maybe_recover(rec, now)
+                grow = not rec.active
+            if not rec.active and not rec.blocks:
+                self.rec = None
+        if grow:
+            if self.cwnd < self.ssthresh:
+                self.cwnd += data_acked
             else:
-                self.cwnd = max(self.cwnd - data_acked + mss, mss)
-                self.rtx_high = max(self.rtx_high, self.snd_una)
-                self._retransmit_hole(now, True)
-        elif self.cwnd < self.ssthresh:
-            self.cwnd += data_acked
-        else:
-            self.cwnd += max(mss * data_acked // self.cwnd, 1)
+                self.cwnd += max(self.mss * data_acked // self.cwnd, 1)
         if self.fin_sent and not self.fin_acked and acked == in_flight + 1:
             self.fin_acked = True
             self.fin_rtx = False
             self.go(Input.FIN_ACKED)
             if self.state is State.CLOSED:
                 return
-        self.rto_deadline = now + self.rto if self.snd_max > self.snd_una or self._fin_out() else INF
+        self._arm_rto(now)
         if self.want_write and len(self.sndbuf) <= self.core.config.send_high_water:
             self.want_write = False
             self.core.events.append(events.TcpWritable(self))
 
-    def _on_sack(self, blocks: list[tuple[int, int]]) -> None:
-        base = (self.iss1 + self.snd_una) & M32
-        merged = list(self.sacked)
-        for left, right in blocks:
-            a = self.snd_una + seq_delta(left, base)
-            b = self.snd_una + seq_delta(right, base)
-            if self.snd_una <= a < b <= self.snd_max:
-                merged.append((a, b))
-        merged.sort()
-        out: list[tuple[int, int]] = []
-        for a, b in merged:
-            if out and a <= out[-1][1]:
-                if b > out[-1][1]:
-                    out[-1] = (out[-1][0], b)
-            else:
-                out.append((a, b))
-        self.sacked = out
+    def _seg(self) -> int:
+        """Payload bytes per full segment."""
+        return self.mss - (12 if self.ts_ok else 0)
 
-    def _retransmit_hole(self, now: float, partial_ack: bool = False) -> None:
-        """Resend one segment: the first byte at or after ``rtx_high`` that is not SACKed.
+    def _tail(self) -> bool:
+        """True if no new data could go out now (app- or receive-window-limited)."""
+        snd_max = self.snd_max
+        return snd_max >= self.snd_una + len(self.sndbuf) or snd_max >= self.snd_una + self.snd_wnd
 
-        Without SACK information this is NewReno: only the segment at ``snd_una``, once per
-        (partial) ACK.
-        """
-        seg = self.mss - (12 if self.ts_ok else 0)
-        if not self.sacked:
-            if partial_ack or self.rtx_high <= self.snd_una:
-                size = min(seg, self.snd_max - self.snd_una)
-                if size > 0:
-                    self._send_data(self.snd_una, size, now, False)
-                    self.rtx_high = self.snd_una + size
-                    self.rtt_off = -1
+    def _maybe_recover(self, rec: Recovery, now: float) -> None:
+        """Enter fast recovery on three duplicate ACKs or once the scoreboard shows a loss."""
+        una = self.snd_una
+        seg = self._seg()
+        if self.dupacks < 3 and rec.lost_edge(una, self.snd_max, seg, self._tail()) <= una:
             return
-        start = max(self.rtx_high, self.snd_una)
-        stop = self.snd_max
-        for a, b in self.sacked:
-            if b <= start:
-                continue
-            if a <= start:
-                start = b
-                continue
-            stop = a
-            break
-        if self.sacked and start >= self.sacked[-1][1]:
-            if start > self.snd_una:
-                return  # nothing known lost above the last SACK block
-        if start >= self.snd_max:
+        flight = self.snd_max - una
+        if flight <= 0:
             return
-        size = min(seg, stop - start)
-        if size <= 0:
-            return
-        self._send_data(start, size, now, False)
-        self.rtx_high = start + size
+        self.core.count("tcp_fast_retransmit")
+        self.ssthresh = max(flight // 2, 2 * seg)
+        rec.begin(una, self.snd_max, False)
+        if not self.sack_ok:
+            rec.relost.append((una, min(una + seg, self.snd_max)))
+        self.rtt_off = -1
+
+    @property
+    def in_recovery(self) -> bool:
+        return self.rec is not None and self.rec.active
+
+    def _arm_rto(self, now: float) -> None:
+        """(Re)start the retransmission timer, as a tail loss probe (RFC 8985) when one may go first."""
+        if self.snd_max > self.snd_una or self._fin_out():
+            if self.srtt:
+                pto = 2 * self.srtt + (DELACK if self.snd_max - self.snd_una <= self._seg() else 0.0)
+                if pto < MIN_PTO:
+                    pto = MIN_PTO
+                if pto < self.rto:
+                    self.rto_deadline = now + pto
+                    self.probe = True
+                    return
+            self.rto_deadline = now + self.rto
+        else:
+            self.rto_deadline = INF
+        self.probe = False
+
+    def _retransmit(self, start: int, size: int, now: float) -> None:
+        fin = self.fin_sent and start + size == self.snd_una + len(self.sndbuf) and self.state in FIN_QUEUED
+        self._send_data(start, size, now, fin)
+        if fin:
+            self.fin_rtx = False
         self.rtt_off = -1
 
     def _fin_out(self) -> bool:
         return self.fin_sent and not self.fin_acked
 
+    def _base_rto(self) -> float:
+        if self.srtt == 0.0:
+            return 1.0
+        return min(max(self.srtt + max(0.001, 4 * self.rttvar), MIN_RTO), MAX_RTO)
+
     def _rtt_sample(self, rtt: float) -> None:
         if self.srtt == 0.0:
-            self.srtt = rtt
+            self.srtt = rtt or 0.0005
             self.rttvar = rtt / 2
         else:
             self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        self.rto = min(max(self.srtt + max(0.001, 4 * self.rttvar), MIN_RTO), MAX_RTO)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt or 0.0005
+        self.rto = self._base_rto()
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -478,9 +514,10 @@ class TcpConn:
 
     def _options(self, now: float) -> bytes:
         opts = TS_PREFIX + _II.pack(self._tsval(now), self.ts_recent) if self.ts_ok else b""
-        if self.ooo and self.sack_ok:
+        ooo = self.ooo
+        if ooo and self.sack_ok:
             base = self.irs1
-            blocks = self.ooo.sack_blocks(3 if self.ts_ok else 4)
+            blocks = ooo.sack_blocks(3 if self.ts_ok else 4)
             opts += sack_option([((base + a) & M32, (base + b) & M32) for a, b in blocks])
         return opts
 
@@ -530,13 +567,28 @@ class TcpConn:
         state = self.state
         if state is State.SYN_PENDING or state is State.SYN_RCVD or state is State.CLOSED:
             return
+        rec = self.rec
+        if rec is not None and rec.active:
+            self._recovery_output(rec, now)
+        else:
+            cwnd = self.cwnd
+            if self.dupacks:  # limited transmit (RFC 3042): new data for the first two duplicate ACKs
+                cwnd += min(self.dupacks, 2) * self._seg()
+            self._send_new(now, self.snd_una + min(self.snd_wnd, cwnd))
+        if self.ack_pending or self.ack_now:
+            self.send_ack(now)
+
+    def _send_new(self, now: float, limit: int) -> int:
+        """Send new data up to offset *limit* (and our FIN after it); return the data bytes sent."""
         seg = self.mss - (12 if self.ts_ok else 0)
         burst = self.gso_max or seg
         total = self.snd_una + len(self.sndbuf)
-        want_fin = self.fin_wanted and (not self.fin_sent or self.fin_rtx) and state in FIN_QUEUED
+        want_fin = self.fin_wanted and (not self.fin_sent or self.fin_rtx) and self.state in FIN_QUEUED
+        first = self.snd_nxt
+        if limit > total:
+            limit = total
         while True:
-            limit = self.snd_una + min(self.snd_wnd, self.cwnd)
-            can = min(total, limit) - self.snd_nxt
+            can = limit - self.snd_nxt
             if can <= 0:
                 break
             size = min(can, burst)
@@ -554,15 +606,73 @@ class TcpConn:
                 self.fin_sent = True
                 self.fin_rtx = want_fin = False
             if self.rto_deadline == INF:
-                self.rto_deadline = now + self.rto
+                self._arm_rto(now)
         if want_fin and self.snd_nxt == total:
             self._send_data(total, 0, now, True)
             self.fin_sent = True
             self.fin_rtx = False
             if self.rto_deadline == INF:
-                self.rto_deadline = now + self.rto
-        if self.ack_pending or self.ack_now:
-            self.send_ack(now)
+                self._arm_rto(now)
+        return self.snd_nxt - first
+
+    def _recovery_output(self, rec: Recovery, now: float) -> None:
+        """RFC 6675 NextSeg order (lost again, lost holes, new data, one rescue), PRR-paced."""
+        seg = self._seg()
+        una = self.snd_una
+        tail = self._tail()
+        edge = rec.lost_edge(una, self.snd_max, seg, tail)
+        pipe = rec.pipe(una, self.snd_max, edge)
+        if rec.loss:
+            budget = self.cwnd - pipe
+        elif pipe > self.ssthresh:
+            budget = -(-rec.delivered * self.ssthresh // rec.fs) - rec.out
+        else:
+            budget = min(self.ssthresh - pipe, max(rec.delivered - rec.out, 0) + seg)
+        if rec.force:
+            rec.force = False
+            if budget < 1:
+                budget = 1
+        count = self.core.count
+        while budget > 0:
+            hole = None
+            relost = rec.relost
+            while relost:
+                a, b = relost[0]
+                hole = rec.next_hole(max(a, una), b)
+                if hole is None:
+                    relost.pop(0)
+                    continue
+                if hole[1] - hole[0] > seg:
+                    hole = (hole[0], hole[0] + seg)
+                if hole[1] >= b:
+                    relost.pop(0)
+                else:
+                    relost[0] = (hole[1], b)
+                break
+            if hole is None:
+                hole = rec.next_hole(max(rec.high_rxt, una), edge)
+                if hole is not None:
+                    if hole[1] - hole[0] > seg:
+                        hole = (hole[0], hole[0] + seg)
+                    rec.high_rxt = hole[1]
+            if hole is None and not tail:
+                sent = self._send_new(now, min(self.snd_max + -(-budget // seg) * seg, una + self.snd_wnd))
+                if sent:
+                    budget -= sent
+                    rec.out += sent
+                    continue
+            if hole is None:
+                break
+            size = hole[1] - hole[0]
+            self._retransmit(hole[0], size, now)
+            rec.rtx.append((hole[0], hole[1], self.snd_max))
+            count("tcp_sack_retransmit" if self.sack_ok else "tcp_partial_ack_retransmit")
+            if hole[0] == una and not rec.loss:
+                self._arm_rto(now)  # the head went out again: restart the clock
+            budget -= size
+            rec.out += size
+        if tail and self.fin_wanted and (not self.fin_sent or self.fin_rtx):
+            self._send_new(now, self.snd_max)
 
     # --- timers ---------------------------------------------------------------------------------
 
@@ -591,6 +701,9 @@ class TcpConn:
             self.abort()
             return
         if now >= self.rto_deadline:
+            if self.probe:
+                self._send_probe(now)
+                return
             self.retries += 1
             if self.retries > MAX_RETRIES:
                 core.count("tcp_retransmit_give_up")
@@ -604,13 +717,15 @@ class TcpConn:
             in_flight = self.snd_max - self.snd_una
             if in_flight or self._fin_out():
                 core.count("tcp_rto")
-                self.ssthresh = max(in_flight // 2, 2 * self.mss)
-                self.cwnd = self.mss
-                self.snd_nxt = self.snd_una
-                self.fin_rtx = self._fin_out()
-                self.in_recovery = False
+                rec = self.rec
+                if rec is None:
+                    rec = self.rec = Recovery()
+                if not (rec.active and rec.loss):  # the first timeout of this episode
+                    self.ssthresh = max(in_flight // 2, 2 * self._seg())
+                self.cwnd = self._seg()
+                rec.begin(self.snd_una, self.snd_max, True)
                 self.dupacks = 0
-                self.sacked = []
+                self.fin_rtx = self._fin_out()
                 self.rtt_off = -1
                 self.output(now)
             else:
@@ -622,6 +737,32 @@ class TcpConn:
             self.snd_nxt = self.snd_max = off + 1
             self._send_data(off, 1, now, False)
             self.rto_deadline = now + self.rto
+
+    def _send_probe(self, now: float) -> None:
+        """Tail loss probe (RFC 8985): new data if the windows allow, else the last segment again.
+
+        In recovery with the tail already SACKed, the first hole instead: its retransmission
+        was probably lost, and nothing sent after it could tell.
+        """
+        self.core.count("tcp_tail_loss_probe")
+        self.probe = False
+        una = self.snd_una
+        seg = self._seg()
+        rec = self.rec
+        if not self._tail():
+            self._send_new(now, self.snd_max + seg)
+        elif rec is not None and rec.active and rec.blocks and rec.blocks[-1][1] >= self.snd_max:
+            hole = rec.next_hole(una, self.snd_max)
+            if hole is not None:
+                size = min(hole[1] - hole[0], seg)
+                self._retransmit(hole[0], size, now)
+                rec.rtx.append((hole[0], hole[0] + size, self.snd_max))
+        elif self.snd_max > una:
+            start = max(una, self.snd_max - seg)
+            self._retransmit(start, self.snd_max - start, now)
+        elif self._fin_out():
+            self._send_data(una, 0, now, True)
+        self.rto_deadline = now + self.rto
 
     # --- driver operations ----------------------------------------------------------------------
 

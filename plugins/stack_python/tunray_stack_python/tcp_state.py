@@ -12,6 +12,8 @@ import enum
 
 
 class State(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; skips Enum's Python-level __hash__ (hot path)
+
     SYN_PENDING = "syn-pending"
     SYN_RCVD = "syn-received"
     ESTABLISHED = "established"
@@ -25,6 +27,8 @@ class State(enum.Enum):
 
 
 class Input(enum.Enum):
+    __hash__ = object.__hash__
+
     ACCEPT = "accept"  # driver accepted: SYN-ACK goes out
     ACK_OF_SYN = "ack-of-syn"
     PEER_FIN = "peer-fin"
