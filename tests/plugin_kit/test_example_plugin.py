@@ -85,7 +85,7 @@ def test_it_carries_real_traffic(kit_venv: KitVenv, tmp_path: Path) -> None:
     import random
     import subprocess
 
-    port = random.randrange(20000, 60000, 4)
+    port = random.randrange(10000, 32000, 4)
     echo = subprocess.Popen([str(kit_venv.python), "-m", "tunray.testing.echo", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

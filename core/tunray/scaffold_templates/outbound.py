@@ -150,7 +150,7 @@ from tunray.testing.conformance import check_outbound
 @pytest.fixture
 def echo_port() -> Iterator[int]:
     """tunray's echo servers on loopback (ports P..P+3); yields P."""
-    port = random.randrange(20000, 60000, 4)
+    port = random.randrange(10000, 32000, 4)
     proc = subprocess.Popen(
         [sys.executable, "-m", "tunray.testing.echo", "--port", str(port)],
         stdout=subprocess.PIPE,

@@ -117,14 +117,16 @@ async def serve(port: int) -> None:
 def local_echo(attempts: int = 8) -> Iterator[int]:
     """Run the echo servers in a child process on loopback; yield the base port.
 
-    Picks a random base port and tries again if any of its four ports is taken.
+    Picks a random base port below the kernel's ephemeral range (where thousands of
+    TIME_WAIT client sockets may sit after load tests) and tries again if any of its
+    four ports is taken.
     """
     import random
     import subprocess
     import sys
 
     for _ in range(attempts):
-        port = random.randrange(20000, 60000, 4)
+        port = random.randrange(10000, 32000, 4)
         with subprocess.Popen(
             [sys.executable, "-m", "tunray.testing.echo", "--port", str(port)],
             stdout=subprocess.PIPE,

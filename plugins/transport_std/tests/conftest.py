@@ -13,7 +13,7 @@ from transport_std_peers import SingBox, make_cert, start_sing_box
 def _start_echo() -> tuple[subprocess.Popen[bytes], int]:
     """Start the echo server on a random base port, retrying when a port is taken."""
     for _ in range(8):
-        port = random.randrange(20000, 60000, 4)
+        port = random.randrange(10000, 32000, 4)
         proc = subprocess.Popen(
             [sys.executable, "-m", "tunray.testing.echo", "--port", str(port)],
             stdout=subprocess.PIPE,
