@@ -30,9 +30,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from tunray.net.address import Destination, Network, parse_host  # noqa: E402
+from tunray.testing.certs import SelfSigned, make_cert  # noqa: E402
 from tunray.testing.echo import pattern  # noqa: E402
 from tunray.testing.harness import driver_of, running  # noqa: E402
-from vless_certs import SelfSigned, make_cert  # noqa: E402
 from vless_servers import USER_ID, RunningServer, free_port, sing_box_path, start_sing_box, vless_outbound  # noqa: E402
 
 BLOCK = 1 << 18

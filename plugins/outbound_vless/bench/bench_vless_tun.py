@@ -33,8 +33,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from tunray.testing.certs import SelfSigned, make_cert  # noqa: E402
 from tunray.testing.netns import Topology, ns_exec  # noqa: E402
-from vless_certs import SelfSigned, make_cert  # noqa: E402
 from vless_servers import USER_ID, RunningServer, sing_box_path, start_sing_box, vless_outbound  # noqa: E402
 
 HOST = "203.0.113.10"

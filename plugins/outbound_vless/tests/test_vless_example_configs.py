@@ -20,8 +20,8 @@ import pytest
 from test_vless_interop import _echo_bulk, _tcp
 from tunray.log import AccessLog
 from tunray.net.address import Destination, Network, parse_host
+from tunray.testing.certs import SelfSigned, make_cert
 from tunray.testing.harness import driver_of, running
-from vless_certs import SelfSigned, make_cert
 from vless_servers import EARLY_DATA, VISION, RunningServer, sing_box_transport, start_sing_box
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"

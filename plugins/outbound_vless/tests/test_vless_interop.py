@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 from loguru import logger
 from tunray.net.address import Destination, Network, parse_host
+from tunray.testing.certs import SelfSigned, make_cert
 from tunray.testing.conformance import check_outbound
 from tunray.testing.harness import driver_of, running
 from tunray.testing.links import AppEnd
-from vless_certs import SelfSigned, make_cert
 from vless_servers import KINDS, RunningServer, free_port, serve, vless_outbound
 
 POLICY = {"levels": {"0": {"handshake": 2, "connIdle": 30, "uplinkOnly": 2, "downlinkOnly": 2}}}

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from test_vless_interop import POLICY, _echo_bulk
 from tunray.net.address import Destination, Network
+from tunray.testing.certs import make_cert
 from tunray.testing.harness import driver_of, running
 from tunray.testing.netns import Topology
-from vless_certs import make_cert
 from vless_servers import KINDS, kind_outbound, start_kind
 
 

@@ -33,9 +33,9 @@ from typing import Any, TypeVar
 
 import pytest
 from tunray.log import AccessLog
+from tunray.testing.certs import make_cert
 from tunray.testing.harness import running
 from tunray.testing.netns import Topology, ns_exec
-from vless_certs import make_cert
 from vless_servers import RunningServer, start_sing_box, vless_outbound
 
 pytestmark = pytest.mark.root

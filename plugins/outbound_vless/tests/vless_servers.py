@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vless_certs import SelfSigned, make_cert
+from tunray.testing.certs import SelfSigned, make_cert
 
 USER_ID = "27848739-7e62-4138-9fd3-098a63964b6b"
 V2RAY = shutil.which("v2ray") or "/usr/bin/v2ray"

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tls_certs import SelfSigned, make_cert
 from tunray.config.errors import ConfigError, NotSupported
 from tunray.config.model import STREAM_SCHEMA
 from tunray.net.address import Destination, Network, parse_host
 from tunray.net.stream import open_stream
 from tunray.plugin.manager import PluginManager
+from tunray.testing.certs import SelfSigned, make_cert
 from tunray_tls.layer import TlsSecurity, cert_matches
 from tunray_tls.stream import TlsError, TlsStream
 

@@ -1,4 +1,9 @@
-"""Self-signed certificates for tests (made fresh with ``cryptography``)."""
+"""Self-signed certificates for TLS tests, made fresh with ``cryptography``.
+
+``make_cert(tmp_path)`` writes ``server.crt``/``server.key`` (ECDSA P-256, CA:true, valid a
+week, SANs for the given names and IPs) and returns the PEMs, the DER and its SHA-256,
+ready for ``tlsSettings.pinnedPeerCertSha256`` or a server's certificate files.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +32,12 @@ class SelfSigned:
         return hashlib.sha256(self.der).hexdigest()
 
 
-def make_cert(directory: Path, names: tuple[str, ...] = ("vless.test", "localhost"), ips: tuple[str, ...] = ("127.0.0.1", "::1"), stem: str = "server") -> SelfSigned:
+def make_cert(
+    directory: Path,
+    names: tuple[str, ...] = ("vless.test", "localhost"),
+    ips: tuple[str, ...] = ("127.0.0.1", "::1"),
+    stem: str = "server",
+) -> SelfSigned:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else "test")])
     now = datetime.datetime.now(datetime.UTC)
