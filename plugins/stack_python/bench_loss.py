@@ -2,7 +2,7 @@
 
     .venv/bin/python plugins/stack_python/bench_loss.py [--bytes N] [--seeds 1,2,3] [--mtu 1500,65535]
 
-Wraps the TUN in the conformance suite's :class:`~tunray.testing.stackcheck.ImpairedDevice`
+Wraps the TUN in the conformance suite's :class:`~tunray.testing.impair.ImpairedDevice`
 (2% loss, 1% duplication, 2% reordering, both directions), moves *N* bytes each way
 with the suite's bulk clients and prints Mbit/s plus the stack's loss-recovery counters.
 """
@@ -13,8 +13,9 @@ import argparse
 import asyncio
 
 from tunray.device import PacketDevice
+from tunray.testing.impair import ImpairedDevice
 from tunray.testing.plugin import new_event_loop
-from tunray.testing.stackcheck import SINK, SOURCE, V4_PEER, ImpairedDevice, stack_harness
+from tunray.testing.stackcheck import SINK, SOURCE, V4_PEER, stack_harness
 from tunray_stack_python.stack import PythonStack
 
 COUNTERS = ("tcp_rto", "tcp_fast_retransmit", "tcp_sack_retransmit", "tcp_partial_ack_retransmit", "tcp_tail_loss_probe")

@@ -24,13 +24,11 @@ the same suite unchanged.  Individual checks are public so suites can parametriz
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
 import ipaddress
 import json
 import os
-import random
 import secrets
 import subprocess
 import sys
@@ -38,12 +36,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tunray.device import VNET_HDR_LEN, PacketDevice
+from tunray.device import PacketDevice
 from tunray.link import ByteLink, PacketLink
 from tunray.net.address import Destination, Network
 from tunray.net.tun import open_tun
 from tunray.stack import Flow, Stack, StackOptions
 from tunray.testing import stackclient
+from tunray.testing.impair import ImpairedDevice as ImpairedDevice  # re-exported: its old home
 
 SINK, SOURCE, ECHO, HALF, SERVER_HALF, REFUSE, DEFER, HOLD = 1000, 2000, 3000, 3001, 3002, 4000, 4001, 4002
 UDP_PORT, THIRD_PORT = 5000, 7777
@@ -248,76 +247,6 @@ async def _server_half(link: ByteLink) -> str:
     return digest.hexdigest()
 
 
-class ImpairedDevice(PacketDevice):
-    """Loses, duplicates and reorders packets in both directions; seeded, so a failure replays.
-
-    Reading, a reordered packet is handed out after the next one and a duplicate right
-    after its original; writing, a reordered packet is sent after the next write.
-    """
-
-    def __init__(self, inner: PacketDevice, *, seed: int = 7, loss: float = 0.02, dup: float = 0.01,
-                 reorder: float = 0.02) -> None:
-        self.inner = inner
-        self.mtu = inner.mtu
-        self.offloads = inner.offloads
-        self._rng = random.Random(seed)
-        self._odds = (("lost", loss), ("duplicated", dup), ("reordered", reorder))
-        self._backlog: collections.deque[bytes] = collections.deque()
-        self._release = False
-        self._held: bytes | None = None
-        self.stats = {"packets": 0, "lost": 0, "duplicated": 0, "reordered": 0}
-
-    def _fate(self) -> str:
-        self.stats["packets"] += 1
-        r = self._rng.random()
-        for fate, odds in self._odds:
-            if r < odds:
-                self.stats[fate] += 1
-                return fate
-            r -= odds
-        return "ok"
-
-    def fileno(self) -> int:
-        return self.inner.fileno()
-
-    def read(self, size: int = 65536 + VNET_HDR_LEN) -> bytes | None:
-        if self._release and self._backlog:
-            self._release = False
-            return self._backlog.popleft()
-        while True:
-            packet = self.inner.read(size)
-            if packet is None:
-                return self._backlog.popleft() if self._backlog else None
-            fate = self._fate()
-            if fate == "lost":
-                continue
-            if fate == "reordered":
-                self._backlog.append(packet)
-                continue
-            if fate == "duplicated":
-                self._backlog.append(packet)
-            self._release = True
-            return packet
-
-    def write(self, packet: bytes | bytearray | memoryview) -> bool:
-        fate = self._fate()
-        if fate == "lost":
-            return True
-        if fate == "reordered" and self._held is None:
-            self._held = bytes(packet)  # the caller may reuse its buffer
-            return True
-        ok = self.inner.write(packet)
-        if fate == "duplicated":
-            self.inner.write(packet)
-        if self._held is not None:
-            held, self._held = self._held, None
-            self.inner.write(held)
-        return ok
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 @contextlib.asynccontextmanager
 async def stack_harness(
     stack_cls: type[Stack],
@@ -332,7 +261,8 @@ async def stack_harness(
     """A running :class:`StackHarness`; everything is removed on exit, even on failure.
 
     *settings* go through the stack's own schema; *options* are further :class:`StackOptions`
-    fields; *wrap* may put a device (such as :class:`ImpairedDevice`) between TUN and stack.
+    fields; *wrap* may put a device (such as :class:`~tunray.testing.impair.ImpairedDevice`)
+    between TUN and stack.
     """
     parsed = stack_cls.settings_schema.parse(dict(settings or {}), "stack.settings")
     stack = stack_cls(StackOptions(mtu=mtu, handshake=handshake, settings=parsed, **options))

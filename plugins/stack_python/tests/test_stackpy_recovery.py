@@ -12,7 +12,8 @@ import struct
 from stackpy_wire import ACK, FIN, Seg, syn_opts
 from test_stackpy_core_tcp import ISS, Peer, make_core
 from tunray_stack_python.core import Core
-from tunray_stack_python.tcp import MIN_RTO, TcpConn
+from tunray_stack_python.tcp import TcpConn
+from tunray_stack_python.tcp_sender import MIN_RTO
 
 MSS = 1000
 

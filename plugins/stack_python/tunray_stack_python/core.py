@@ -42,7 +42,8 @@ from tunray_stack_python.ip import (
     parse_vnet,
     vnet_header,
 )
-from tunray_stack_python.tcp import INF, TcpConn
+from tunray_stack_python.tcp import TcpConn
+from tunray_stack_python.tcp_base import INF
 from tunray_stack_python.tcp_state import State
 from tunray_stack_python.tcp_wire import ACK, FIN, HEADER, RST, SYN, Options, parse_options
 from tunray_stack_python.udp import UdpFlow, build_udp
