@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import KitVenv
+from kit_helpers import KitVenv
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, KitVenv
+from kit_helpers import EXAMPLE, KitVenv
 
 pytestmark = pytest.mark.timeout(300)
 

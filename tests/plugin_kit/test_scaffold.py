@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import KitVenv
+from kit_helpers import KitVenv
 from tunray.plugin.registry import PluginError
 from tunray.scaffold import KINDS, render, write_plugin
 

@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import random
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,38 +7,10 @@ import pytest
 from transport_std_peers import SingBox, make_cert, start_sing_box
 
 
-def _start_echo() -> tuple[subprocess.Popen[bytes], int]:
-    """Start the echo server on a random base port, retrying when a port is taken."""
-    for _ in range(8):
-        port = random.randrange(10000, 32000, 4)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tunray.testing.echo", "--port", str(port)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert proc.stdout is not None
-        if b"ready" in proc.stdout.readline():
-            return proc, port
-        _stop(proc)
-    raise RuntimeError("could not start the echo server on any port")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    proc.wait(5)
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
-
-
 @pytest.fixture
-def echo_port() -> Iterator[int]:
-    """A :mod:`tunray.testing.echo` server on loopback; yields its base port."""
-    proc, port = _start_echo()
-    try:
-        yield port
-    finally:
-        _stop(proc)
+def echo_port(echo_server: int) -> Iterator[int]:
+    """tunray's echo servers on loopback (ports P..P+3), from the test kit; yields P."""
+    yield echo_server
 
 
 @pytest.fixture
