@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 from tunray.policy import LevelPolicy
 
@@ -119,3 +120,43 @@ async def relay(app: Stream, upstream: Stream, policy: LevelPolicy, counter: Cou
         for t in (up, down):
             t.cancel()
         await asyncio.gather(up, down, return_exceptions=True)
+
+
+class Activity:
+    """When a packet flow last moved a datagram (``touch()`` per datagram: one float store)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def touch(self) -> None:
+        self.last = time.monotonic()
+
+
+async def run_pumps(pumps: list[Coroutine[Any, Any, None]], activity: Activity, idle: float) -> None:
+    """Run a UDP flow's pumps until the first one ends or *idle* seconds pass without activity.
+
+    The first pump's exception, if any, is raised; the other pumps are cancelled and awaited.
+    """
+    loop = asyncio.get_running_loop()
+
+    async def watch() -> None:
+        # Sleeps until the earliest possible expiry, then re-checks: no timer work per datagram.
+        while True:
+            left = activity.last + idle - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(left)
+
+    tasks = [loop.create_task(p) for p in pumps]
+    tasks.append(loop.create_task(watch()))
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if not t.cancelled() and (exc := t.exception()) is not None:
+                raise exc
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

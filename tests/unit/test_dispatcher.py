@@ -199,3 +199,15 @@ async def test_traffic_stats_follow_policy_system_flags(echo_port: int) -> None:
             "inbound>>>drv>>>traffic>>>downlink": 10,
             "outbound>>>direct>>>traffic>>>uplink": 10,
         }
+
+
+async def test_udp_flow_ends_after_conn_idle(echo_port: int) -> None:
+    async with running(config(policy={"levels": {"0": {"connIdle": 1}}})) as rt:
+        drv = driver_of(rt)
+        target = Destination.parse(f"127.0.0.1:{echo_port}", Network.UDP)
+        app, task = drv.open_udp("10.9.0.2:54", target)
+        app.send(b"q", target)
+        assert (await asyncio.wait_for(app.recv(), 5)).data == b"q"
+        started = time.monotonic()
+        await asyncio.wait_for(task, 5)
+        assert 0.5 < time.monotonic() - started < 2.5

@@ -12,18 +12,18 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-import time
 
 from tunray.link import PacketLink
 from tunray.net.address import Destination, IPAddress, Network
 from tunray.net.dialer import Dialer, DialError
 from tunray.policy import LevelPolicy
+from tunray.relay import Activity, run_pumps
 
 
 class _Downlink(asyncio.DatagramProtocol):
     __slots__ = ("activity", "error", "link")
 
-    def __init__(self, link: PacketLink, activity: list[float]) -> None:
+    def __init__(self, link: PacketLink, activity: Activity) -> None:
         self.link = link
         self.activity = activity
         self.error: Exception | None = None
@@ -32,7 +32,7 @@ class _Downlink(asyncio.DatagramProtocol):
         ip = ipaddress.ip_address(str(addr[0]).split("%")[0])
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        self.activity[0] = time.monotonic()
+        self.activity.touch()
         self.link.send(data, Destination(Network.UDP, ip, int(addr[1])))
 
     def error_received(self, exc: Exception) -> None:
@@ -62,7 +62,7 @@ async def relay_udp(
     family = socket.AF_INET6 if dual else socket.AF_INET
     first_ip = first_peer.ip
     sock = dialer.udp_socket(family, peer=first_ip, opts=opts, send_through=send_through)  # type: ignore[arg-type]
-    activity = [time.monotonic()]
+    activity = Activity()
     transport, _proto = await loop.create_datagram_endpoint(lambda: _Downlink(link, activity), sock=sock)
     resolved: dict[str, IPAddress] = {}
 
@@ -71,7 +71,7 @@ async def relay_udp(
             packet = await link.recv()
             if packet is None:
                 return
-            activity[0] = time.monotonic()
+            activity.touch()
             dest = packet.peer
             if redirect is not None:
                 dest = redirect
@@ -92,21 +92,7 @@ async def relay_udp(
                 continue
             transport.sendto(packet.data, _sockaddr(ip, dest.port, dual))
 
-    async def idle() -> None:
-        while True:
-            left = activity[0] + policy.conn_idle - time.monotonic()
-            if left <= 0:
-                return
-            await asyncio.sleep(left)
-
-    up = loop.create_task(uplink())
-    watch = loop.create_task(idle())
     try:
-        await asyncio.wait((up, watch), return_when=asyncio.FIRST_COMPLETED)
-        if up.done() and not up.cancelled() and up.exception() is not None:
-            raise up.exception()  # type: ignore[misc]
+        await run_pumps([uplink()], activity, policy.conn_idle)
     finally:
-        for t in (up, watch):
-            t.cancel()
-        await asyncio.gather(up, watch, return_exceptions=True)
         transport.close()

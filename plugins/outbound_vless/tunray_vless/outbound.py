@@ -20,7 +20,6 @@ import asyncio
 import base64
 import os
 import secrets
-import time
 from typing import Any
 
 from loguru import logger
@@ -30,7 +29,7 @@ from tunray.net.address import Destination, Network
 from tunray.net.dialer import DialError
 from tunray.outbound import Outbound
 from tunray.policy import LevelPolicy
-from tunray.relay import relay
+from tunray.relay import Activity, relay, run_pumps
 from tunray.session import FlowContext
 from tunray.transport import Dialable
 
@@ -185,14 +184,14 @@ async def _pump_udp(
     policy: LevelPolicy,
 ) -> None:
     """Carry datagrams both ways until the app's flow closes, the server closes, or idle."""
-    activity = [time.monotonic()]
+    activity = Activity()
 
     async def uplink() -> None:
         while True:
             packet = await link.recv()
             if packet is None:
                 return
-            activity[0] = time.monotonic()
+            activity.touch()
             data = frame(packet.data, packet.peer)
             if data:
                 ctx.uplink_bytes += len(packet.data)
@@ -205,7 +204,7 @@ async def _pump_udp(
             data = await body.read(READ_CHUNK)
             if not data:
                 return
-            activity[0] = time.monotonic()
+            activity.touch()
             if reader is not None:
                 for payload, source in reader.feed(data):
                     ctx.downlink_bytes += len(payload)
@@ -218,21 +217,4 @@ async def _pump_udp(
                     ctx.downlink_bytes += len(payload)
                     link.send(payload, target)
 
-    async def idle() -> None:
-        while True:
-            left = activity[0] + policy.conn_idle - time.monotonic()
-            if left <= 0:
-                return
-            await asyncio.sleep(left)
-
-    loop = asyncio.get_running_loop()
-    tasks = [loop.create_task(uplink()), loop.create_task(downlink()), loop.create_task(idle())]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
-            if not t.cancelled() and t.exception() is not None:
-                raise t.exception()  # type: ignore[misc]
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    await run_pumps([uplink(), downlink()], activity, policy.conn_idle)
