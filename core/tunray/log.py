@@ -40,7 +40,8 @@ class AccessLog:
 
     @classmethod
     def from_settings(cls, log: Settings) -> AccessLog:
-        if log.access == "none" or log.loglevel == "none":
+        # As in Xray, ``loglevel`` governs the error log only; ``access: "none"`` turns this off.
+        if log.access == "none":
             return cls(None)
         if log.access:
             return cls(open(log.access, "a", buffering=1, encoding="utf-8"))

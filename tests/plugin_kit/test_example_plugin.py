@@ -12,7 +12,7 @@ from kit_helpers import EXAMPLE, KitVenv
 pytestmark = pytest.mark.timeout(300)
 
 SOCKS_CONFIG = {
-    "log": {"loglevel": "none"},
+    "log": {"loglevel": "none", "access": "none"},
     "outbounds": [{"protocol": "socks", "tag": "proxy", "settings": {"address": "127.0.0.1", "port": 1080}}],
 }
 

@@ -24,7 +24,7 @@ def config(rules: list[dict[str, Any]] | None = None, sniffing: dict[str, Any] |
     if sniffing is not None:
         inbound["sniffing"] = sniffing
     cfg: dict[str, Any] = {
-        "log": {"loglevel": "none"},
+        "log": {"loglevel": "none", "access": "none"},
         "inbounds": [inbound],
         "outbounds": [{"protocol": "freedom", "tag": "direct"}, {"protocol": "blackhole", "tag": "block"}],
         "routing": {"rules": rules or []},

@@ -233,7 +233,7 @@ class EchoPlugin:
 def config(outbound: str, **inbound: Any) -> dict[str, Any]:
     ib = {"protocol": "$name", "listen": "127.0.0.1", "port": 0, "settings": {"address": "192.0.2.7", "port": 443}}
     ib.update(inbound)
-    return {"log": {"loglevel": "none"}, "inbounds": [ib], "outbounds": [{"protocol": outbound}]}
+    return {"log": {"loglevel": "none", "access": "none"}, "inbounds": [ib], "outbounds": [{"protocol": outbound}]}
 
 
 def bound_port(rt: Any) -> int:

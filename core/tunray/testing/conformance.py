@@ -39,7 +39,7 @@ _HANDSHAKE = 3  # the policy's handshake timeout (seconds) in the runtime check_
 
 def _config(outbound: dict[str, Any]) -> dict[str, Any]:
     return {
-        "log": {"loglevel": "none"},
+        "log": {"loglevel": "none", "access": "none"},
         "inbounds": [{"protocol": "driver", "tag": "drv"}],
         "outbounds": [dict(outbound, tag="under-test")],
         "policy": {"levels": {"0": {"handshake": _HANDSHAKE, "connIdle": 30, "uplinkOnly": 2, "downlinkOnly": 2}}},

@@ -31,7 +31,7 @@ def _cfg(settings: dict[str, object], stream: dict[str, object] | None = None) -
     ob: dict[str, object] = {"protocol": "freedom", "settings": settings}
     if stream is not None:
         ob["streamSettings"] = stream
-    return {"log": {"loglevel": "none"}, "inbounds": [{"protocol": "driver"}], "outbounds": [ob]}
+    return {"log": {"loglevel": "none", "access": "none"}, "inbounds": [{"protocol": "driver"}], "outbounds": [ob]}
 
 
 async def _echo_once(rt: object, target: str) -> tuple[bool, bytes]:

@@ -92,7 +92,7 @@ async def _tunray_cps(drv: Any, echo: int, seconds: float) -> float:
 
 
 async def bench_tunray(ob: dict[str, Any], echo: int, size: int, seconds: float) -> tuple[float, float, float]:
-    cfg = {"log": {"loglevel": "none"}, "inbounds": [{"protocol": "driver"}], "outbounds": [ob]}
+    cfg = {"log": {"loglevel": "none", "access": "none"}, "inbounds": [{"protocol": "driver"}], "outbounds": [ob]}
     async with running(cfg) as rt:
         drv = driver_of(rt)
         up = await _tunray_echo(drv, echo, size)

@@ -24,7 +24,7 @@ def _cfg(settings: dict[str, Any], stream: dict[str, Any] | None = None) -> dict
     ob: dict[str, Any] = {"protocol": "vless", "settings": settings}
     if stream is not None:
         ob["streamSettings"] = stream
-    return {"log": {"loglevel": "none"}, "outbounds": [ob]}
+    return {"log": {"loglevel": "none", "access": "none"}, "outbounds": [ob]}
 
 
 TLS = {"network": "raw", "security": "tls", "tlsSettings": {"serverName": "example.com"}}

@@ -49,7 +49,7 @@ def load_example(name: str, server: RunningServer, cert: SelfSigned) -> dict[str
     else:
         tls["certificates"] = [{"usage": "verify", "certificateFile": str(cert.cert_file)}]
     cfg["inbounds"] = [{"protocol": "driver", "tag": "drv"}]
-    cfg["log"] = {"loglevel": "none"}
+    cfg["log"] = {"loglevel": "none", "access": "none"}
     return cfg
 
 

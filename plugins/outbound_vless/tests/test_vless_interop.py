@@ -36,7 +36,7 @@ POLICY = {"levels": {"0": {"handshake": 2, "connIdle": 30, "uplinkOnly": 2, "dow
 
 def _config(outbound: dict[str, Any]) -> dict[str, Any]:
     return {
-        "log": {"loglevel": "none"},
+        "log": {"loglevel": "none", "access": "none"},
         "inbounds": [{"protocol": "driver"}],
         "outbounds": [dict(outbound, tag="vless")],
         "policy": POLICY,

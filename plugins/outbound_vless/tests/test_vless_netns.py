@@ -41,7 +41,7 @@ async def test_udp_both_framings_and_ipv6_over_veth(kind: str, topo: Topology, t
     srv = start_kind(spec, tmp_path, cert, host="::", port=10443, prefix=prefix)
     srv.host = str(topo.server_v4)
     ob = kind_outbound(spec, srv, cert)
-    cfg = {"log": {"loglevel": "none"}, "inbounds": [{"protocol": "driver"}], "outbounds": [ob], "policy": POLICY}
+    cfg = {"log": {"loglevel": "none", "access": "none"}, "inbounds": [{"protocol": "driver"}], "outbounds": [ob], "policy": POLICY}
     try:
         with topo.enter(topo.client):
             async with running(cfg) as rt:

@@ -57,7 +57,7 @@ async def _fake_server(script: Script, seen: list[tuple[Request, bytes, float]])
 
 def _cfg(port: int, flow: str = "") -> dict[str, Any]:
     return {
-        "log": {"loglevel": "none"},
+        "log": {"loglevel": "none", "access": "none"},
         "inbounds": [{"protocol": "driver"}],
         "outbounds": [
             {

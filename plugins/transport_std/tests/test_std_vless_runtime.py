@@ -46,7 +46,7 @@ def config(box: SingBox, case: str, ca: Path | None = None) -> dict[str, Any]:
         }
         stream = {**stream, "security": "tls", "tlsSettings": tls}
     return {
-        "log": {"loglevel": "none"},
+        "log": {"loglevel": "none", "access": "none"},
         "inbounds": [{"protocol": "driver"}],
         "outbounds": [
             {
