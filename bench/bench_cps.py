@@ -50,7 +50,7 @@ def main() -> None:
                 spy = None
                 if a.profile and i == 0:
                     spy = subprocess.Popen([str(PY_SPY), "record", "-o", a.profile, "--pid", str(pid),
-                                            "-d", str(int(a.seconds) + 1), "-r", "200", "--nonblocking", "-f", "raw"],
+                                            "-d", str(int(a.seconds) + 1), "-r", "400", "--nonblocking", "-f", "raw"],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 argv = [sys.executable, LOAD, "connrate", HOST4, str(ECHO_PORT),
                         "--seconds", str(a.seconds), "--parallel", str(a.parallel)]

@@ -109,8 +109,9 @@ async def relay(app: Stream, upstream: Stream, policy: LevelPolicy, counter: Cou
         watch.tighten(policy.uplink_only)
 
     # The uplink runs in this task and only the downlink gets its own: one task per flow
-    # instead of two plus an asyncio.wait (measured with bench/bench_cps.py: proxy user CPU
-    # per connection 309 -> see the report in the module docstring).
+    # instead of two plus an asyncio.wait and a gather.  Measured on relay() over in-memory
+    # streams carrying 32 bytes each way (uvloop): 37 -> 14 µs per flow, about 5% of the
+    # proxy's CPU per connection in bench/bench_cps.py.
     down = loop.create_task(downlink())
     own_cancels = 0
 
