@@ -225,8 +225,16 @@ class TcpConn(TcpSender):
             return min(self.timer_deadline, self.rto_deadline)
         idle = self.last_active + self.core.config.tcp_idle_timeout
         d = min(self.rto_deadline, idle, self.handshake_deadline)
-        if self.snd_wnd == 0 and self.snd_una + len(self.sndbuf) > self.snd_nxt and d > self.core.now + self.rto:
-            d = self.core.now + self.rto  # persist: probe a zero window
+        if (
+            self.snd_wnd == 0
+            and self.snd_una + len(self.sndbuf) > self.snd_nxt
+            and d > self.core.now + self.rto
+            and state is not State.SYN_PENDING
+            and state is not State.SYN_RCVD
+        ):
+            # Persist: probe a zero window.  Not before the handshake is done: until the
+            # peer ACKs our SYN the window is unknown, and data must not precede the SYN-ACK.
+            d = self.core.now + self.rto
         return d
 
     def on_timer(self, now: float) -> None:

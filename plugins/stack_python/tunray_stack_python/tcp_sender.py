@@ -373,7 +373,13 @@ class TcpSender(TcpBase):
                 self.output(now)
             else:
                 self.rto_deadline = INF
-        elif self.snd_wnd == 0 and self.snd_una + len(self.sndbuf) > self.snd_nxt and self.snd_nxt == self.snd_max:
+        elif (
+            self.snd_wnd == 0
+            and self.snd_una + len(self.sndbuf) > self.snd_nxt
+            and self.snd_nxt == self.snd_max
+            and state is not State.SYN_PENDING
+            and state is not State.SYN_RCVD
+        ):
             # Zero-window probe: one byte beyond the window.
             core.count("tcp_window_probe")
             off = self.snd_nxt
