@@ -125,6 +125,12 @@ def decode(packet: bytes) -> Seg:
         return Seg(version, s, d, proto, sport, dport, payload=l4[8:])
     sport, dport, seq, ack, off, flags, win = struct.unpack_from("!HHIIBBH", l4)
     hl = (off >> 4) * 4
+    return Seg(version, s, d, proto, sport, dport, seq, ack, flags, win, tcp_options(l4, hl), l4[hl:])
+
+
+def tcp_options(l4: bytes, hl: int) -> dict[int, bytes]:
+    """The options of a TCP header the stack emitted, asserting they are well formed."""
+    assert 20 <= hl <= len(l4), "bad data offset"
     opts: dict[int, bytes] = {}
     i = 20
     while i < hl:
@@ -134,7 +140,10 @@ def decode(packet: bytes) -> Seg:
         if kind == 1:
             i += 1
             continue
+        assert i + 1 < hl, "option kind without length"
         length = l4[i + 1]
+        assert length >= 2 and i + length <= hl, "bad option length"
+        assert kind not in opts, "duplicate option"
         opts[kind] = l4[i + 2:i + length]
         i += length
-    return Seg(version, s, d, proto, sport, dport, seq, ack, flags, win, opts, l4[hl:])
+    return opts

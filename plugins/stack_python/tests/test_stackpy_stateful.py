@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from stackpy_wire import ACK, FIN, PSH, RST, SYN, ip_bytes, syn_opts, tcp
+from stackpy_wire import ACK, FIN, PSH, RST, SYN, ip_bytes, syn_opts, tcp, tcp_options
 from tunray_stack_python import events
 from tunray_stack_python.core import Core, CoreConfig
 from tunray_stack_python.tcp import TcpConn
@@ -102,22 +102,7 @@ def parse_emitted(packet: bytes) -> Emitted:
     assert word_checksum(pseudo + l4) == 0xFFFF, "bad TCP checksum"
     sport, dport, seq, ack, off, flags, win = struct.unpack_from("!HHIIBBH", l4)
     hl = (off >> 4) * 4
-    assert 20 <= hl <= len(l4), "bad data offset"
-    opts: dict[int, bytes] = {}
-    i = 20
-    while i < hl:
-        kind = l4[i]
-        if kind == 0:
-            break
-        if kind == 1:
-            i += 1
-            continue
-        assert i + 1 < hl, "option kind without length"
-        length = l4[i + 1]
-        assert length >= 2 and i + length <= hl, "bad option length"
-        assert kind not in opts, "duplicate option"
-        opts[kind] = l4[i + 2:i + length]
-        i += length
+    opts = tcp_options(l4, hl)
     return Emitted(version, src, dst, sport, dport, seq, ack, flags, win, opts, l4[hl:])
 
 
