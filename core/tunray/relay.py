@@ -1,8 +1,9 @@
 """Copying a TCP flow between the app's link and an upstream stream.
 
 Two copy loops run side by side, one per direction (the uplink in the caller's task,
-the downlink in one more task); each reads a chunk and awaits the write, so backpressure is end to end: a slow reader on one side stops the loop, which
-stops reading the other side, whose TCP window then closes.
+the downlink in one more task); each reads a chunk and awaits the write, so
+backpressure is end to end: a slow reader on one side stops the loop, which stops
+reading the other side, whose TCP window then closes.
 
 Timeouts follow Xray's policy: the flow ends after ``connIdle`` seconds with no byte
 in either direction; once the app half-closes (uplink done) the downlink has

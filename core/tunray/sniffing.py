@@ -19,7 +19,7 @@ from tunray.config.errors import join
 from tunray.config.schema import Settings
 from tunray.link import ByteLink, Packet, PacketLink
 from tunray.net.address import Destination
-from tunray.sniff import TCP_SNIFFERS, UDP_SNIFFERS, NeedMoreData, NoClue, QuicSniffer, SniffResult
+from tunray.sniff import TCP_SNIFFERS, NeedMoreData, NoClue, QuicSniffer, SniffResult
 
 BUDGET = 0.2
 MAX_SNIFF = 32767
@@ -33,7 +33,6 @@ class SniffConfig:
     domains_excluded: Any  # DomainMatcher | None
     ips_excluded: Any  # IPMatcher | None
     tcp: tuple[Callable[[bytes], SniffResult], ...]
-    udp_protocols: tuple[str, ...]
 
     @classmethod
     def compile(cls, s: Settings, path: str) -> SniffConfig | None:
@@ -53,9 +52,7 @@ class SniffConfig:
         # Xray sniffs every protocol it knows and overrides only for destOverride ones;
         # the protocol name still feeds routing's ``protocol`` field.
         tcp = tuple(TCP_SNIFFERS.values())
-        return cls(
-            tuple(s.destOverride), s.routeOnly, s.metadataOnly, domains, ips, tcp, tuple(UDP_SNIFFERS)
-        )
+        return cls(tuple(s.destOverride), s.routeOnly, s.metadataOnly, domains, ips, tcp)
 
     def should_override(self, result: SniffResult, target: Destination) -> bool:
         if not result.domain:
