@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tunray.config.schema import Enum, Settings
+from tunray.dns.resolver import families
 from tunray.net import sockopt
 from tunray.net.address import Destination, IPAddress
 
@@ -30,19 +31,6 @@ Controller = Callable[[socket.socket, IPAddress], None]
 
 class DialError(ConnectionError):
     """A dial failed; the message says where and why, for the access/error log."""
-
-
-def _family_order(strategy: str) -> tuple[str, ...]:
-    s = strategy.lower()
-    if s.endswith("ipv4"):
-        return ("UseIPv4",)
-    if s.endswith("ipv6"):
-        return ("UseIPv6",)
-    if s.endswith("ipv4v6"):
-        return ("UseIPv4v6",)
-    if s.endswith("ipv6v4"):
-        return ("UseIPv6v4",)
-    return ("UseIP",)
 
 
 class Dialer:
@@ -61,18 +49,15 @@ class Dialer:
         assert dest.domain is not None
         s = strategy or "AsIs"
         if s != "AsIs" and self.resolver is not None:
-            ips = await self.resolver.lookup(dest.domain, _family_order(s)[0])
+            ips = await self.resolver.lookup(dest.domain, s)
             if ips:
                 return ips
             if s.startswith("Force"):
                 raise DialError(f"cannot resolve {dest.domain} ({s})")
         elif s.startswith("Force"):
             raise DialError(f"cannot resolve {dest.domain} ({s}): no dns section")
-        family = socket.AF_UNSPEC
-        if s.endswith("IPv4"):
-            family = socket.AF_INET
-        elif s.endswith("IPv6"):
-            family = socket.AF_INET6
+        want4, want6, _ = families(s)
+        family = socket.AF_UNSPEC if want4 == want6 else socket.AF_INET if want4 else socket.AF_INET6
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(dest.domain, dest.port, family=family, type=socket.SOCK_STREAM)
