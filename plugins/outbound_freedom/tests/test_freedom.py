@@ -114,3 +114,37 @@ async def test_udp_domain_destination(loopback_echo: int) -> None:
         assert reply.peer.port == loopback_echo and reply.peer.host in (parse_host("127.0.0.1"), parse_host("::1"))
         app.close()
         await task
+
+
+async def test_udp_redirect_applies_to_each_packet() -> None:
+    """``redirect: ":PORT"`` keeps each datagram's own host and replaces only the port."""
+    loop = asyncio.get_running_loop()
+
+    class Tagged(asyncio.DatagramProtocol):
+        def __init__(self, tag: bytes) -> None:
+            self.tag = tag
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+            self.transport.sendto(self.tag + data, addr)  # type: ignore[attr-defined]
+
+    one, _ = await loop.create_datagram_endpoint(lambda: Tagged(b"1"), local_addr=("127.0.0.1", 0))
+    port = one.get_extra_info("sockname")[1]
+    two, _ = await loop.create_datagram_endpoint(lambda: Tagged(b"2"), local_addr=("127.0.0.2", port))
+    try:
+        async with running(_cfg({"redirect": f":{port}"})) as rt:
+            drv = driver_of(rt)
+            first = Destination(Network.UDP, parse_host("127.0.0.1"), 9)
+            second = Destination(Network.UDP, parse_host("127.0.0.2"), 9)
+            app, task = drv.open_udp("10.0.0.2:998", first)
+            app.send(b"a", first)
+            assert (await asyncio.wait_for(app.recv(), 5)).data == b"1a"
+            app.send(b"b", second)
+            assert (await asyncio.wait_for(app.recv(), 5)).data == b"2b"
+            app.close()
+            await task
+    finally:
+        one.close()
+        two.close()

@@ -80,14 +80,13 @@ class FreedomOutbound(Outbound):
         policy = self.runtime.policy(self.settings.userLevel or ctx.user.level)
         dialer = self.runtime.dialer
         if isinstance(link, PacketLink):
-            redirect = self._target(ctx.target) if self.redirect is not None else None
             await relay_udp(
                 link,
                 self._target(ctx.target),
                 dialer,
                 policy,
                 strategy=self.strategy,
-                redirect=redirect,
+                rewrite=self._target,
                 opts=self.sockopt,
                 send_through=self.config.send_through,
             )

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Callable
 
+from tunray.config.schema import Settings
 from tunray.link import PacketLink
 from tunray.net.address import Destination, IPAddress, Network
 from tunray.net.dialer import Dialer, DialError
@@ -53,15 +55,15 @@ async def relay_udp(
     policy: LevelPolicy,
     *,
     strategy: str,
-    redirect: Destination | None,
-    opts: object,
+    rewrite: Callable[[Destination], Destination],
+    opts: Settings | None,
     send_through: str,
 ) -> None:
     loop = asyncio.get_running_loop()
     dual = socket.has_ipv6 and not (send_through and ipaddress.ip_address(send_through).version == 4)
     family = socket.AF_INET6 if dual else socket.AF_INET
     first_ip = first_peer.ip
-    sock = dialer.udp_socket(family, peer=first_ip, opts=opts, send_through=send_through)  # type: ignore[arg-type]
+    sock = dialer.udp_socket(family, peer=first_ip, opts=opts, send_through=send_through)
     activity = Activity()
     transport, _proto = await loop.create_datagram_endpoint(lambda: _Downlink(link, activity), sock=sock)
     resolved: dict[str, IPAddress] = {}
@@ -72,9 +74,7 @@ async def relay_udp(
             if packet is None:
                 return
             activity.touch()
-            dest = packet.peer
-            if redirect is not None:
-                dest = redirect
+            dest = rewrite(packet.peer)
             ip = dest.ip
             if ip is None:
                 assert dest.domain is not None
