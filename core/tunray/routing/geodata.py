@@ -29,6 +29,8 @@ from pathlib import Path
 from threading import Lock
 from typing import Any
 
+from tunray.net.protobuf import VarintError, decode_varint
+
 ENV_VARS = ("TUNRAY_LOCATION_ASSET", "XRAY_LOCATION_ASSET", "xray.location.asset")
 DEFAULT_DIRS = ("/usr/share/xray", "/usr/local/share/xray")
 
@@ -49,19 +51,10 @@ class GeoDomain:
 
 def read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
     """Decode a base-128 varint at *pos*; return (value, new position)."""
-    result = 0
-    shift = 0
-    while True:
-        if pos >= len(buf):
-            raise GeoDataError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 64:
-            raise GeoDataError("varint too long")
+    try:
+        return decode_varint(buf, pos)
+    except VarintError as exc:
+        raise GeoDataError(str(exc)) from None
 
 
 def iter_fields(buf: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, Any]]:

@@ -14,21 +14,13 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from tunray.net.protobuf import encode_varint
 from tunray.routing.geodata import DOMAIN, FULL, REGEX, SUBSTR
 
 _TYPES = {"keyword": SUBSTR, "regexp": REGEX, "domain": DOMAIN, "full": FULL}
 
 
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+varint = encode_varint
 
 
 def _field_bytes(field: int, data: bytes) -> bytes:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from tunray.net.protobuf import VarintError, decode_varint, encode_varint
+
 MAX_MESSAGE = 16 << 20
 DEFAULT_CHUNK = 32 << 10  # payload bytes per message we send
 _TAG_DATA = 0x0A  # field 1, wire type 2 (length-delimited)
@@ -31,19 +33,10 @@ class GrpcFramingError(ConnectionError):
     """The peer's gRPC body is not a stream of Hunk messages."""
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def encode_hunk(data: bytes | bytearray | memoryview) -> bytes:
     """One gRPC message holding ``Hunk{data}`` (equally ``MultiHunk{[data]}``)."""
     body_len = len(data)
-    field_head = bytes((_TAG_DATA,)) + _varint(body_len)
+    field_head = bytes((_TAG_DATA,)) + encode_varint(body_len)
     msg_len = len(field_head) + body_len
     return b"\x00" + msg_len.to_bytes(4, "big") + field_head + bytes(data)
 
@@ -57,16 +50,10 @@ def encode_hunks(data: bytes | bytearray | memoryview, chunk: int = DEFAULT_CHUN
 
 
 def _read_varint(buf: bytes | memoryview, i: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= end or shift > 63:
-            raise GrpcFramingError("truncated or overlong protobuf varint")
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, i
-        shift += 7
+    try:
+        return decode_varint(buf, i, end)
+    except VarintError:
+        raise GrpcFramingError("truncated or overlong protobuf varint") from None
 
 
 def hunk_chunks(msg: bytes | memoryview) -> Iterator[bytes]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunray.net.protobuf import VarintError, decode_varint, encode_varint
+
 from tunray_vless.codec.errors import CodecError
 
 FLOW_VISION = "xtls-rprx-vision"
@@ -30,26 +32,12 @@ NO_ADDONS = Addons()
 VISION_ADDONS = Addons(flow=FLOW_VISION)
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = 0
-    for shift in range(0, 70, 7):
-        if pos >= len(data):
-            raise CodecError("truncated varint in addons")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value & 0xFFFFFFFFFFFFFFFF, pos
-    raise CodecError("varint longer than 10 bytes in addons")
+    try:
+        value, pos = decode_varint(data, pos)
+    except VarintError as exc:
+        raise CodecError(f"{exc} in addons") from None
+    return value & 0xFFFFFFFFFFFFFFFF, pos
 
 
 def encode_addons(addons: Addons) -> bytes:
@@ -57,9 +45,9 @@ def encode_addons(addons: Addons) -> bytes:
     out = bytearray()
     if addons.flow:
         raw = addons.flow.encode()
-        out += b"\x0a" + _varint(len(raw)) + raw
+        out += b"\x0a" + encode_varint(len(raw)) + raw
     if addons.seed:
-        out += b"\x12" + _varint(len(addons.seed)) + addons.seed
+        out += b"\x12" + encode_varint(len(addons.seed)) + addons.seed
     return bytes(out)
 
 
