@@ -10,7 +10,8 @@ alternate between the proxies round by round (the order rotates); each figure is
 median over rounds.  Metrics:
 
 * iperf3 (``-J``): single-stream upload, download and 4-stream aggregate, TUN MTU 1500 and 65535;
-* TCP connections per second (connect, echo 32 bytes, close; 64 loops in parallel);
+* TCP connections per second (connect, echo 32 bytes, close; 64 loops in parallel), also with
+  HTTP/TLS sniffing on (the 32 bytes are neither, as with SSH or a database);
 * UDP echo round trip p50 / p99;
 * RSS and CPU seconds of the proxy process holding 5,000 TCP flows.
 
@@ -83,6 +84,7 @@ def metrics(plan: Plan) -> list[Metric]:
         ]
     out += [
         Metric("cps", "TCP connections per second", "conn/s", True, ">= 0.5"),
+        Metric("cps_sniff", "TCP connections per second, sniffing http+tls on", "conn/s", True, ">= 0.5"),
         Metric("udp_p50", "UDP echo RTT p50", "µs", False),
         Metric("udp_p99", "UDP echo RTT p99", "µs", False),
         Metric("rss_idle", "RSS idle", "MiB", False),
@@ -162,6 +164,12 @@ def hold_flows(world: World, pid: int, flows: int) -> dict[str, float]:
     return {"rss_idle": rss0, "rss_flows": rss, "cpu_flows": cpu, "held": info["held"]}
 
 
+def connrate(world: World, plan: Plan) -> float:
+    c = load(world, "connrate", HOST4, str(ECHO_PORT), "--seconds", str(plan.conn_seconds), "--parallel", "64",
+             timeout=plan.conn_seconds + 60)
+    return c["cps"]
+
+
 def run_proxy(proxy: Proxy, mtu: int, plan: Plan, workdir: Path, say: Callable[[str], None]) -> dict[str, float]:
     """One proxy at one MTU in a fresh world; returns metric key -> value."""
     res: dict[str, float] = {}
@@ -173,9 +181,7 @@ def run_proxy(proxy: Proxy, mtu: int, plan: Plan, workdir: Path, say: Callable[[
         res[f"down1@{mtu}"] = iperf(world, t, reverse=True)
         res[f"up4@{mtu}"] = iperf(world, t, streams=4)
         if mtu == 1500:
-            c = load(world, "connrate", HOST4, str(ECHO_PORT), "--seconds", str(plan.conn_seconds), "--parallel", "64",
-                     timeout=plan.conn_seconds + 60)
-            res["cps"] = c["cps"]
+            res["cps"] = connrate(world, plan)
             u = load(world, "udprtt", HOST4, str(ECHO_PORT), "--count", str(plan.udp_count), timeout=120)
             res["udp_p50"], res["udp_p99"] = u["p50_us"], u["p99_us"]
             limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -188,6 +194,9 @@ def run_proxy(proxy: Proxy, mtu: int, plan: Plan, workdir: Path, say: Callable[[
                     res.update({k: v for k, v in hold_flows(world, pid, plan.flows).items() if k != "held"})
                 except RuntimeError as exc:
                     NOTES.add(f"{proxy.label}: holding {plan.flows:,} flows failed ({exc}).")
+            world.stop()
+            world.start(proxy, mtu, sniff=True)
+            res["cps_sniff"] = connrate(world, plan)
         say(f"  {proxy.label:<22} MTU {mtu:<5} " + "  ".join(f"{k}={v:,.0f}" if v >= 100 else f"{k}={v:.2f}"
                                                         for k, v in res.items()))
     finally:

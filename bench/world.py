@@ -41,14 +41,21 @@ class Proxy:
     tun: str
     fds_per_flow: int  # measured: open descriptors per held TCP flow
 
-    def config(self, mtu: int, uplink: str) -> dict[str, Any]:
+    def config(self, mtu: int, uplink: str, *, sniff: bool = False) -> dict[str, Any]:
+        """The proxy's config; *sniff* turns on HTTP/TLS sniffing as nearly every Xray config has it."""
         if self.key == "tunray":
             raw: dict[str, Any] = json.loads(TUNRAY_CONFIG.read_text())
             raw["log"] = {"loglevel": "warning", "access": "none"}
             tun = raw["inbounds"][0]["settings"]
             tun.update(name=self.tun, mtu=mtu, autoOutboundsInterface=uplink, maxFlows=16384)
+            if sniff:
+                raw["inbounds"][0]["sniffing"] = {"enabled": True, "destOverride": ["http", "tls"]}
             return raw
         stack = self.key.removeprefix("sb-")
+        route = {"rules": [{"action": "sniff", "sniffer": ["http", "tls"]}]} if sniff else {}
+        return {"route": route, **self._sing_box(mtu, uplink, stack)}
+
+    def _sing_box(self, mtu: int, uplink: str, stack: str) -> dict[str, Any]:
         return {
             "log": {"level": "warn"},
             "inbounds": [
@@ -108,11 +115,12 @@ class World:
         t.spawn(t.server, ["iperf3", "-s", "-p", str(IPERF_PORT)])
         time.sleep(0.2)
 
-    def start(self, proxy: Proxy, mtu: int, timeout: float = 20.0) -> int:
+    def start(self, proxy: Proxy, mtu: int, timeout: float = 20.0, *, sniff: bool = False) -> int:
         """Start *proxy* with a TUN of *mtu*; return its pid once a flow gets through."""
-        cfg = self.workdir / f"{proxy.key}-{mtu}.json"
-        cfg.write_text(json.dumps(proxy.config(mtu, self.topo.client_if), indent=1))
-        self._log_path = self.workdir / f"{proxy.key}-{mtu}.log"
+        stem = f"{proxy.key}-{mtu}{'-sniff' if sniff else ''}"
+        cfg = self.workdir / f"{stem}.json"
+        cfg.write_text(json.dumps(proxy.config(mtu, self.topo.client_if, sniff=sniff), indent=1))
+        self._log_path = self.workdir / f"{stem}.log"
         self._log = self._log_path.open("wb")
         self.proxy = proxy
         self.proc = subprocess.Popen(

@@ -3,7 +3,7 @@
 Per inbound, :class:`SniffConfig` is compiled once from Xray's ``sniffing`` object.
 Per TCP flow, :func:`sniff_stream` reads from the app for at most 200 ms (Xray's
 budget) and at most 32767 bytes, re-running the sniffers on the growing prefix until
-one answers, all say no clue twice, or time runs out; the bytes read are replayed to
+one answers, every one has ruled the bytes out, or time runs out; the bytes read are replayed to
 the outbound through :class:`~tunray.link.PrefixedByteLink`.  Sniffing needs the
 app's first bytes, so a lazily-handshaking stack is accepted before sniffing.
 """
@@ -66,12 +66,19 @@ class SniffConfig:
 
 
 async def sniff_stream(link: ByteLink, cfg: SniffConfig) -> tuple[SniffResult | None, bytes]:
-    """Sniff the start of a TCP flow; return the result (or None) and the bytes consumed."""
+    """Sniff the start of a TCP flow; return the result (or None) and the bytes consumed.
+
+    As in Xray, a sniffer that rules the bytes out (:class:`NoClue`) is dropped for the
+    rest of the flow, and sniffing ends at once when none is left: only a sniffer that
+    still needs more bytes (:class:`NeedMoreData`, e.g. a partial ClientHello) makes
+    it wait for the next read, within the 200 ms budget.  An SSH or database client that
+    speaks first is therefore relayed without waiting.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + BUDGET
     buf = b""
-    no_clue = 0
-    while len(buf) < MAX_SNIFF:
+    sniffers = cfg.tcp
+    while sniffers and len(buf) < MAX_SNIFF:
         remaining = deadline - loop.time()
         if remaining <= 0:
             break
@@ -83,18 +90,15 @@ async def sniff_stream(link: ByteLink, cfg: SniffConfig) -> tuple[SniffResult | 
         if not chunk:
             break
         buf += chunk
-        pending = False
-        for sniffer in cfg.tcp:
+        pending: list[Callable[[bytes], SniffResult]] = []
+        for sniffer in sniffers:
             try:
                 return sniffer(buf), buf
             except NeedMoreData:
-                pending = True
+                pending.append(sniffer)
             except NoClue:
                 continue
-        if not pending:
-            no_clue += 1
-            if no_clue >= 2:
-                break
+        sniffers = tuple(pending)
     return None, buf
 
 
