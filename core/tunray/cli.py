@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-format", default="auto", help="json, yaml, toml or auto (by extension)")
     run.add_argument("-test", action="store_true", help="validate the config and exit")
     run.add_argument("-dump", action="store_true", help="print the merged config and exit")
+    run.add_argument(
+        "-drain", type=float, default=None, metavar="SECONDS",
+        help="on SIGTERM/SIGINT, seconds running flows get to finish before they are reset (default 3)",
+    )
     sub.add_parser("version", help="print the version and every loaded plugin")
     sub.add_parser("plugins", help="list registered protocols, stacks and transports with their plugins")
     uid = sub.add_parser("uuid", help="generate a UUID, or map a string to Xray's UUIDv5")
@@ -103,15 +107,16 @@ def _run(args: argparse.Namespace) -> int:
     from tunray.runtime import Runtime
 
     runtime = Runtime(config, pm)
-    return _serve(runtime)
+    return _serve(runtime, args.drain)
 
 
-def _serve(runtime: object) -> int:
+def _serve(runtime: object, drain: float | None = None) -> int:
     from loguru import logger
 
-    from tunray.runtime import Runtime
+    from tunray.runtime import DRAIN_TIMEOUT, Runtime
 
     assert isinstance(runtime, Runtime)
+    drain_timeout = DRAIN_TIMEOUT if drain is None else max(drain, 0.0)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -123,10 +128,10 @@ def _serve(runtime: object) -> int:
         await stop.wait()
         logger.warning("tunray stopping")
         try:
-            async with asyncio.timeout(5.0):
-                await runtime.stop(drain_timeout=3.0)
+            async with asyncio.timeout(drain_timeout + 2.0):
+                await runtime.stop(drain_timeout=drain_timeout)
         except TimeoutError:
-            logger.error("shutdown took longer than 5 s; exiting anyway")
+            logger.error("shutdown took longer than {:g} s; exiting anyway", drain_timeout + 2.0)
 
     try:
         import uvloop

@@ -6,6 +6,13 @@ returns when the flow is over.  It never raises for a flow's own failure: errors
 are logged with the flow's context and end that flow only.  It closes the link in
 every case, with a reset when the app-side handshake never completed (so a lazy
 stack answers RST to an unroutable or undialable SYN).
+
+The dispatcher owns every flow task: inbounds start flows with :meth:`Dispatcher.spawn`
+(or await ``dispatch_link`` on a task of their own, which is then registered for the
+call's duration), and only the dispatcher cancels them, in :meth:`Dispatcher.drain` at
+shutdown.  Once :meth:`Dispatcher.stop_accepting` ran, new flows are reset at once.
+A flow cut by cancellation is reset towards the app, never closed cleanly: the app
+must not take a truncated stream for a complete one.
 """
 
 from __future__ import annotations
@@ -33,9 +40,41 @@ class Dispatcher:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.active: set[asyncio.Task[None]] = set()
+        #: False once shutdown began: new flows are refused (reset) instead of dispatched.
+        self.accepting = True
+
+    def spawn(self, ctx: FlowContext, destination: Destination, link: ByteLink | PacketLink) -> asyncio.Task[None]:
+        """Run :meth:`dispatch_link` for one flow on a task the dispatcher owns."""
+        task = asyncio.get_running_loop().create_task(self.dispatch_link(ctx, destination, link))
+        self.active.add(task)
+        task.add_done_callback(self.active.discard)
+        return task
+
+    def stop_accepting(self) -> None:
+        """Refuse every flow from now on (shutdown); flows already running go on."""
+        self.accepting = False
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to *timeout* seconds for running flows to end, then cancel the rest.
+
+        Returns how many flows had to be cancelled (each was reset towards its app).
+        """
+        active = list(self.active)
+        if not active:
+            return 0
+        _, pending = await asyncio.wait(active, timeout=timeout)
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=2.0)
+            logger.warning("shutdown: {} flow(s) still open after {:g} s were reset", len(pending), timeout)
+        return len(pending)
 
     async def dispatch_link(self, ctx: FlowContext, destination: Destination, link: ByteLink | PacketLink) -> None:
         rt = self.runtime
+        if not self.accepting:
+            link.abort()
+            return
         ctx.target = destination
         if ctx.original_target is None:
             ctx.original_target = destination
@@ -69,10 +108,8 @@ class Dispatcher:
             logger.info("{}: {}: {}", ctx, type(exc).__name__, exc)
         finally:
             ctx.error = error
-            if isinstance(link, ByteLink) and not link.accepted:
-                link.abort()
-            elif error is not None and not isinstance(error, asyncio.CancelledError):
-                link.abort()
+            if error is not None or (isinstance(link, ByteLink) and not link.accepted):
+                link.abort()  # failed, cut by shutdown, or never accepted: a reset, not a clean end
             else:
                 try:
                     await link.aclose()

@@ -2,10 +2,14 @@
 
 An inbound accepts flows from somewhere (a TUN device, a listening socket, a test
 driver) and, for each, awaits ``runtime.dispatcher.dispatch_link(ctx, destination,
-link)``, which returns when the flow is over.  ``start`` opens the inbound's
-resources and returns; ``stop`` stops accepting, cancels and awaits the inbound's
-flows, releases everything, and is idempotent.  Errors in one flow never reach
-``start``/``stop`` or other flows: the dispatcher logs them.
+link)``, which returns when the flow is over; ``dispatcher.spawn`` runs that call on
+a task the dispatcher owns, which is how an inbound normally starts a flow.
+
+Shutdown (``Runtime.stop``) is in three steps: ``stop_accepting`` on every inbound
+(stop taking new flows, keep carrying the running ones), the dispatcher's drain (flows
+get the drain timeout to finish, then are cancelled and reset), then ``stop`` (release
+devices and sockets; idempotent).  ``start`` opens the inbound's resources and returns.
+Errors in one flow never reach ``start``/``stop`` or other flows: the dispatcher logs them.
 """
 
 from __future__ import annotations
@@ -65,6 +69,13 @@ class Inbound(ABC):
     async def start(self) -> None:
         """Open devices/sockets and begin accepting flows."""
 
+    async def stop_accepting(self) -> None:
+        """Stop taking new flows; running flows must keep working (they are being drained).
+
+        Default: nothing (the dispatcher refuses new flows during shutdown anyway); an
+        inbound with an accept loop stops it here.  Idempotent.
+        """
+
     @abstractmethod
     async def stop(self) -> None:
-        """Stop accepting, end open flows, release resources.  Idempotent."""
+        """Release devices and sockets; flows still running end with them.  Idempotent."""

@@ -3,13 +3,14 @@
 Build order: validate the config (:func:`tunray.config.model.build_config`), then
 construct every outbound and inbound (constructors open nothing), then ``start``:
 outbounds first, then inbounds.  ``stop`` reverses it as aiohttp's runner does:
-inbounds stop accepting, open flows get ``drain_timeout`` seconds, then outbounds
-close; every error is collected and logged, none stops the rest of the shutdown.
+inbounds stop accepting, open flows get ``drain_timeout`` seconds (then the
+dispatcher, their one owner, cancels and resets the rest), inbounds release their
+devices, then outbounds close; every error is collected and logged, none stops the
+rest of the shutdown.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from loguru import logger
@@ -23,6 +24,10 @@ from tunray.outbound import Outbound
 from tunray.plugin.manager import PluginManager
 from tunray.policy import LevelPolicy
 from tunray.session import FlowContext
+
+#: Seconds running flows get to finish at shutdown (``tunray run -drain``); short enough
+#: that SIGTERM leaves no TUN, route or process behind within 5 s.
+DRAIN_TIMEOUT = 3.0
 
 
 class Runtime:
@@ -104,21 +109,22 @@ class Runtime:
         self._started = True
         self.plugins.startup(self)
 
-    async def stop(self, drain_timeout: float = 3.0) -> list[BaseException]:
+    async def stop(self, drain_timeout: float = DRAIN_TIMEOUT) -> list[BaseException]:
         errors: list[BaseException] = []
+        self.dispatcher.stop_accepting()
+        for ib in reversed(self.inbounds):
+            try:
+                await ib.stop_accepting()
+            except Exception as exc:
+                errors.append(exc)
+                logger.error("inbound {!r} stopping accepting: {}", ib.tag, exc)
+        await self.dispatcher.drain(drain_timeout)
         for ib in reversed(self.inbounds):
             try:
                 await ib.stop()
             except Exception as exc:
                 errors.append(exc)
                 logger.error("stopping inbound {!r}: {}", ib.tag, exc)
-        active = list(self.dispatcher.active)
-        if active:
-            _, pending = await asyncio.wait(active, timeout=drain_timeout)
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
         if self._started:
             try:
                 self.plugins.shutdown(self)

@@ -7,8 +7,9 @@ Register the plugin module with the runtime (``PluginManager(extra=[driver])``, 
     app, task = driver.open_tcp("tcp:10.0.0.2:5000", "tcp:10.200.0.2:7000")
     await app.send(b"hi"); assert await app.recv_exactly(2) == b"hi"
 
-Each flow is a real ``dispatch_link`` call on a task the driver owns; ``stop``
-cancels the ones still running.
+Each flow is a real ``dispatch_link`` call on a task the dispatcher owns (the task is
+returned so a test can await the flow's end); once the runtime is shutting down,
+``open_*`` raise ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -39,23 +40,21 @@ class DriverInbound(Inbound):
 
     def __init__(self, config: Any, runtime: Any) -> None:
         super().__init__(config, runtime)
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.accepting = True
 
     async def start(self) -> None:
         pass
 
+    async def stop_accepting(self) -> None:
+        self.accepting = False
+
     async def stop(self) -> None:
-        for t in list(self.tasks):
-            t.cancel()
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.accepting = False
 
     def _spawn(self, source: Destination, target: Destination, link: Any) -> asyncio.Task[None]:
-        ctx = self.new_context(source, target)
-        task = asyncio.get_running_loop().create_task(self.runtime.dispatcher.dispatch_link(ctx, target, link))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return task
+        if not self.accepting:
+            raise RuntimeError(f"driver inbound {self.tag!r} is not accepting flows (shutting down)")
+        return self.runtime.dispatcher.spawn(self.new_context(source, target), target, link)
 
     def open_tcp(
         self, source: str | Destination, target: str | Destination, high_water: int = 256 * 1024

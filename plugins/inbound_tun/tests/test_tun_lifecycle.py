@@ -273,3 +273,66 @@ def test_tunray_run_subprocess_cleans_up_on_sigterm(tmp_path: Path) -> None:
         assert link(ns, "trrun0") is None, "tunray left its TUN behind after SIGTERM"
         assert "trrun0" not in links(ns)
         assert not [r for r in routes(ns) if r["dst"] == "198.51.100.0/24"]
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_drains_a_running_flow_then_cleans_up(tmp_path: Path) -> None:
+    """SIGTERM mid-flow: the flow keeps working and ends cleanly within the drain, then the
+    process exits 0 and its TUN and routes are gone, all within 5 s of the signal."""
+    import hashlib
+
+    settings = {
+        "name": "trdrain0",
+        "gateway": ["172.19.17.1/30"],
+        "autoSystemRoutingTable": ["203.0.113.0/24"],
+        "autoOutboundsInterface": "veth-c",
+    }
+    cfg = tmp_path / "tun.json"
+    cfg.write_text(json.dumps(tun_config(settings)))
+    tunray = str(Path(sys.executable).with_name("tunray"))
+    with topology() as topo:
+        ns = topo.client
+        ns_exec(topo.server, "ip", "addr", "add", "203.0.113.10/32", "dev", "lo")
+        ns_exec(ns, "ip", "route", "add", "default", "via", str(topo.server_v4), "dev", topo.client_if, "metric", "100")
+        topo.start_echo(port=7000)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, tunray, "run", "-c", str(cfg), "-drain", "4"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            _wait_until(
+                lambda: proc.poll() is not None or any(r["dst"] == "203.0.113.0/24" for r in routes(ns, "dev", "trdrain0"))
+                if link(ns, "trdrain0") else proc.poll() is not None,
+                15,
+                "the TUN and its route",
+            )
+            assert proc.poll() is None, proc.communicate()[1]
+            first, second = os.urandom(1 << 20), os.urandom(1 << 20)
+            with topo.enter(ns):
+                app = socket.create_connection(("203.0.113.10", 7000), timeout=10)
+            with app:
+                app.sendall(first)
+                got = bytearray()
+                while len(got) < len(first):
+                    got += app.recv(1 << 16)
+                signalled = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                time.sleep(0.5)  # well inside the drain: the flow must still carry data
+                assert proc.poll() is None
+                app.sendall(second)
+                app.shutdown(socket.SHUT_WR)
+                while chunk := app.recv(1 << 16):  # ends with a clean FIN (a reset would raise)
+                    got += chunk
+            assert hashlib.sha256(got).digest() == hashlib.sha256(first + second).digest()
+            _, err = proc.communicate(timeout=10)
+            elapsed = time.monotonic() - signalled
+            assert proc.returncode == 0, err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert link(ns, "trdrain0") is None, "tunray left its TUN behind after SIGTERM"
+        assert not [r for r in routes(ns) if r["dst"] == "203.0.113.0/24"]
+        assert elapsed < 5.0, f"shutdown took {elapsed:.1f} s"

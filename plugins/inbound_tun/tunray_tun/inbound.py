@@ -4,11 +4,12 @@ Start order (Xray's, adapted): open the TUN (or adopt ``XRAY_TUN_FD``) so its in
 is known; install the uplink binder (so the uplink is detected before our own routes
 exist and every outbound socket is bound before any flow); configure the link (MTU,
 addresses, up, routes); build the stack and attach it; start the accept loop.  Each
-flow runs ``dispatcher.dispatch_link`` on its own task, which this inbound owns.
+flow runs on a task the dispatcher owns (``dispatcher.spawn``).
 
-``stop`` undoes that in reverse and is idempotent: accept loop, flows, stack, binder,
-routes and addresses, device, link, netlink worker.  A failed ``start`` cleans up
-whatever it had done before raising.
+``stop_accepting`` ends the accept loop while the stack keeps carrying running flows
+(the runtime drains them); ``stop`` undoes the rest in reverse and is idempotent:
+stack (resetting whatever is still open), binder, routes and addresses, device, link,
+netlink worker.  A failed ``start`` cleans up whatever it had done before raising.
 
 An adopted fd (``XRAY_TUN_FD``/``TUNRAY_TUN_FD``) belongs to whoever passed it: the link,
 its addresses and routes are not touched, and the fd is not closed.
@@ -27,7 +28,7 @@ from tunray.config.schema import Schema, Settings
 from tunray.device import FdDevice
 from tunray.inbound import Inbound
 from tunray.net.tun import TunError, adopt_tun, open_tun
-from tunray.stack import Flow, Stack, StackOptions
+from tunray.stack import Stack, StackOptions
 
 from tunray_tun import netconf, settings
 from tunray_tun.uplink import UplinkBinder
@@ -85,7 +86,7 @@ class TunInbound(Inbound):
         self._worker: netconf.NetlinkWorker | None = None
         self._binder: UplinkBinder | None = None
         self._accept_task: asyncio.Task[None] | None = None
-        self._flows: set[asyncio.Task[None]] = set()
+        self._flows: set[asyncio.Task[None]] = set()  # counted for stats; the dispatcher owns them
         self._state = "new"  # new -> started -> stopped
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -141,10 +142,10 @@ class TunInbound(Inbound):
         logger.info("{} up", self.ifname)
 
     async def _accept_loop(self, stack: Stack) -> None:
-        loop = asyncio.get_running_loop()
+        dispatcher = self.runtime.dispatcher
         try:
             async for flow in stack:
-                task = loop.create_task(self._handle(flow))
+                task = dispatcher.spawn(self.new_context(flow.source, flow.destination), flow.destination, flow.link)
                 self._flows.add(task)
                 task.add_done_callback(self._flows.discard)
         except Exception as exc:  # a broken stack: log it, keep the process (other inbounds) alive
@@ -152,29 +153,19 @@ class TunInbound(Inbound):
                 "tun {}: stack {!r} failed: {}", self.ifname, self.stack_cls.name, exc
             )
 
-    async def _handle(self, flow: Flow) -> None:
-        ctx = self.new_context(flow.source, flow.destination)
-        try:
-            await self.runtime.dispatcher.dispatch_link(ctx, flow.destination, flow.link)
-        except Exception as exc:  # the dispatcher logs flow errors itself; this is a bug guard
-            logger.opt(exception=exc).error("tun {}: flow {} failed: {}", self.ifname, ctx, exc)
-            flow.link.abort()
+    async def stop_accepting(self) -> None:
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accept_task
+            self._accept_task = None
 
     async def stop(self) -> None:
         if self._state == "stopped":
             return
         self._state = "stopped"
         errors: list[BaseException] = []
-        if self._accept_task is not None:
-            self._accept_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._accept_task
-            self._accept_task = None
-        flows = list(self._flows)
-        for t in flows:
-            t.cancel()
-        if flows:
-            await asyncio.gather(*flows, return_exceptions=True)
+        await self.stop_accepting()
         if self.stack is not None:
             await self._collect(errors, self.stack.aclose())
         if self._binder is not None:
