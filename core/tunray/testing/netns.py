@@ -42,6 +42,15 @@ def ns_exec(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProc
     return subprocess.run(["ip", "netns", "exec", ns, *args], check=check, capture_output=True, text=True)
 
 
+def delete_namespace(ns: str) -> None:
+    """Kill anything still running inside *ns*, then delete it (which removes its links)."""
+    pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), 9)
+    ip("netns", "del", ns, check=False)
+
+
 @dataclass
 class Topology:
     client: str
@@ -96,12 +105,7 @@ class Topology:
                     stream.close()
         self.procs.clear()
         for ns in (self.client, self.server):
-            # Kill anything still running inside, then delete (this removes its links).
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), 9)
-            ip("netns", "del", ns, check=False)
+            delete_namespace(ns)
 
     @contextlib.contextmanager
     def enter(self, ns: str) -> Iterator[None]:

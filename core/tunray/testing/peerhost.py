@@ -10,16 +10,14 @@ namespace (Xray-core, for one) run there; the test dials :attr:`PeerHost.v4` or
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import os
 import secrets
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tunray.testing.netns import ip, ns_exec
+from tunray.testing.netns import delete_namespace, ip, ns_exec
 
 
 @dataclass
@@ -95,9 +93,5 @@ class PeerHost:
                 if stream is not None:
                     stream.close()
         self.procs.clear()
-        pids = subprocess.run(["ip", "netns", "pids", self.ns], capture_output=True, text=True).stdout.split()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid), 9)
-        ip("netns", "del", self.ns, check=False)
+        delete_namespace(self.ns)
         ip("link", "del", self.link, check=False)
