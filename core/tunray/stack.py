@@ -7,15 +7,18 @@ inbound awaits the dispatcher per flow; the stack never sees routing.
 
 Three kinds of stack are planned and the contract is shaped for all of them:
 
-* ``python``: a sans-IO TCP/IP core driven from the event loop.
-* ``lwip``: Debian's lwIP through cffi; its C callbacks run on the event loop thread,
-  so it has the same single-threaded shape as the Python one.
+* ``python``: a sans-IO TCP/IP core (:class:`~tunray.stackcore.StackCore`) run by the
+  core's asyncio driver (:class:`~tunray.stackdriver.StackDriver`).
+* ``lwip``: Debian's lwIP through cffi behind the same sans-IO protocol and driver;
+  its C callbacks run on the event loop thread.
 * ``system``: TCP NATed into the kernel; a flow's :class:`~tunray.link.ByteLink`
   is then a real socket and reports it through ``fileno()`` so relays can splice.
 
 Handshake.  With ``handshake="lazy"`` a TCP flow is yielded on the SYN and the
 SYN-ACK waits for ``link.accept()``; ``link.abort()`` answers RST.  With ``"eager"``
-the SYN is answered at once (Xray's behaviour) and ``accept`` is a no-op.
+the SYN is answered at once (Xray's behaviour) and ``accept`` is a no-op.  A stack
+that cannot hold a SYN declares it in :attr:`Stack.capabilities` and is never built
+with ``"lazy"``.
 
 Errors.  Malformed packets are dropped and counted in :attr:`Stack.counters`; they
 never raise out of the stack.  ``accept`` raises :class:`StackClosed` after ``aclose``.
@@ -32,6 +35,7 @@ from tunray.config.schema import EMPTY, Schema, Settings
 from tunray.device import PacketDevice
 from tunray.link import ByteLink, PacketLink
 from tunray.net.address import Destination, Network
+from tunray.stackcore import StackCapabilities
 
 
 class StackClosed(Exception):
@@ -62,10 +66,17 @@ class StackOptions:
 
 
 class Stack(ABC):
-    """A TCP/IP stack plugin.  Subclasses set ``name`` and optionally ``settings_schema``."""
+    """A TCP/IP stack plugin.  Subclasses set ``name`` and optionally ``settings_schema``.
+
+    ``capabilities`` says what the stack can do (:class:`~tunray.stackcore.StackCapabilities`);
+    the TUN inbound's config validation and ``check_stack`` go by it, so a stack that cannot
+    hold a SYN must declare ``lazy_handshake=False`` and ``"handshake": "lazy"`` is then refused.
+    Most stacks subclass :class:`tunray.stackdriver.StackDriver` and only write a sans-IO core.
+    """
 
     name: ClassVar[str]
     settings_schema: ClassVar[Schema] = EMPTY
+    capabilities: ClassVar[StackCapabilities] = StackCapabilities()
 
     def __init__(self, options: StackOptions) -> None:
         self.options = options

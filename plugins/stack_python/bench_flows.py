@@ -21,9 +21,9 @@ import struct
 import time
 import tracemalloc
 
+from tunray.net.packet import finish, pseudo_sum, sum_of
 from tunray.stack import StackOptions
 from tunray_stack_python import events
-from tunray_stack_python.checksum import finish, pseudo_sum, sum_of
 from tunray_stack_python.core import Core, CoreConfig
 from tunray_stack_python.stack import PythonStack
 from tunray_stack_python.tcp import TcpConn

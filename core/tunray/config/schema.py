@@ -17,15 +17,29 @@ tunray does not implement are declared with :func:`Unsupported` and are an error
 A value type is anything with ``parse(value, path) -> object`` and a ``describe()``
 used in messages and docs; the common ones live here, special ones (CIDRs, UUIDs,
 port lists) beside the code that needs them.
+
+Typed settings.  Declare the settings once, as a frozen dataclass whose fields say their
+JSON key, type and doc through :func:`setting`, and build the schema from it::
+
+    @dataclass(frozen=True, slots=True)
+    class MySettings:
+        buffer: int = setting(65536, Int(min=1024), "bytes per flow", key="bufferSize")
+
+    settings_schema = TypedSchema(MySettings)
+    opts = settings_schema.typed(parsed)   # MySettings, attributes typed for mypy
+
+The default lives in one place (the dataclass); :meth:`TypedSchema.parse` still returns
+a :class:`Settings` so generic code (the inbound handing ``stackSettings`` over) is unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from loguru import logger
 
@@ -360,3 +374,53 @@ class Schema:
 
 
 EMPTY = Schema()
+
+T = TypeVar("T")
+_META = "tunray.setting"
+
+
+def setting(default: Any, type: ValueType, doc: str = "", *, key: str | None = None,
+            aliases: tuple[str, ...] = ()) -> Any:
+    """A dataclass field that is also a schema field (see "Typed settings" above).
+
+    *key* is the JSON key (default: the attribute name).  The default must be immutable
+    (use tuples, not lists): the dataclass is frozen and shared.
+    """
+    return dataclasses.field(default=default, metadata={_META: (type, doc, key, aliases)})
+
+
+class TypedSchema(Schema, Generic[T]):
+    """A :class:`Schema` whose fields come from a frozen dataclass *cls* built with :func:`setting`."""
+
+    def __init__(self, cls: type[T], *extra: UnsupportedField,
+                 check: Callable[[Settings, str], None] | None = None, strict: bool = False) -> None:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"{cls.__name__} is not a dataclass")
+        fields: list[Field | UnsupportedField] = []
+        self._names: list[tuple[str, str]] = []  # (attribute, JSON key)
+        for f in dataclasses.fields(cls):
+            meta = f.metadata.get(_META)
+            if meta is None:
+                raise TypeError(f"{cls.__name__}.{f.name} is not declared with setting()")
+            vtype, doc, key, aliases = meta
+            default = REQUIRED if f.default is dataclasses.MISSING else f.default
+            fields.append(Field(key or f.name, vtype, default=default, doc=doc, aliases=aliases))
+            self._names.append((f.name, key or f.name))
+        super().__init__(*fields, *extra, check=check, strict=strict)
+        self.cls = cls
+
+    def typed(self, settings: Settings) -> T:
+        """The dataclass for *settings* parsed by this schema (or ``EMPTY``: every default)."""
+        values = settings._values
+        return self.cls(**{name: values[key] if key in values else self._default(key) for name, key in self._names})
+
+    def _default(self, key: str) -> Any:
+        spec = self._by_key[key.lower()]
+        assert isinstance(spec, Field)
+        if spec.required:
+            raise ValueError(f"setting {key!r} is required and was not parsed")
+        return spec.default
+
+    def parse_typed(self, value: Any, path: str) -> T:
+        """Validate *value* (raising :class:`ConfigError` naming *path*) and return the dataclass."""
+        return self.typed(self.parse(value, path))

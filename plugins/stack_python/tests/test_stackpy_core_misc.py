@@ -8,10 +8,9 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from stackpy_wire import ACK, SYN, decode, icmp_echo, ip_bytes, ref_checksum, syn_opts, tcp, udp
+from tunray.net.packet import VNET_LEN, finish, sum_of, vnet_header
 from tunray_stack_python import events
-from tunray_stack_python.checksum import finish, sum_of
 from tunray_stack_python.core import Core, CoreConfig
-from tunray_stack_python.ip import VNET_LEN, vnet_header
 
 # SYN from 10.0.0.2:40000 to 1.2.3.4:80 (MSS 1460, SACK, TS 111, WS 7), ISS 0x01020304, now = 5 s.
 GOLDEN_SYN_ACK = bytes.fromhex(

@@ -6,8 +6,8 @@ Quick start::
     [project.entry-points.tunray]
     stack_python = "tunray_stack_python.plugin"
 
-The sans-IO core is :class:`tunray_stack_python.core.Core`; the asyncio adapter is
-:class:`tunray_stack_python.stack.PythonStack`.
+The sans-IO core is :class:`tunray_stack_python.core.Core` (a :class:`tunray.stackcore.StackCore`);
+:class:`tunray_stack_python.stack.PythonStack` runs it under the core's :class:`tunray.stackdriver.StackDriver`.
 """
 
 from __future__ import annotations

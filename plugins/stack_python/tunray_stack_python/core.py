@@ -1,15 +1,18 @@
 """The sans-IO stack: packets in, events and packets out, time passed in.
 
-Driving it::
+:class:`Core` implements :class:`tunray.stackcore.StackCore` (the rules for handles,
+events and backpressure are there) and runs under :class:`tunray.stackdriver.StackDriver`;
+tests and benchmarks drive it directly::
 
     core.feed(packet, now)        # as many as were read in one wakeup
     core.drain(now) -> [packets]  # ACKs and data the batch caused; write them all
-    core.events                   # list of events.*; the driver empties it
+    core.take_events()            # stackcore events naming handles
     core.next_timer() / core.handle_timer(now)
 
-Driver operations on a connection or flow (``tcp_accept``, ``tcp_read``, ``tcp_write``,
-``tcp_shutdown``, ``tcp_close``, ``tcp_abort``, ``udp_send``, ``udp_close``) mark it
-dirty; the next :meth:`drain` sends what they caused.
+Driver operations by handle (``tcp_accept``, ``tcp_read``, ``tcp_write``, ``tcp_shutdown``,
+``tcp_close``, ``tcp_abort``, ``udp_recv``, ``udp_send``, ``udp_close``) mark the connection
+dirty; the next :meth:`drain` sends what they caused.  ``tcp_handles`` / ``udp_handles``
+map the handles the driver holds to their objects (white-box tests read them too).
 
 Timers are a heap of ``(deadline, n, owner)`` with lazy deletion: an owner remembers
 the deadline it is ``scheduled`` at and only pushes an earlier one, so a connection
@@ -25,10 +28,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tunray_stack_python import events
-from tunray_stack_python.checksum import pseudo_sum, sum_of, valid
-from tunray_stack_python.icmp import echo_reply
-from tunray_stack_python.ip import (
+from tunray.net.packet import (
     GSO_NONE,
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -37,16 +37,33 @@ from tunray_stack_python.ip import (
     VNET_F_DATA_VALID,
     VNET_F_NEEDS_CSUM,
     VNET_LEN,
+    build_udp,
+    echo_reply,
     ip_header,
     parse_ip,
     parse_vnet,
+    pseudo_sum,
+    sum_of,
+    valid,
     vnet_header,
 )
+from tunray.stackcore import (
+    CoreEvent,
+    SendClosed,
+    TcpClosed,
+    TcpOpened,
+    TcpReset,
+    UdpClosed,
+    UdpOpened,
+    UdpReadable,
+)
+
+from tunray_stack_python.settings import DEFAULTS
 from tunray_stack_python.tcp import TcpConn
 from tunray_stack_python.tcp_base import INF
-from tunray_stack_python.tcp_state import State
+from tunray_stack_python.tcp_state import FIN_QUEUED, State
 from tunray_stack_python.tcp_wire import ACK, FIN, HEADER, RST, SYN, Options, parse_options
-from tunray_stack_python.udp import UdpFlow, build_udp
+from tunray_stack_python.udp import UdpFlow
 
 _UDP = struct.Struct("!HHHH")
 
@@ -58,12 +75,12 @@ class CoreConfig:
     gso: bool = False  # send TCP super-segments (needs vnet_hdr)
     eager: bool = False
     tcp_buffer: int = 4 << 20
-    send_high_water: int = 1 << 20
-    initial_cwnd: int = 256 << 10
+    send_high_water: int = DEFAULTS.send_high_water
+    initial_cwnd: int = DEFAULTS.initial_cwnd
     tcp_idle_timeout: float = 300.0
     handshake_timeout: float = 4.0
-    time_wait: float = 2.0
-    fin_timeout: float = 30.0
+    time_wait: float = float(DEFAULTS.time_wait)
+    fin_timeout: float = float(DEFAULTS.fin_timeout)
     udp_idle_timeout: float = 60.0
     udp_queue_packets: int = 1024
     max_flows: int = 65536
@@ -78,10 +95,13 @@ class Core:
         self.isn = isn or (lambda: random.getrandbits(32))
         self.now = 0.0
         self.out: list[bytes] = []
-        self.events: list[events.Event] = []
+        self.events: list[CoreEvent] = []
         self.counters: dict[str, int] = {}
         self.conns: dict[tuple[bytes, int, bytes, int], TcpConn] = {}
         self.udp: dict[tuple[bytes, int], UdpFlow] = {}
+        self.tcp_handles: dict[int, TcpConn] = {}
+        self.udp_handles: dict[int, UdpFlow] = {}
+        self._last_handle = 0
         self._dirty: dict[TcpConn, None] = {}
         self._timers: list[tuple[float, int, Owner]] = []
         self._timer_n = 0
@@ -181,12 +201,14 @@ class Core:
             self.send_rst(version, dst, src, dport, sport, 0, seq + 1, True)
             return
         key = (src, sport, dst, dport)
-        conn = TcpConn(self, key, version, self.isn() & 0xFFFFFFFF)
+        self._last_handle = handle = self._last_handle + 1
+        conn = TcpConn(self, key, version, self.isn() & 0xFFFFFFFF, handle)
         o = opts or Options()
         conn.on_syn(seq, o.mss, o.wscale, o.sack_ok, o.ts, now)
         self.conns[key] = conn
+        self.tcp_handles[handle] = conn
         self.count("tcp_connections")
-        self.events.append(events.TcpConnectionRequested(conn))
+        self.events.append(TcpOpened(handle, src, sport, dst, dport, not self.config.eager))
         if self.config.eager:
             conn.accept(now)
         self._schedule(conn)
@@ -226,10 +248,12 @@ class Core:
             if len(self.udp) + len(self.conns) >= self.config.max_flows:
                 self.count("udp_max_flows")
                 return
-            flow = UdpFlow(key, version, (dst, dport), now)
+            self._last_handle = handle = self._last_handle + 1
+            flow = UdpFlow(key, version, (dst, dport), now, handle)
             self.udp[key] = flow
+            self.udp_handles[handle] = flow
             self.count("udp_flows")
-            self.events.append(events.UdpFlowOpened(flow))
+            self.events.append(UdpOpened(handle, src, sport, dst, dport))
             self._schedule(flow)
         flow.last_active = now
         if len(flow.queue) >= self.config.udp_queue_packets:
@@ -238,7 +262,7 @@ class Core:
         flow.queue.append((packet[l4 + 8:end], dst, dport))
         if flow.want_read:
             flow.want_read = False
-            self.events.append(events.UdpReadable(flow))
+            self.events.append(UdpReadable(flow.handle))
 
     # --- output and timers ----------------------------------------------------------------------
 
@@ -291,7 +315,7 @@ class Core:
                     continue
                 if now >= owner.last_active + self.config.udp_idle_timeout:
                     self.count("udp_idle_timeout")
-                    self.udp_close(owner)
+                    self._udp_end(owner)
                     continue
                 self._schedule(owner)
         for conn in list(self._dirty):
@@ -303,45 +327,114 @@ class Core:
         if self.conns.get(conn.key) is conn:
             del self.conns[conn.key]
         self._dirty.pop(conn, None)
-        self.events.append(events.TcpClosed(conn, conn.closed_reset))
+        if conn.held:
+            self.events.append(TcpReset(conn.handle) if conn.closed_reset else TcpClosed(conn.handle))
 
-    # --- driver operations ----------------------------------------------------------------------
+    def _udp_end(self, flow: UdpFlow) -> None:
+        if self.udp.get(flow.key) is flow:
+            del self.udp[flow.key]
+            flow.scheduled = INF
+            if flow.held:
+                self.events.append(UdpClosed(flow.handle))
 
-    def tcp_accept(self, conn: TcpConn, now: float) -> None:
+    # --- the StackCore protocol: events, stats --------------------------------------------------
+
+    def take_events(self) -> list[CoreEvent]:
+        evs = self.events
+        if evs:
+            self.events = []
+        return evs
+
+    def stats(self) -> dict[str, int]:
+        return {"tcp_open": len(self.conns), "udp_open": len(self.udp)}
+
+    def reset_all(self, now: float) -> None:
         self.now = now
-        conn.accept(now)
-        self._dirty[conn] = None
+        for conn in list(self.conns.values()):
+            conn.abort()
+        for flow in list(self.udp.values()):
+            self._udp_end(flow)
 
-    def tcp_read(self, conn: TcpConn, max_bytes: int, now: float) -> bytes:
-        self.now = now
-        data = conn.read(max_bytes)
-        if conn.ack_pending:
+    # --- the StackCore protocol: TCP by handle --------------------------------------------------
+
+    def tcp_accept(self, handle: int, now: float) -> None:
+        conn = self.tcp_handles[handle]
+        if conn.state is State.SYN_PENDING:
+            self.now = now
+            conn.accept(now)
             self._dirty[conn] = None
-        return data
 
-    def tcp_write(self, conn: TcpConn, data: bytes | bytearray | memoryview, now: float) -> None:
+    def tcp_read(self, handle: int, max_bytes: int, now: float) -> bytes | None:
+        conn = self.tcp_handles[handle]
+        if conn.rcvbuf:
+            self.now = now
+            data = conn.read(max_bytes)
+            if conn.ack_pending:
+                self._dirty[conn] = None
+            return data
+        if conn.fin_rcvd or conn.state is State.CLOSED:
+            return b""
+        conn.want_read = True
+        return None
+
+    def tcp_write(self, handle: int, data: bytes | bytearray | memoryview, now: float) -> bool:
+        conn = self.tcp_handles[handle]
+        state = conn.state
+        if state is State.CLOSED or conn.fin_wanted or state in FIN_QUEUED:
+            raise SendClosed("the connection is closed")
         self.now = now
-        conn.write(data)
+        conn.sndbuf += data
         self._dirty[conn] = None
+        if len(conn.sndbuf) > self.config.send_high_water:
+            conn.want_write = True
+            return False
+        return True
 
-    def tcp_shutdown(self, conn: TcpConn, now: float) -> None:
-        self.now = now
-        conn.shutdown()
-        self._dirty[conn] = None
+    def tcp_writable(self, handle: int) -> bool:
+        conn = self.tcp_handles[handle]
+        if conn.state is not State.CLOSED and len(conn.sndbuf) > self.config.send_high_water:
+            conn.want_write = True
+            return False
+        return True
 
-    def tcp_close(self, conn: TcpConn, now: float) -> None:
+    def tcp_shutdown(self, handle: int, now: float) -> None:
+        conn = self.tcp_handles[handle]
+        if conn.state is not State.CLOSED:
+            self.now = now
+            conn.shutdown()
+            self._dirty[conn] = None
+
+    def tcp_close(self, handle: int, now: float) -> None:
         """Graceful close: FIN after the buffered data; later incoming data is discarded."""
+        conn = self.tcp_handles.pop(handle)
+        conn.held = conn.want_read = conn.want_write = False
         self.now = now
-        conn.close_read()
-        conn.shutdown()
-        self._dirty[conn] = None
+        if conn.state is State.SYN_PENDING:
+            conn.abort()  # a SYN never answered is refused
+        elif conn.state is not State.CLOSED:
+            conn.close_read()
+            conn.shutdown()
+            self._dirty[conn] = None
 
-    def tcp_abort(self, conn: TcpConn, now: float) -> None:
+    def tcp_abort(self, handle: int, now: float) -> None:
+        conn = self.tcp_handles.pop(handle)
+        conn.held = conn.want_read = conn.want_write = False
         self.now = now
         conn.abort()
 
-    def udp_send(self, flow: UdpFlow, data: bytes, src: bytes, sport: int, now: float) -> bool:
+    # --- the StackCore protocol: UDP by handle --------------------------------------------------
+
+    def udp_recv(self, handle: int) -> tuple[bytes, bytes, int] | None:
+        flow = self.udp_handles[handle]
+        if flow.queue:
+            return flow.queue.popleft()
+        if self.udp.get(flow.key) is flow:
+            flow.want_read = True
+        return None
+
+    def udp_send(self, handle: int, data: bytes, src: bytes, sport: int, now: float) -> bool:
         """Send *data* to the flow's app as if from ``src:sport``; False (counted) if it cannot."""
+        flow = self.udp_handles[handle]
         self.now = now
         flow.last_active = now
         if len(src) != len(flow.key[0]):
@@ -353,15 +446,8 @@ class Core:
         self.out.append(build_udp(flow.version, src, sport, flow.key[0], flow.key[1], data, self.config.vnet_hdr))
         return True
 
-    def udp_close(self, flow: UdpFlow) -> None:
-        if self.udp.get(flow.key) is flow:
-            del self.udp[flow.key]
-            flow.scheduled = INF
-            self.events.append(events.UdpFlowClosed(flow))
-
-    def abort_all(self, now: float) -> None:
+    def udp_close(self, handle: int, now: float) -> None:
+        flow = self.udp_handles.pop(handle)
+        flow.held = flow.want_read = False
         self.now = now
-        for conn in list(self.conns.values()):
-            conn.abort()
-        for flow in list(self.udp.values()):
-            self.udp_close(flow)
+        self._udp_end(flow)

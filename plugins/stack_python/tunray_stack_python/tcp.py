@@ -15,13 +15,16 @@ Theory of operation.
 * In-order data is batched: it sets ``ack_pending`` and :meth:`~TcpSender.output` (at the
   end of the core's batch) sends one ACK; duplicate ACKs (out-of-order data) set
   ``ack_now`` and go out at once so the peer's fast retransmit works.
-* Driver events are edge-triggered: ``TcpReadable`` / ``TcpWritable`` only when the driver
-  set ``want_read`` / ``want_write``, which is cleared as the event is queued.
+* Driver events (:mod:`tunray.stackcore`) name the connection's ``handle``.  Readiness is
+  edge-triggered: ``TcpReadable`` / ``TcpWritable`` only when the core set ``want_read`` /
+  ``want_write`` for a driver told to wait; the flag is cleared as the event is queued.
+  ``TcpPeerEof`` goes out once, while the driver holds the handle.
 """
 
 from __future__ import annotations
 
-from tunray_stack_python import events
+from tunray.stackcore import TcpPeerEof, TcpReadable, TcpWritable
+
 from tunray_stack_python.reassembly import OutOfOrder
 from tunray_stack_python.tcp_base import INF
 from tunray_stack_python.tcp_sender import TcpSender
@@ -174,7 +177,7 @@ class TcpConn(TcpSender):
                     self.ack_pending = True
                     if self.want_read:
                         self.want_read = False
-                        self.core.events.append(events.TcpReadable(self))
+                        self.core.events.append(TcpReadable(self.handle))
                 else:
                     self.ack_now = True  # zero window probe
         if fin:
@@ -183,9 +186,9 @@ class TcpConn(TcpSender):
             self.fin_rcvd = True
             self.ack_now = True
             self.go(Input.PEER_FIN)
-            if self.want_read:
+            if self.held:
                 self.want_read = False
-                self.core.events.append(events.TcpReadable(self))
+                self.core.events.append(TcpPeerEof(self.handle))
 
     def _store_ooo(self, off: int, payload: memoryview, right: int) -> None:
         end = min(off + len(payload), right)
@@ -215,7 +218,7 @@ class TcpConn(TcpSender):
             self.ooo = None
 
     def _writable(self) -> None:
-        self.core.events.append(events.TcpWritable(self))
+        self.core.events.append(TcpWritable(self.handle))
 
     # --- timers ---------------------------------------------------------------------------------
 

@@ -23,18 +23,22 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from tunray_stack_python.checksum import finish, partial, pseudo_sum, sum_of
-from tunray_stack_python.ip import (
+from tunray.net.packet import (
     GSO_NONE,
     GSO_TCPV4,
     GSO_TCPV6,
     PROTO_TCP,
     VNET_F_NEEDS_CSUM,
+    finish,
+    partial,
+    pseudo_sum,
+    sum_of,
     v4_base_sum,
     v4_header,
     v6_header,
     vnet_header,
 )
+
 from tunray_stack_python.reassembly import OutOfOrder
 from tunray_stack_python.recovery import Recovery
 from tunray_stack_python.tcp_state import State
@@ -52,15 +56,17 @@ class TcpBase:
 
     __slots__ = (
         "ack_now", "ack_pending", "adv_right", "closed_reset", "core", "cwnd", "dupacks", "fin_acked", "fin_rcvd",
-        "fin_rtx", "fin_sent", "fin_wanted", "gso_max", "handshake_deadline", "ip_base", "irs1", "iss", "iss1", "key",
+        "fin_rtx", "fin_sent", "fin_wanted", "gso_max", "handle", "handshake_deadline", "held", "ip_base", "irs1",
+        "iss", "iss1", "key",
         "last_active", "limit", "local_ip", "local_port", "mss", "ooo", "peer_fin_off", "peer_wscale", "probe",
         "pseudo", "rcv_nxt", "rcv_wscale", "rcvbuf", "read_closed", "read_total", "rec", "remote_ip", "remote_port",
         "retries", "rto", "rto_deadline", "rtt_off", "rtt_time", "rttvar", "sack_ok", "scheduled", "snd_max",
         "snd_nxt", "snd_una", "snd_wnd", "sndbuf", "srtt", "ssthresh", "state", "timer_deadline", "ts_ok",
-        "ts_recent", "user", "version", "want_read", "want_write", "wl1",
+        "ts_recent", "version", "want_read", "want_write", "wl1",
     )
 
-    def __init__(self, core: Core, key: tuple[bytes, int, bytes, int], version: int, iss: int) -> None:
+    def __init__(self, core: Core, key: tuple[bytes, int, bytes, int], version: int, iss: int,
+                 handle: int) -> None:
         cfg = core.config
         self.core = core
         self.key = key
@@ -70,7 +76,8 @@ class TcpBase:
         self.iss = iss
         self.iss1 = (iss + 1) & M32
         self.irs1 = 0
-        self.user: object = None  # the driver's link
+        self.handle = handle  # the driver's name for this connection
+        self.held = True  # the driver holds the handle (no tcp_close/tcp_abort yet)
         self.want_read = False
         self.want_write = False
         self.scheduled = INF

@@ -1,0 +1,453 @@
+"""The one asyncio driver for sans-IO stack cores (:class:`~tunray.stackcore.StackCore`).
+
+A stack plugin subclasses :class:`StackDriver`, declares ``name``, ``capabilities`` and
+``settings_schema``, and implements :meth:`StackDriver.make_core`; the driver does the
+rest: reading and writing the device, timers, links, backpressure and the accept queue.
+
+Theory of operation.
+
+* **Reading.**  One ``loop.add_reader`` callback reads up to :data:`READ_BATCH` packets,
+  feeds each to the core, then flushes once: the whole batch costs one drain, one event
+  dispatch and one timer check, so the core can coalesce ACKs.  No hook, task or future
+  per packet.
+* **Flushing.**  A flush dispatches events, drains the core, dispatches what the drain
+  raised, writes every packet and re-arms the timer.  Link operations ask for a flush
+  with :meth:`StackDriver.kick` (at most one ``call_soon`` per loop iteration, however
+  many links changed).
+* **Timer.**  One ``call_at`` handle follows ``core.next_timer()``; it is only re-armed
+  when the deadline moves earlier (a late-moving deadline costs nothing, an early wakeup
+  just runs ``handle_timer`` and re-arms).
+* **Links.**  A link never owns a task: it parks one future for its reader and one for its
+  writer when the core said "would block", and the event that follows resolves it.  The
+  driver maps handles to links in one dict; each link releases its handle exactly once
+  (``aclose``/``abort``), after which it never calls the core again.
+* **Ownership.**  The driver never closes the device: whoever opened it (the TUN inbound,
+  the test harness) closes it after :meth:`StackDriver.aclose`, which stops reading,
+  resets every flow (the RSTs are written first) and wakes every waiter.
+
+A reset (RST from the app, a timeout, :meth:`CoreByteLink.abort`) ends a link:
+``read`` returns the bytes received before it, then ``b""``; ``write`` raises
+:class:`~tunray.link.LinkClosed`; :attr:`CoreByteLink.reset` tells a reset from a clean end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+from abc import abstractmethod
+from typing import Any
+
+from tunray.device import PacketDevice
+from tunray.link import ByteLink, LinkClosed, Packet, PacketLink
+from tunray.net.address import Destination, Network
+from tunray.stack import Flow, Stack, StackClosed, StackOptions
+from tunray.stackcore import (
+    SendClosed,
+    StackCore,
+    TcpClosed,
+    TcpOpened,
+    TcpPeerEof,
+    TcpReadable,
+    TcpReset,
+    TcpWritable,
+    UdpClosed,
+    UdpOpened,
+    UdpReadable,
+)
+
+READ_BATCH = 512  # packets per wakeup before other callbacks get a turn
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _ip(raw: bytes) -> IPAddress:
+    return ipaddress.IPv4Address(raw) if len(raw) == 4 else ipaddress.IPv6Address(raw)
+
+
+def _wake(fut: asyncio.Future[None] | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)
+
+
+class StackDriver(Stack):
+    """A :class:`~tunray.stack.Stack` made of a sans-IO core and this driver.
+
+    Subclasses set ``name`` (and ``capabilities``, ``settings_schema``) and implement
+    :meth:`make_core`.  ``self.counters`` is handed to the core, so its drop counters
+    are the stack's.
+    """
+
+    def __init__(self, options: StackOptions) -> None:
+        super().__init__(options)
+        self.core: StackCore | None = None  # set by attach()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._device: PacketDevice | None = None
+        self._links: dict[int, CoreByteLink | CorePacketLink] = {}
+        self._pending: collections.deque[Flow] = collections.deque()
+        self._accept_waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._kicked = False
+
+    @abstractmethod
+    def make_core(self, vnet_hdr: bool) -> StackCore:
+        """Build the core for a device that does (or does not) carry virtio-net headers.
+
+        Called once, by :meth:`attach`; *vnet_hdr* is only true if ``capabilities.vnet_hdr`` is.
+        """
+
+    def time(self) -> float:
+        assert self.loop is not None
+        return self.loop.time()
+
+    async def attach(self, device: PacketDevice) -> None:
+        if self._device is not None or self._closed:
+            raise RuntimeError(f"{type(self).__name__}.attach called twice or after aclose")
+        vnet = device.offloads.vnet_hdr
+        if vnet and not self.capabilities.vnet_hdr:
+            raise ValueError(f"stack {self.name!r} cannot read virtio-net headers: open the device without offload")
+        self.loop = asyncio.get_running_loop()
+        core = self.make_core(vnet)
+        core.counters = self.counters
+        self.core = core
+        self._device = device
+        self.loop.add_reader(device.fileno(), self._on_readable)
+
+    # --- the loop side --------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        device = self._device
+        core = self.core
+        if device is None or core is None:
+            return
+        assert self.loop is not None
+        now = self.loop.time()
+        read = device.read
+        feed = core.feed
+        for _ in range(READ_BATCH):
+            packet = read()
+            if packet is None:
+                break
+            feed(packet, now)
+        self._flush()
+
+    def kick(self) -> None:
+        """Ask for one flush on the next loop iteration (links call this after changing the core)."""
+        if not self._kicked:
+            self._kicked = True
+            assert self.loop is not None
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._kicked = False
+        core = self.core
+        if core is None:
+            return
+        assert self.loop is not None
+        evs = core.take_events()
+        if evs:
+            self._dispatch(evs)
+        packets = core.drain(self.loop.time())
+        evs = core.take_events()
+        if evs:
+            self._dispatch(evs)
+        device = self._device
+        if device is not None and packets:
+            write = device.write
+            for packet in packets:
+                write(packet)
+        self._arm()
+
+    def _arm(self) -> None:
+        core = self.core
+        if self._closed or core is None:
+            return
+        t = core.next_timer()
+        if t is None or t >= self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = t
+        assert self.loop is not None
+        self._timer = self.loop.call_at(t, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        if self.core is None or self.loop is None:
+            return
+        self.core.handle_timer(self.loop.time())
+        self._flush()
+
+    def _dispatch(self, evs: Any) -> None:
+        links = self._links
+        for ev in evs:
+            kind = type(ev)
+            if kind is TcpReadable or kind is TcpPeerEof:
+                link = links.get(ev.handle)
+                if link is not None:
+                    _wake(link._read_waiter)
+            elif kind is TcpWritable:
+                link = links.get(ev.handle)
+                if type(link) is CoreByteLink:
+                    _wake(link._write_waiter)
+            elif kind is TcpOpened:
+                tlink = CoreByteLink(self, ev.handle, not ev.pending)
+                links[ev.handle] = tlink
+                self._push(Flow(Network.TCP, Destination(Network.TCP, _ip(ev.src_ip), ev.src_port),
+                                Destination(Network.TCP, _ip(ev.dst_ip), ev.dst_port), tlink))
+            elif kind is TcpClosed or kind is TcpReset:
+                link = links.get(ev.handle)
+                if type(link) is CoreByteLink:
+                    link._ended(kind is TcpReset)
+            elif kind is UdpReadable:
+                link = links.get(ev.handle)
+                if link is not None:
+                    _wake(link._read_waiter)
+            elif kind is UdpOpened:
+                ulink = CorePacketLink(self, ev.handle, len(ev.src_ip) == 4)
+                links[ev.handle] = ulink
+                self._push(Flow(Network.UDP, Destination(Network.UDP, _ip(ev.src_ip), ev.src_port),
+                                Destination(Network.UDP, _ip(ev.dst_ip), ev.dst_port), ulink))
+            elif kind is UdpClosed:
+                link = links.get(ev.handle)
+                if type(link) is CorePacketLink:
+                    link._ended()
+
+    def _push(self, flow: Flow) -> None:
+        self._pending.append(flow)
+        _wake(self._accept_waiter)
+
+    def _forget(self, handle: int) -> None:
+        self._links.pop(handle, None)
+
+    # --- the Stack contract ---------------------------------------------------------------------
+
+    async def accept(self) -> Flow:
+        while True:
+            if self._pending:
+                return self._pending.popleft()
+            if self._closed:
+                raise StackClosed(f"the {self.name} stack is closed")
+            fut = asyncio.get_running_loop().create_future()
+            self._accept_waiter = fut
+            try:
+                await fut
+            finally:
+                self._accept_waiter = None
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        device = self._device
+        if device is not None and self.core is not None and self.loop is not None:
+            self.loop.remove_reader(device.fileno())
+            self.core.reset_all(self.loop.time())
+            self._flush()
+            self._device = None
+        for flow in self._pending:
+            flow.link.abort()
+        self._pending.clear()
+        _wake(self._accept_waiter)
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.counters)
+        if self.core is not None:
+            out.update(self.core.stats())
+        return out
+
+
+class CoreByteLink(ByteLink):
+    """One TCP connection of a core, as the outbound sees it."""
+
+    __slots__ = ("_accepted", "_closed", "_core", "_driver", "_gone", "_handle", "_read_waiter", "_reset",
+                 "_write_waiter")
+
+    def __init__(self, driver: StackDriver, handle: int, accepted: bool) -> None:
+        assert driver.core is not None
+        self._driver = driver
+        self._core = driver.core
+        self._handle = handle
+        self._accepted = accepted
+        self._closed = False  # released by aclose/abort: never touch the core again
+        self._gone = False  # the connection ended (TcpClosed/TcpReset)
+        self._reset = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._write_waiter: asyncio.Future[None] | None = None
+
+    @property
+    def handle(self) -> int:
+        return self._handle
+
+    @property
+    def reset(self) -> bool:
+        """True if the flow ended by a reset (from the app, a timeout, or :meth:`abort`)."""
+        return self._reset
+
+    @property
+    def accepted(self) -> bool:
+        return self._accepted or self._gone
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        driver = self._driver
+        while True:
+            if self._closed:
+                return b""
+            data = self._core.tcp_read(self._handle, max_bytes, driver.time())
+            if data is not None:
+                if data:
+                    driver.kick()
+                return data
+            fut = asyncio.get_running_loop().create_future()
+            self._read_waiter = fut
+            try:
+                await fut
+            finally:
+                self._read_waiter = None
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed or self._gone:
+            raise LinkClosed("the flow is closed")
+        if not data:
+            return
+        driver = self._driver
+        try:
+            below = self._core.tcp_write(self._handle, data, driver.time())
+        except SendClosed:
+            raise LinkClosed("the flow is closed") from None
+        driver.kick()
+        while not below:
+            fut = asyncio.get_running_loop().create_future()
+            self._write_waiter = fut
+            try:
+                await fut
+            finally:
+                self._write_waiter = None
+            if self._closed or self._gone:
+                raise LinkClosed("the flow was reset")
+            below = self._core.tcp_writable(self._handle)
+
+    async def write_eof(self) -> None:
+        if self._closed or self._gone:
+            return
+        self._core.tcp_shutdown(self._handle, self._driver.time())
+        self._driver.kick()
+
+    async def accept(self) -> None:
+        if self._gone and self._reset and not self._closed:
+            raise LinkClosed("the app reset the connection before it was accepted")
+        if not self._accepted and not self._closed:
+            self._accepted = True
+            self._core.tcp_accept(self._handle, self._driver.time())
+            self._driver.kick()
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self._gone:
+            self._reset = True
+        self._core.tcp_abort(self._handle, self._driver.time())
+        self._driver._forget(self._handle)
+        self._driver.kick()
+        self._wake()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        if not self._accepted and not self._gone:
+            self.abort()  # a SYN never answered is refused, not half-opened
+            return
+        self._closed = True
+        self._core.tcp_close(self._handle, self._driver.time())
+        self._driver._forget(self._handle)
+        self._driver.kick()
+        self._wake()
+
+    # --- called by the driver ---------------------------------------------------------------
+
+    def _ended(self, reset: bool) -> None:
+        self._gone = True
+        self._reset = self._reset or reset
+        self._wake()
+
+    def _wake(self) -> None:
+        _wake(self._read_waiter)
+        _wake(self._write_waiter)
+
+
+class CorePacketLink(PacketLink):
+    """One UDP flow (one app source endpoint) of a core."""
+
+    __slots__ = ("_closed", "_core", "_driver", "_gone", "_handle", "_last", "_read_waiter", "_v4")
+
+    def __init__(self, driver: StackDriver, handle: int, v4: bool) -> None:
+        assert driver.core is not None
+        self._driver = driver
+        self._core = driver.core
+        self._handle = handle
+        self._v4 = v4
+        self._closed = False
+        self._gone = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._last: tuple[bytes, int, Destination] | None = None
+
+    @property
+    def handle(self) -> int:
+        return self._handle
+
+    async def recv(self) -> Packet | None:
+        while True:
+            if self._closed:
+                return None
+            item = self._core.udp_recv(self._handle)
+            if item is not None:
+                payload, ip, port = item
+                last = self._last
+                if last is None or last[0] != ip or last[1] != port:
+                    last = self._last = (ip, port, Destination(Network.UDP, _ip(ip), port))
+                return Packet(payload, last[2])
+            if self._gone:
+                return None
+            fut = asyncio.get_running_loop().create_future()
+            self._read_waiter = fut
+            try:
+                await fut
+            finally:
+                self._read_waiter = None
+
+    def send(self, data: bytes, source: Destination) -> None:
+        if self._closed or self._gone:
+            raise LinkClosed("the UDP flow is closed")
+        host = source.host
+        if isinstance(host, str):
+            self._driver.count("udp_reply_from_domain")
+            return
+        if self._v4 and isinstance(host, ipaddress.IPv6Address) and host.ipv4_mapped:
+            host = host.ipv4_mapped
+        elif not self._v4 and isinstance(host, ipaddress.IPv4Address):
+            host = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + host.packed)
+        if self._core.udp_send(self._handle, data, host.packed, source.port, self._driver.time()):
+            self._driver.kick()
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._core.udp_close(self._handle, self._driver.time())
+        self._driver._forget(self._handle)
+        self._driver.kick()
+        _wake(self._read_waiter)
+
+    async def aclose(self) -> None:
+        self.abort()
+
+    def _ended(self) -> None:
+        self._gone = True
+        _wake(self._read_waiter)
