@@ -266,13 +266,14 @@ class StackDriver(Stack):
 class CoreByteLink(ByteLink):
     """One TCP connection of a core, as the outbound sees it."""
 
-    __slots__ = ("_accepted", "_closed", "_core", "_driver", "_gone", "_handle", "_read_waiter", "_reset",
+    __slots__ = ("_accepted", "_closed", "_core", "_driver", "_gone", "_handle", "_read_waiter", "_reset", "_time",
                  "_write_waiter")
 
     def __init__(self, driver: StackDriver, handle: int, accepted: bool) -> None:
-        assert driver.core is not None
+        assert driver.core is not None and driver.loop is not None
         self._driver = driver
         self._core = driver.core
+        self._time = driver.loop.time
         self._handle = handle
         self._accepted = accepted
         self._closed = False  # released by aclose/abort: never touch the core again
@@ -299,7 +300,7 @@ class CoreByteLink(ByteLink):
         while True:
             if self._closed:
                 return b""
-            data = self._core.tcp_read(self._handle, max_bytes, driver.time())
+            data = self._core.tcp_read(self._handle, max_bytes, self._time())
             if data is not None:
                 if data:
                     driver.kick()
@@ -318,7 +319,7 @@ class CoreByteLink(ByteLink):
             return
         driver = self._driver
         try:
-            below = self._core.tcp_write(self._handle, data, driver.time())
+            below = self._core.tcp_write(self._handle, data, self._time())
         except SendClosed:
             raise LinkClosed("the flow is closed") from None
         driver.kick()
@@ -336,7 +337,7 @@ class CoreByteLink(ByteLink):
     async def write_eof(self) -> None:
         if self._closed or self._gone:
             return
-        self._core.tcp_shutdown(self._handle, self._driver.time())
+        self._core.tcp_shutdown(self._handle, self._time())
         self._driver.kick()
 
     async def accept(self) -> None:
@@ -344,7 +345,7 @@ class CoreByteLink(ByteLink):
             raise LinkClosed("the app reset the connection before it was accepted")
         if not self._accepted and not self._closed:
             self._accepted = True
-            self._core.tcp_accept(self._handle, self._driver.time())
+            self._core.tcp_accept(self._handle, self._time())
             self._driver.kick()
 
     def abort(self) -> None:
@@ -353,7 +354,7 @@ class CoreByteLink(ByteLink):
         self._closed = True
         if not self._gone:
             self._reset = True
-        self._core.tcp_abort(self._handle, self._driver.time())
+        self._core.tcp_abort(self._handle, self._time())
         self._driver._forget(self._handle)
         self._driver.kick()
         self._wake()
@@ -365,7 +366,7 @@ class CoreByteLink(ByteLink):
             self.abort()  # a SYN never answered is refused, not half-opened
             return
         self._closed = True
-        self._core.tcp_close(self._handle, self._driver.time())
+        self._core.tcp_close(self._handle, self._time())
         self._driver._forget(self._handle)
         self._driver.kick()
         self._wake()
@@ -385,12 +386,13 @@ class CoreByteLink(ByteLink):
 class CorePacketLink(PacketLink):
     """One UDP flow (one app source endpoint) of a core."""
 
-    __slots__ = ("_closed", "_core", "_driver", "_gone", "_handle", "_last", "_read_waiter", "_v4")
+    __slots__ = ("_closed", "_core", "_driver", "_gone", "_handle", "_last", "_read_waiter", "_time", "_v4")
 
     def __init__(self, driver: StackDriver, handle: int, v4: bool) -> None:
-        assert driver.core is not None
+        assert driver.core is not None and driver.loop is not None
         self._driver = driver
         self._core = driver.core
+        self._time = driver.loop.time
         self._handle = handle
         self._v4 = v4
         self._closed = False
@@ -433,14 +435,14 @@ class CorePacketLink(PacketLink):
             host = host.ipv4_mapped
         elif not self._v4 and isinstance(host, ipaddress.IPv4Address):
             host = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + host.packed)
-        if self._core.udp_send(self._handle, data, host.packed, source.port, self._driver.time()):
+        if self._core.udp_send(self._handle, data, host.packed, source.port, self._time()):
             self._driver.kick()
 
     def abort(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._core.udp_close(self._handle, self._driver.time())
+        self._core.udp_close(self._handle, self._time())
         self._driver._forget(self._handle)
         self._driver.kick()
         _wake(self._read_waiter)

@@ -23,7 +23,6 @@ import tracemalloc
 
 from tunray.net.packet import finish, pseudo_sum, sum_of
 from tunray.stack import StackOptions
-from tunray_stack_python import events
 from tunray_stack_python.core import Core, CoreConfig
 from tunray_stack_python.stack import PythonStack
 from tunray_stack_python.tcp import TcpConn
@@ -57,10 +56,10 @@ def open_flows(core: Core, n: int, now: float, accept: bool = True) -> list[TcpC
     for i in range(n):
         sport = 10000 + i
         core.feed(packet(sport, 1000, 0, 0x02, SYN_OPTS), now)
-        conn = core.events[-1].conn  # type: ignore[union-attr]
-        core.events.clear()
+        handle = core.take_events()[-1].handle
+        conn = core.tcp_handles[handle]
         if accept:
-            core.tcp_accept(conn, now)
+            core.tcp_accept(handle, now)
             core.drain(now)
             core.feed(packet(sport, 1001, conn.iss + 1, 0x10, TS), now)
             core.drain(now)
@@ -81,21 +80,21 @@ def hold_core(n: int) -> None:
 
 async def _hold_stack(n: int) -> None:
     stack = PythonStack(StackOptions(mtu=1500))
-    stack.loop = asyncio.get_running_loop()
-    core = stack.core
+    loop = stack.loop = asyncio.get_running_loop()
+    core = stack.core = stack.make_core(False)
     flows = []
     gc.collect()
     rss0 = rss_kib()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    now = stack.loop.time()
+    now = loop.time()
     for i in range(n):
         sport = 10000 + i
         core.feed(packet(sport, 1000, 0, 0x02, SYN_OPTS), now)
-        stack._dispatch()
+        stack._dispatch(core.take_events())
         flow = await stack.accept()
         await flow.link.accept()  # type: ignore[union-attr]
-        conn = flow.link.conn  # type: ignore[union-attr]
+        conn = core.tcp_handles[flow.link.handle]  # type: ignore[union-attr]
         core.drain(now)
         core.feed(packet(sport, 1001, conn.iss + 1, 0x10, TS), now)
         core.drain(now)
@@ -121,22 +120,23 @@ def connect_cycle(n: int, profile: bool) -> None:
         pr.enable()
     for sport in pkts:
         core.feed(packet(sport, 1000, 0, 0x02, SYN_OPTS), now)
-        conn: TcpConn = core.events[-1].conn  # type: ignore[union-attr]
-        core.events.clear()
-        core.tcp_accept(conn, now)
+        handle = core.take_events()[-1].handle
+        conn = core.tcp_handles[handle]
+        core.tcp_accept(handle, now)
         core.drain(now)
         a = conn.iss + 1
         core.feed(packet(sport, 1001, a, 0x18, TS, b"x" * 32), now)
-        data = core.tcp_read(conn, 65536, now)
-        core.tcp_write(conn, data, now)
+        data = core.tcp_read(handle, 65536, now)
+        assert data
+        core.tcp_write(handle, data, now)
         core.drain(now)
         core.feed(packet(sport, 1033, a + 32, 0x11, TS), now)  # ACK of the echo + FIN
-        core.tcp_close(conn, now)
+        core.tcp_close(handle, now)
         core.drain(now)
         core.feed(packet(sport, 1034, a + 33, 0x10, TS), now)  # ACK of our FIN
         core.drain(now)
         assert conn.state.value == "closed", conn.state
-        core.events.clear()
+        core.take_events()
     if pr:
         pr.disable()
     dt = time.process_time() - t0
@@ -165,7 +165,6 @@ def main() -> None:
     asyncio.run(_hold_stack(args.flows))
     for _ in range(args.repeat):
         connect_cycle(args.conns, args.profile)
-    _ = events
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from stackpy_wire import ACK, SYN, decode, icmp_echo, ip_bytes, ref_checksum, syn_opts, tcp, udp
+from tunray import stackcore as events
 from tunray.net.packet import VNET_LEN, finish, sum_of, vnet_header
-from tunray_stack_python import events
 from tunray_stack_python.core import Core, CoreConfig
 
 # SYN from 10.0.0.2:40000 to 1.2.3.4:80 (MSS 1460, SACK, TS 111, WS 7), ISS 0x01020304, now = 5 s.
@@ -33,8 +33,9 @@ def test_golden_syn_ack() -> None:
     core = golden_core()
     core.feed(tcp("10.0.0.2", "1.2.3.4", 40000, 80, 1000, 0, SYN, 64240, syn_opts(1460, 7, True, (111, 0))), 5.0)
     ev = core.events[0]
-    assert isinstance(ev, events.TcpConnectionRequested)
-    core.tcp_accept(ev.conn, 5.0)
+    assert isinstance(ev, events.TcpOpened) and ev.pending
+    assert (ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port) == (ip_bytes("10.0.0.2"), 40000, ip_bytes("1.2.3.4"), 80)
+    core.tcp_accept(ev.handle, 5.0)
     (packet,) = core.drain(5.0)
     assert packet == GOLDEN_SYN_ACK
     decode(packet)  # checksums verified by the reference implementation
@@ -63,40 +64,53 @@ def test_udp_full_cone_two_destinations() -> None:
     core = Core(CoreConfig(udp_queue_packets=3))
     core.feed(udp("10.0.0.2", "8.8.8.8", 5353, 53, b"q1"), 1.0)
     core.feed(udp("10.0.0.2", "1.1.1.1", 5353, 53, b"q2"), 1.0)
-    opened = [e for e in core.events if isinstance(e, events.UdpFlowOpened)]
+    opened = [e for e in core.events if isinstance(e, events.UdpOpened)]
     assert len(opened) == 1
-    flow = opened[0].flow
+    h = opened[0].handle
+    assert (opened[0].dst_ip, opened[0].dst_port) == (ip_bytes("8.8.8.8"), 53)
+    flow = core.udp_handles[h]
     assert list(flow.queue) == [(b"q1", ip_bytes("8.8.8.8"), 53), (b"q2", ip_bytes("1.1.1.1"), 53)]
-    assert core.udp_send(flow, b"a2", ip_bytes("1.1.1.1"), 53, 1.0)
-    assert core.udp_send(flow, b"a1", ip_bytes("8.8.8.8"), 53, 1.0)
+    assert core.udp_send(h, b"a2", ip_bytes("1.1.1.1"), 53, 1.0)
+    assert core.udp_send(h, b"a1", ip_bytes("8.8.8.8"), 53, 1.0)
     r2, r1 = (decode(p) for p in core.drain(1.0))
     assert (r2.src, r2.sport, r2.dst, r2.dport, r2.payload) == ("1.1.1.1", 53, "10.0.0.2", 5353, b"a2")
     assert (r1.src, r1.payload) == ("8.8.8.8", b"a1")
     for i in range(3):
         core.feed(udp("10.0.0.2", "8.8.8.8", 5353, 53, bytes([i])), 1.0)
     assert len(flow.queue) == 3 and core.counters["udp_queue_full"] == 2
+    assert [core.udp_recv(h) for _ in range(4)] == [
+        (b"q1", ip_bytes("8.8.8.8"), 53), (b"q2", ip_bytes("1.1.1.1"), 53), (b"\0", ip_bytes("8.8.8.8"), 53), None
+    ]
+    core.events.clear()
+    core.feed(udp("10.0.0.2", "8.8.8.8", 5353, 53, b"late"), 1.0)
+    assert core.take_events() == [events.UdpReadable(h)]  # armed by the udp_recv that returned None
 
 
 def test_udp_v6_and_idle_timeout() -> None:
     core = Core(CoreConfig(udp_idle_timeout=10.0))
     core.feed(udp("fd77::2", "2001:db8::53", 7000, 53, b"hi"), 1.0)
     (opened,) = core.events
-    assert isinstance(opened, events.UdpFlowOpened)
-    assert core.udp_send(opened.flow, b"yo", ip_bytes("2001:db8::99"), 53, 1.0)
+    assert isinstance(opened, events.UdpOpened)
+    assert core.udp_send(opened.handle, b"yo", ip_bytes("2001:db8::99"), 53, 1.0)
     reply = decode(core.drain(1.0)[0])
     assert reply.src == "2001:db8::99" and reply.payload == b"yo"
     core.events.clear()
     t = core.next_timer()
     assert t == 11.0
     core.handle_timer(t)
-    assert not core.udp and isinstance(core.events[0], events.UdpFlowClosed)
+    assert not core.udp and core.events == [events.UdpClosed(opened.handle)]
+    # Held until released: what was queued before the end can still be read.
+    assert core.udp_recv(opened.handle) == (b"hi", ip_bytes("2001:db8::53"), 53)
+    assert core.udp_recv(opened.handle) is None
+    core.udp_close(opened.handle, t)
+    assert not core.udp_handles
 
 
 def test_vnet_header_output_uses_partial_checksum() -> None:
     core = Core(CoreConfig(vnet_hdr=True))
     core.feed(vnet_header() + udp("10.0.0.2", "8.8.8.8", 5353, 53, b"q"), 1.0)
-    flow = next(e.flow for e in core.events if isinstance(e, events.UdpFlowOpened))
-    core.udp_send(flow, b"answer", ip_bytes("8.8.8.8"), 53, 1.0)
+    handle = next(e.handle for e in core.events if isinstance(e, events.UdpOpened))
+    core.udp_send(handle, b"answer", ip_bytes("8.8.8.8"), 53, 1.0)
     (packet,) = core.drain(1.0)
     flags, _gso, _hl, _gs, start, offset = struct.unpack_from("<BBHHHH", packet)
     assert flags == 1 and start == 20 and offset == 6

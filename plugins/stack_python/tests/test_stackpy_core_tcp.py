@@ -8,7 +8,7 @@ import struct
 
 import pytest
 from stackpy_wire import ACK, FIN, PSH, RST, SYN, Seg, decode, syn_opts, tcp
-from tunray_stack_python import events
+from tunray import stackcore as events
 from tunray_stack_python.core import Core, CoreConfig
 from tunray_stack_python.tcp import TcpConn
 from tunray_stack_python.tcp_state import State
@@ -47,15 +47,15 @@ class Peer:
 
     def handshake(self, options: bytes | None = None, accept: bool = True) -> Seg | None:
         out = self.send(SYN, options=syn_opts() if options is None else options)
-        ev = [e for e in self.core.events if isinstance(e, events.TcpConnectionRequested)]
+        ev = [e for e in self.core.events if isinstance(e, events.TcpOpened)]
         assert len(ev) == 1
-        self.conn = ev[0].conn
+        self.conn = self.core.tcp_handles[ev[0].handle]
         self.core.events.clear()
         if not accept:
             assert out == []
             return None
         if not self.core.config.eager:
-            self.core.tcp_accept(self.conn, self.now)
+            self.core.tcp_accept(self.conn.handle, self.now)
             out = self.drain()
         assert len(out) == 1 and out[0].flags == SYN | ACK
         self.ack = out[0].seq + 1
@@ -77,8 +77,8 @@ def test_lazy_handshake_then_data_both_ways() -> None:
     assert conn is not None
     out = peer.send(ACK | PSH, b"hello")
     assert [s.ack for s in out] == [peer.seq] and out[0].flags == ACK
-    assert core.tcp_read(conn, 100, peer.now) == b"hello"
-    core.tcp_write(conn, b"world", peer.now)
+    assert core.tcp_read(conn.handle, 100, peer.now) == b"hello"
+    core.tcp_write(conn.handle, b"world", peer.now)
     out = peer.drain()
     assert out[0].payload == b"world" and out[0].seq == ISS + 1
     peer.ack += 5
@@ -97,11 +97,11 @@ def test_abort_before_accept_sends_rst() -> None:
     peer = Peer(core)
     peer.handshake(accept=False)
     assert peer.conn is not None
-    core.tcp_abort(peer.conn, peer.now)
+    core.tcp_abort(peer.conn.handle, peer.now)
     out = peer.drain()
     assert len(out) == 1 and out[0].flags == RST | ACK and out[0].ack == 5001
-    assert not core.conns
-    assert any(isinstance(e, events.TcpClosed) and e.reset for e in core.events)
+    assert not core.conns and not core.tcp_handles
+    assert not [e for e in core.events if isinstance(e, (events.TcpClosed, events.TcpReset))]  # released
 
 
 def test_unknown_segment_gets_rst() -> None:
@@ -128,7 +128,7 @@ def test_out_of_order_reassembly_and_sack() -> None:
     assert out[0].ack == base
     out = peer.send(ACK, data[:1000], seq=base)
     assert out[-1].ack == base + 3000
-    assert core.tcp_read(conn, 10000, peer.now) == data
+    assert core.tcp_read(conn.handle, 10000, peer.now) == data
 
 
 def test_receive_window_bounds_memory_and_reopens() -> None:
@@ -147,7 +147,7 @@ def test_receive_window_bounds_memory_and_reopens() -> None:
     assert len(conn.rcvbuf) == 64 << 10  # the rest was beyond the window
     assert last[-1].win == 0
     assert last[-1].ack < peer.seq
-    data = core.tcp_read(conn, 1 << 20, peer.now)
+    data = core.tcp_read(conn.handle, 1 << 20, peer.now)
     assert len(data) == 64 << 10
     out = peer.drain()
     assert out and out[-1].win > 0  # window update after the read
@@ -159,8 +159,8 @@ def test_fin_both_ways_and_time_wait() -> None:
     peer.handshake()
     conn = peer.conn
     assert conn is not None
-    core.tcp_write(conn, b"bye", peer.now)
-    core.tcp_shutdown(conn, peer.now)
+    core.tcp_write(conn.handle, b"bye", peer.now)
+    core.tcp_shutdown(conn.handle, peer.now)
     out = peer.drain()
     assert out[-1].flags & FIN and out[-1].payload == b"bye"
     peer.ack = out[-1].seq + 3 + 1
@@ -169,7 +169,7 @@ def test_fin_both_ways_and_time_wait() -> None:
     out = peer.send(ACK | FIN, b"last")
     assert out[-1].ack == peer.seq
     assert conn.state is State.TIME_WAIT  # type: ignore[comparison-overlap]
-    assert core.tcp_read(conn, 100, peer.now) == b"last" and conn.eof
+    assert core.tcp_read(conn.handle, 100, peer.now) == b"last" and conn.eof
     t = core.next_timer()
     assert t is not None and t <= peer.now + 2.0
     core.handle_timer(peer.now + 2.0)
@@ -184,10 +184,10 @@ def test_peer_fin_first_half_close() -> None:
     assert conn is not None
     peer.send(ACK | FIN)
     assert conn.state is State.CLOSE_WAIT and conn.eof
-    core.tcp_write(conn, b"still talking", peer.now)
+    core.tcp_write(conn.handle, b"still talking", peer.now)
     out = peer.drain()
     assert out[0].payload == b"still talking"
-    core.tcp_shutdown(conn, peer.now)
+    core.tcp_shutdown(conn.handle, peer.now)
     out = peer.drain()
     assert out[-1].flags & FIN
     peer.ack = out[-1].seq + 1 + len(out[-1].payload)
@@ -211,7 +211,7 @@ def test_rto_retransmits_with_backoff() -> None:
     peer.handshake()
     conn = peer.conn
     assert conn is not None
-    core.tcp_write(conn, b"x" * 100, peer.now)
+    core.tcp_write(conn.handle, b"x" * 100, peer.now)
     assert peer.drain()[0].payload == b"x" * 100
     t1 = core.next_timer()
     assert t1 is not None
@@ -229,7 +229,7 @@ def test_fast_retransmit_on_three_dup_acks() -> None:
     conn = peer.conn
     assert conn is not None
     payload = os.urandom(10_000)
-    core.tcp_write(conn, payload, peer.now)
+    core.tcp_write(conn.handle, payload, peer.now)
     out = peer.drain()
     assert len(out) == 10
     # The first segment is "lost": the peer ACKs the start three times, SACKing the others.
@@ -251,7 +251,7 @@ def test_lossy_transfer_with_fake_time_delivers_every_byte() -> None:
     conn = peer.conn
     assert conn is not None
     payload = os.urandom(300_000)
-    core.tcp_write(conn, payload, peer.now)
+    core.tcp_write(conn.handle, payload, peer.now)
     received = bytearray()
     n = 0
     pending = peer.drain()
@@ -300,4 +300,4 @@ def test_idle_timeout_resets() -> None:
     out = peer.drain()
     assert out and out[0].flags & RST
     assert not core.conns and core.counters["tcp_idle_timeout"] == 1
-    assert any(isinstance(e, events.TcpClosed) and e.reset for e in core.events)
+    assert peer.conn is not None and core.events == [events.TcpReset(peer.conn.handle)]

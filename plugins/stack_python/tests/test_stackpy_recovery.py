@@ -109,7 +109,7 @@ def setup(sack: bool = True, ts: bool = False, **kw: object) -> tuple[Core, Peer
 def test_sack_holes_retransmitted_without_rto_and_cwnd_halved_once() -> None:
     core, peer, conn = setup()
     payload = os.urandom(40 * MSS)
-    core.tcp_write(conn, payload, peer.now)
+    core.tcp_write(conn.handle, payload, peer.now)
     first = peer.drain()
     assert len(first) == 40
     rx = Receiver(peer, conn)
@@ -129,7 +129,7 @@ def test_sack_holes_retransmitted_without_rto_and_cwnd_halved_once() -> None:
 def test_lost_retransmission_is_resent_without_rto() -> None:
     core, peer, conn = setup(initial_cwnd=10 * MSS)
     payload = os.urandom(60 * MSS)
-    core.tcp_write(conn, payload, peer.now)
+    core.tcp_write(conn.handle, payload, peer.now)
     first = peer.drain()
     assert len(first) == 10
     rx = Receiver(peer, conn)
@@ -146,11 +146,11 @@ def test_tail_loss_probe_recovers_the_tail_before_the_rto() -> None:
     seg = MSS - 12
     rx = Receiver(peer, conn)
     # One clean round trip so the core has an RTT estimate.
-    core.tcp_write(conn, b"a" * seg, peer.now)
+    core.tcp_write(conn.handle, b"a" * seg, peer.now)
     for s in peer.drain():
         rx.take(s, set())
     payload = b"a" * seg + os.urandom(6 * seg)
-    core.tcp_write(conn, payload[seg:], peer.now)
+    core.tcp_write(conn.handle, payload[seg:], peer.now)
     first = peer.drain()
     assert len(first) == 6
     drop = {(5 * seg, 1), (6 * seg, 1)}  # the last two segments
@@ -168,7 +168,7 @@ def test_tail_loss_probe_recovers_the_tail_before_the_rto() -> None:
 def test_newreno_partial_ack_without_sack() -> None:
     core, peer, conn = setup(sack=False)
     payload = os.urandom(30 * MSS)
-    core.tcp_write(conn, payload, peer.now)
+    core.tcp_write(conn.handle, payload, peer.now)
     first = peer.drain()
     rx = Receiver(peer, conn, sack=False)
     drop = {(4 * MSS, 1), (9 * MSS, 1)}
@@ -183,7 +183,7 @@ def test_newreno_partial_ack_without_sack() -> None:
 def test_rto_keeps_sacked_data_and_forgets_backoff_on_progress() -> None:
     core, peer, conn = setup()
     payload = os.urandom(8 * MSS)
-    core.tcp_write(conn, payload, peer.now)
+    core.tcp_write(conn.handle, payload, peer.now)
     first = peer.drain()
     rx = Receiver(peer, conn)
     # The head is lost three times: fast retransmit, then two timeouts (backed off).

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from stackpy_wire import ACK, FIN, PSH, RST, SYN, ip_bytes, syn_opts, tcp, tcp_options
-from tunray_stack_python import events
+from tunray import stackcore as events
 from tunray_stack_python.core import Core, CoreConfig
 from tunray_stack_python.tcp import TcpConn
 from tunray_stack_python.tcp_state import SENDING, TRANSITIONS, Input, State
@@ -123,6 +124,7 @@ class Flow:
     model_state: State = State.SYN_PENDING
     transitions: list[tuple[State, Input, State]] = field(default_factory=list)
     closed_events: int = 0
+    released: bool = False  # the app called tcp_abort/tcp_close: the handle is gone
     inbox: list[Emitted] = field(default_factory=list)
     # The peer's view.
     stack_iss1: int | None = None  # from the SYN-ACK
@@ -142,6 +144,7 @@ class Flow:
     read: bytearray = field(default_factory=bytearray)
     shut: bool = False
     read_closed: bool = False
+    eof_read: bool = False
 
     @property
     def tag_up(self) -> bytes:  # peer -> stack -> app
@@ -173,15 +176,24 @@ class Flow:
         return (self.irs + 1 + off) & M32
 
 
+class RecordingCore(Core):
+    """A core that knows the model :class:`Flow` of each handle (for :class:`RecordingConn`)."""
+
+    def __init__(self, config: CoreConfig, isn: Callable[[], int]) -> None:
+        super().__init__(config, isn)
+        self.model: dict[int, Flow] = {}
+
+
 class RecordingConn(TcpConn):
-    """A :class:`TcpConn` whose state changes are checked against the table (``user`` is its Flow)."""
+    """A :class:`TcpConn` whose state changes are checked against the table."""
 
     __slots__ = ()
 
     def go(self, what: Input) -> bool:
         before = self.state
         ok = super().go(what)
-        flow = self.user
+        assert isinstance(self.core, RecordingCore)
+        flow = self.core.model[self.handle]
         assert isinstance(flow, Flow)
         assert before is flow.model_state, f"state changed outside go(): {flow.model_state} -> {before}"
         if ok:
@@ -207,7 +219,7 @@ BAD_OPTIONS = [
 class StackMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.core = Core(CoreConfig(tcp_buffer=LIMIT, send_high_water=HIGH, initial_cwnd=4096,
+        self.core = RecordingCore(CoreConfig(tcp_buffer=LIMIT, send_high_water=HIGH, initial_cwnd=4096,
                                     tcp_idle_timeout=60.0, fin_timeout=10.0, time_wait=2.0),
                          isn=self._isn)
         self.isn_n = 0
@@ -233,15 +245,15 @@ class StackMachine(RuleBasedStateMachine):
                     break
             else:
                 assert seg.flags & RST, f"a non-RST packet to no flow: {seg}"
-        for ev in self.core.events:
-            if isinstance(ev, events.TcpClosed):
-                flow = ev.conn.user
-                assert isinstance(flow, Flow)
+        for ev in self.core.take_events():
+            if isinstance(ev, (events.TcpClosed, events.TcpReset)):
+                flow = self.core.model[ev.handle]
+                assert not flow.released, f"an end event for a released handle: {ev}"
                 flow.closed_events += 1
-                assert ev.conn.state is State.CLOSED
+                assert flow.conn.state is State.CLOSED
+                assert isinstance(ev, events.TcpReset) is flow.conn.closed_reset, f"{ev} after {flow.transitions}"
             else:
-                assert not isinstance(ev, events.TcpConnectionRequested), "a connection request outside a SYN"
-        self.core.events.clear()
+                assert not isinstance(ev, events.TcpOpened), "a connection request outside a SYN"
 
     def send(self, f: Flow, flags: int, off: int, payload: bytes = b"", win: int = 65535,
              sack: list[tuple[int, int]] | None = None, seq: int | None = None) -> None:
@@ -364,14 +376,14 @@ class StackMachine(RuleBasedStateMachine):
         packet = tcp(src, dst, 40000 + n, 443, irs, 0, SYN, 64240,
                      syn_opts(mss, wscale, sack, (1, 0) if ts else None))
         self.core.feed(packet, self.now)
-        (ev,) = self.core.events
-        assert isinstance(ev, events.TcpConnectionRequested)
-        self.core.events.clear()
-        conn = ev.conn
+        (ev,) = self.core.take_events()
+        assert isinstance(ev, events.TcpOpened) and ev.pending
+        assert (ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port) == (ip_bytes(src), 40000 + n, ip_bytes(dst), 443)
+        conn = self.core.tcp_handles[ev.handle]
         assert conn.state is State.SYN_PENDING
         conn.__class__ = RecordingConn
         f = Flow(n, version, src, dst, 40000 + n, 443, irs, mss, wscale, sack, ts, conn)
-        conn.user = f
+        self.core.model[ev.handle] = f
         self.flows.append(f)
         assert self.core.drain(self.now) == [], "a lazy core answered a SYN before accept"
 
@@ -554,9 +566,9 @@ class StackMachine(RuleBasedStateMachine):
     @rule(i=st.integers(0, MAX_FLOWS - 1))
     def app_accept(self, i: int) -> None:
         f = self.flow(i)
-        if f.conn.state is not State.SYN_PENDING:
+        if f.released or f.conn.state is not State.SYN_PENDING:
             return
-        self.core.tcp_accept(f.conn, self.now)
+        self.core.tcp_accept(f.conn.handle, self.now)
         self.settle()
         assert f.conn.state is State.SYN_RCVD  # type: ignore[comparison-overlap]
         assert any(s.flags == SYN | ACK for s in f.inbox), "accept sent no SYN-ACK"
@@ -566,9 +578,10 @@ class StackMachine(RuleBasedStateMachine):
     def app_abort(self, i: int, really: bool) -> None:
         f = self.flow(i)
         state = f.conn.state
-        if state is State.CLOSED or not really:
+        if f.released or state is State.CLOSED or not really:
             return  # (rarely, so that flows live long enough to reach deep states)
-        self.core.tcp_abort(f.conn, self.now)
+        self.core.tcp_abort(f.conn.handle, self.now)
+        f.released = True
         self.settle()
         assert f.conn.state is State.CLOSED and f.conn.closed_reset
         if state is not State.TIME_WAIT:
@@ -579,9 +592,10 @@ class StackMachine(RuleBasedStateMachine):
     def app_write(self, i: int, n: int) -> None:
         f = self.flow(i)
         conn = f.conn
-        if f.shut or conn.state not in SENDING or len(conn.sndbuf) > HIGH:
+        if f.released or f.shut or conn.state not in SENDING or len(conn.sndbuf) > HIGH:
             return  # what the link does: no writes after EOF, wait below the high-water mark
-        self.core.tcp_write(conn, stream(f.tag_down, f.written, n), self.now)
+        below = self.core.tcp_write(conn.handle, stream(f.tag_down, f.written, n), self.now)
+        assert below is (len(conn.sndbuf) <= HIGH)
         f.written += n
         self.settle()
 
@@ -589,9 +603,16 @@ class StackMachine(RuleBasedStateMachine):
     @rule(i=st.integers(0, MAX_FLOWS - 1), n=st.integers(1, 1 << 14))
     def app_read(self, i: int, n: int) -> None:
         f = self.flow(i)
-        if f.read_closed:
+        if f.released or f.read_closed:
             return
-        data = self.core.tcp_read(f.conn, n, self.now)
+        conn = f.conn
+        data = self.core.tcp_read(conn.handle, n, self.now)
+        if data is None:
+            assert not conn.rcvbuf and not conn.fin_rcvd and conn.state is not State.CLOSED and conn.want_read
+            return
+        if not data:
+            assert not conn.rcvbuf and (conn.fin_rcvd or conn.state is State.CLOSED)
+            f.eof_read = True
         assert len(data) <= n
         if data:
             f.read += data
@@ -604,9 +625,9 @@ class StackMachine(RuleBasedStateMachine):
     @rule(i=st.integers(0, MAX_FLOWS - 1))
     def app_shutdown(self, i: int) -> None:
         f = self.flow(i)
-        if f.conn.state is State.CLOSED or f.conn.state is State.SYN_PENDING:
+        if f.released or f.conn.state is State.CLOSED or f.conn.state is State.SYN_PENDING:
             return  # the link aborts a pending connection instead
-        self.core.tcp_shutdown(f.conn, self.now)
+        self.core.tcp_shutdown(f.conn.handle, self.now)
         f.shut = True
         self.settle()
 
@@ -614,10 +635,10 @@ class StackMachine(RuleBasedStateMachine):
     @rule(i=st.integers(0, MAX_FLOWS - 1))
     def app_close(self, i: int) -> None:
         f = self.flow(i)
-        if f.conn.state is State.CLOSED or f.conn.state is State.SYN_PENDING:
+        if f.released or f.conn.state is State.CLOSED or f.conn.state is State.SYN_PENDING:
             return
-        self.core.tcp_close(f.conn, self.now)
-        f.shut = f.read_closed = True
+        self.core.tcp_close(f.conn.handle, self.now)
+        f.shut = f.read_closed = f.released = True
         self.settle()
         assert not f.conn.rcvbuf
 
@@ -662,7 +683,8 @@ class StackMachine(RuleBasedStateMachine):
             assert conn.snd_una <= conn.snd_nxt <= conn.snd_max <= conn.snd_una + len(conn.sndbuf) + 1
             assert f.read == stream(f.tag_up, 0, len(f.read))
             if conn.state is State.CLOSED:
-                assert f.closed_events == 1, f"{f.closed_events} TcpClosed events"
+                want = 0 if f.released else 1  # released handles hear nothing more
+                assert f.closed_events == want, f"{f.closed_events} TcpClosed/TcpReset events, expected {want}"
                 assert all(c is not conn for c in self.core.conns.values())
             else:
                 assert f.closed_events == 0
@@ -678,13 +700,14 @@ def test_write_before_accept_sends_nothing() -> None:
     """Found by the machine: the link lets the app write before accept; nothing may leave before the SYN-ACK."""
     core = Core(CoreConfig(), isn=lambda: 1000)
     core.feed(tcp("10.0.0.2", "1.2.3.4", 40000, 80, 0, 0, SYN, 64240, syn_opts()), 0.0)
-    (ev,) = core.events
-    assert isinstance(ev, events.TcpConnectionRequested)
-    core.tcp_write(ev.conn, b"xy", 0.0)
+    (ev,) = core.take_events()
+    assert isinstance(ev, events.TcpOpened)
+    conn = core.tcp_handles[ev.handle]
+    core.tcp_write(ev.handle, b"xy", 0.0)
     assert core.drain(0.0) == []
     now = 0.0
     while (t := core.next_timer()) is not None and t < 3.0:
         now = t
         core.handle_timer(now)
         sent = [parse_emitted(p) for p in core.drain(now)]
-        assert sent == [], f"sent in {ev.conn.state}: {sent}"
+        assert sent == [], f"sent in {conn.state}: {sent}"
