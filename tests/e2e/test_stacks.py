@@ -36,4 +36,6 @@ def test_the_python_stack_is_installed() -> None:
 @pytest.mark.parametrize("name", STACKS)
 async def test_stack_passes_the_suite(name: str, mtu: int, offload: bool, size: int) -> None:
     stack_cls = PluginManager().registry.stacks[name]
-    await check_stack(stack_cls, mtu=mtu, offload=offload, bulk_bytes=size, flows=FLOWS)
+    offload = offload and stack_cls.capabilities.vnet_hdr  # what the stack declares; check_stack refuses more
+    ran = await check_stack(stack_cls, mtu=mtu, offload=offload, bulk_bytes=size, flows=FLOWS)
+    assert ran, f"no check applies to stack {name!r}"

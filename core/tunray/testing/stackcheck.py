@@ -19,6 +19,13 @@ Only public contracts are used (:class:`~tunray.stack.Stack`, :class:`~tunray.st
 the links, :func:`~tunray.net.tun.open_tun`), so lwIP, ``system`` and later stacks run
 the same suite unchanged.  Individual checks are public so suites can parametrize them;
 :data:`CHECKS` lists those that take no size.
+
+Capabilities.  :func:`check_stack` runs what the stack declares in ``capabilities``
+(:class:`~tunray.stackcore.StackCapabilities`): TCP checks only for stacks that yield TCP
+flows, UDP only for UDP, ICMP only with ``icmp_echo``, the lazy handshake only with
+``lazy_handshake``.  Asking for something the stack does not declare (a lazy harness for a
+stack that cannot hold a SYN, offload without vnet headers) is a :class:`CapabilityError`,
+never a silent downgrade.
 """
 
 from __future__ import annotations
@@ -53,6 +60,25 @@ V4_APP, V4_PEER, V4_FAR, V4_THIRD = "10.77.0.1", "10.77.0.2", "198.51.100.7", "2
 V6_APP, V6_PEER, V6_FAR, V6_THIRD = "fd77::1", "fd77::2", "2001:db8::7", "2001:db8:ffff::9"
 DEFAULT_BULK_BYTES = 16 << 20
 CLIENT = stackclient.__file__
+
+
+class CapabilityError(ValueError):
+    """A check or harness asked for something the stack does not declare it can do."""
+
+
+def require(stack_cls: type[Stack], *, handshake: str = "eager", offload: bool = False,
+            flow: Network | None = None, icmp: bool = False) -> None:
+    """Raise :class:`CapabilityError` unless *stack_cls* declares what is asked for."""
+    caps = stack_cls.capabilities
+    name = stack_cls.__name__
+    if handshake == "lazy" and not caps.lazy_handshake:
+        raise CapabilityError(f"{name} cannot hold a SYN (capabilities.lazy_handshake is False): no lazy handshake")
+    if offload and not caps.vnet_hdr:
+        raise CapabilityError(f"{name} does not read virtio-net headers (capabilities.vnet_hdr is False): no offload")
+    if flow is not None and flow not in caps.flows:
+        raise CapabilityError(f"{name} yields no {flow} flows (capabilities.flows)")
+    if icmp and not caps.icmp_echo:
+        raise CapabilityError(f"{name} does not answer ICMP echo (capabilities.icmp_echo is False)")
 
 
 def _ip(*args: str, stdin: str | None = None) -> None:
@@ -264,6 +290,7 @@ async def stack_harness(
     fields; *wrap* may put a device (such as :class:`~tunray.testing.impair.ImpairedDevice`)
     between TUN and stack.
     """
+    require(stack_cls, handshake=handshake, offload=offload)
     parsed = stack_cls.settings_schema.parse(dict(settings or {}), "stack.settings")
     stack = stack_cls(StackOptions(mtu=mtu, handshake=handshake, settings=parsed, **options))
     ns = f"trstk-{secrets.token_hex(4)}"
@@ -347,12 +374,14 @@ async def _bulk(h: StackHarness, host: str, size: int) -> Throughput:
 async def check_bulk(stack_cls: type[Stack], *, family: int = 4, size: int = DEFAULT_BULK_BYTES,
                      **setup: Any) -> Throughput:
     """*size* bytes app -> stack and stack -> app over IPv4 or IPv6, SHA-256 checked at both ends."""
+    require(stack_cls, flow=Network.TCP)
     async with stack_harness(stack_cls, **setup) as h:
         return await _bulk(h, _peer(family), size)
 
 
 async def check_many_flows(stack_cls: type[Stack], *, flows: int = 200, **setup: Any) -> None:
     """*flows* TCP flows open at the same time, each echoing its own message."""
+    require(stack_cls, flow=Network.TCP)
     async with stack_harness(stack_cls, **setup) as h:
         result = await h.client("many", V4_PEER, ECHO, flows, limit=60 + flows / 10)
         assert result == {"ok": flows, "n": flows}, f"only {result['ok']} of {flows} concurrent flows echoed"
@@ -362,6 +391,7 @@ async def check_many_flows(stack_cls: type[Stack], *, flows: int = 200, **setup:
 
 async def check_udp_full_cone(stack_cls: type[Stack], **setup: Any) -> None:
     """One UDP socket, two destinations: one flow; replies carry each real source; a third source gets in."""
+    require(stack_cls, flow=Network.UDP)
     async with stack_harness(stack_cls, **setup) as h:
         for app, near, far, third in ((V4_APP, V4_PEER, V4_FAR, V4_THIRD), (V6_APP, V6_PEER, V6_FAR, V6_THIRD)):
             result = await h.client("udp", UDP_PORT, f"{near},{far}", 3)
@@ -377,6 +407,7 @@ async def check_udp_full_cone(stack_cls: type[Stack], **setup: Any) -> None:
 
 async def check_half_close(stack_cls: type[Stack], **setup: Any) -> None:
     """The app's FIN first (it still receives), then the stack's FIN first (the app still sends)."""
+    require(stack_cls, flow=Network.TCP)
     async with stack_harness(stack_cls, **setup) as h:
         for host in (V4_PEER, V6_PEER):
             result = await h.client("halfclose", host, HALF)
@@ -390,6 +421,7 @@ async def check_half_close(stack_cls: type[Stack], **setup: Any) -> None:
 async def check_lazy_handshake(stack_cls: type[Stack], **setup: Any) -> None:
     """Lazy: ``abort()`` before ``accept()`` refuses within 1 s; the SYN-ACK waits for ``accept()``."""
     setup["handshake"] = "lazy"
+    require(stack_cls, flow=Network.TCP, handshake="lazy")
     async with stack_harness(stack_cls, **setup) as h:
         for host in (V4_PEER, V6_PEER):
             result = await h.client("connect", host, REFUSE)
@@ -406,6 +438,7 @@ async def check_lazy_handshake(stack_cls: type[Stack], **setup: Any) -> None:
 async def check_eager_handshake(stack_cls: type[Stack], **setup: Any) -> None:
     """Eager: the app's connect succeeds while ``accept()`` is still held back; what it sent is kept."""
     setup["handshake"] = "eager"
+    require(stack_cls, flow=Network.TCP)
     async with stack_harness(stack_cls, **setup) as h:
         for host in (V4_PEER, V6_PEER):
             h.release.clear()
@@ -427,6 +460,7 @@ async def check_eager_handshake(stack_cls: type[Stack], **setup: Any) -> None:
 
 async def check_icmp_echo(stack_cls: type[Stack], **setup: Any) -> None:
     """Echo requests to any address behind the TUN are answered by the stack."""
+    require(stack_cls, icmp=True)
     async with stack_harness(stack_cls, **setup) as h:
         for host in (V4_PEER, V4_FAR, V6_PEER, V6_FAR):
             result = await h.client("ping", host, 3)
@@ -475,6 +509,7 @@ async def inject_malformed(h: StackHarness, *, seed: int | None = None) -> dict[
 
 async def check_malformed(stack_cls: type[Stack], **setup: Any) -> None:
     """Garbage and truncated packets beside live v4 and v6 flows: dropped, counted, flows intact."""
+    require(stack_cls, flow=Network.TCP)
     async with stack_harness(stack_cls, **setup) as h:
         await inject_malformed(h)
         ghosts = [f for f in h.flows if f.destination.port in (9998, 9999)]
@@ -484,6 +519,7 @@ async def check_malformed(stack_cls: type[Stack], **setup: Any) -> None:
 async def check_impaired(stack_cls: type[Stack], *, family: int = 4, size: int = 4 << 20, seed: int = 7,
                          **setup: Any) -> None:
     """2% loss, 1% duplication, 2% reordering both ways between TUN and stack: no byte lost or changed."""
+    require(stack_cls, flow=Network.TCP)
     devices: list[ImpairedDevice] = []
 
     def wrap(device: PacketDevice) -> PacketDevice:
@@ -497,7 +533,7 @@ async def check_impaired(stack_cls: type[Stack], *, family: int = 4, size: int =
 
 
 CheckFn = Callable[..., Awaitable[Any]]
-CHECKS: dict[str, CheckFn] = {
+CHECKS: dict[str, CheckFn] = {  # (in the order check_stack runs them)
     "many_flows": check_many_flows,
     "udp_full_cone": check_udp_full_cone,
     "half_close": check_half_close,
@@ -510,6 +546,18 @@ CHECKS: dict[str, CheckFn] = {
 """The checks that need no size argument, by name (bulk is :func:`check_bulk`)."""
 
 
+def applicable(stack_cls: type[Stack], name: str) -> bool:
+    """Whether the check *name* (a :data:`CHECKS` key or ``"bulk"``) applies to what *stack_cls* declares."""
+    caps = stack_cls.capabilities
+    if name == "udp_full_cone":
+        return Network.UDP in caps.flows
+    if name == "icmp_echo":
+        return caps.icmp_echo
+    if name == "lazy_handshake" and not caps.lazy_handshake:
+        return False
+    return Network.TCP in caps.flows
+
+
 async def check_stack(
     stack_cls: type[Stack],
     *,
@@ -517,24 +565,38 @@ async def check_stack(
     offload: bool = False,
     bulk_bytes: int = DEFAULT_BULK_BYTES,
     flows: int = 200,
-    handshake: str = "lazy",
+    handshake: str | None = None,
     settings: Mapping[str, Any] | None = None,
-) -> None:
-    """Run every check against *stack_cls*; raise :class:`AssertionError` naming the first that fails.
+) -> list[str]:
+    """Run every check that applies to *stack_cls*; raise :class:`AssertionError` naming the first that fails.
 
-    *handshake* is the mode for the traffic checks; both handshake checks always run.
+    What applies follows ``stack_cls.capabilities`` (see the module docstring).  *handshake*
+    is the mode for the traffic checks: by default ``"lazy"`` when the stack can hold a SYN,
+    else ``"eager"``; asking for ``"lazy"`` from a stack that cannot is a :class:`CapabilityError`.
+    The handshake checks run for every mode the stack declares.  Returns the names of the
+    checks that ran.
     """
+    caps = stack_cls.capabilities
+    if handshake is None:
+        handshake = "lazy" if caps.lazy_handshake else "eager"
+    require(stack_cls, handshake=handshake, offload=offload)
     setup: dict[str, Any] = {"mtu": mtu, "offload": offload, "handshake": handshake, "settings": settings}
-    runs: list[tuple[str, CheckFn, dict[str, Any]]] = [
-        ("bulk v4", check_bulk, {"family": 4, "size": bulk_bytes}),
-        ("bulk v6", check_bulk, {"family": 6, "size": bulk_bytes}),
-        ("many_flows", check_many_flows, {"flows": flows}),
-        ("impaired", check_impaired, {"size": min(bulk_bytes, 4 << 20)}),
-    ]
-    runs += [(name, fn, {}) for name, fn in CHECKS.items() if name not in ("many_flows", "impaired")]
+    runs: list[tuple[str, CheckFn, dict[str, Any]]] = []
+    if applicable(stack_cls, "bulk"):
+        runs += [
+            ("bulk v4", check_bulk, {"family": 4, "size": bulk_bytes}),
+            ("bulk v6", check_bulk, {"family": 6, "size": bulk_bytes}),
+            ("many_flows", check_many_flows, {"flows": flows}),
+            ("impaired", check_impaired, {"size": min(bulk_bytes, 4 << 20)}),
+        ]
+    runs += [(name, fn, {}) for name, fn in CHECKS.items()
+             if name not in ("many_flows", "impaired") and applicable(stack_cls, name)]
+    if not runs:
+        raise CapabilityError(f"{stack_cls.__name__} declares no flows and no ICMP: nothing to check")
     for name, fn, kwargs in runs:
         try:
             await fn(stack_cls, **setup, **kwargs)
         except AssertionError as exc:
             exc.add_note(f"check_stack({stack_cls.__name__}, mtu={mtu}, offload={offload}): {name}")
             raise
+    return [name for name, _fn, _kwargs in runs]

@@ -16,7 +16,7 @@ from tunray.config.model import Config, build_config
 from tunray.plugin.manager import PluginManager
 from tunray.runtime import Runtime
 from tunray_tun.inbound import TunInbound
-from tunray_tun.settings import uplink_mode
+from tunray_tun.settings import effective_handshake, effective_offload, uplink_mode
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -123,6 +123,28 @@ def test_unknown_stack_lists_installed_stacks() -> None:
     assert err.path == "inbounds[0].settings.stack"
     assert "'gvisor'" in err.message
     assert "recording" in err.message and "python" in err.message
+
+
+def test_lazy_handshake_with_a_stack_that_cannot_hold_a_syn_is_refused() -> None:
+    err = _error({"stack": "eager-only", "handshake": "lazy"})
+    assert err.path == "inbounds[0].settings.handshake"
+    assert "not supported" in err.message and "eager-only" in err.message and "cannot hold a SYN" in err.message
+    err = _error({"stack": "eager-only", "Offload": True})
+    assert err.path == "inbounds[0].settings.offload" and "not supported" in err.message
+
+
+def test_capability_defaults_follow_the_stack() -> None:
+    """Left out, handshake and offload default to what the stack can do; asked for, they are kept."""
+    stacks = PluginManager(extra=[tun_helpers]).registry.stacks
+    s = _tun_settings({"stack": "eager-only"})
+    assert (effective_handshake(stacks["eager-only"], s), effective_offload(stacks["eager-only"], s)) == (
+        "eager", False)
+    s = _tun_settings({"stack": "eager-only", "handshake": "eager", "offload": False})
+    assert (effective_handshake(stacks["eager-only"], s), effective_offload(stacks["eager-only"], s)) == (
+        "eager", False)
+    s = _tun_settings({"stack": "recording"})
+    assert (effective_handshake(stacks["recording"], s), effective_offload(stacks["recording"], s)) == (
+        "lazy", True)
 
 
 def test_stack_settings_use_the_stack_schema() -> None:

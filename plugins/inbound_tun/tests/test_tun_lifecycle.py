@@ -90,6 +90,17 @@ async def test_link_addresses_routes_created_and_removed() -> None:
             assert not [r for r in routes(ns, v6=True) if r.get("dev") == "trtun0"]
 
 
+async def test_a_stack_without_lazy_or_vnet_runs_eager_on_a_plain_tun() -> None:
+    """Left out, ``handshake``/``offload`` become what the stack declares (the refusal is in test_tun_config)."""
+    with topology() as topo, topo.enter(topo.client):
+        async with running(tun_config({"stack": "eager-only"}), extra=[tun_helpers]) as rt:
+            stack = tun_of(rt).stack
+            assert isinstance(stack, tun_helpers.EagerOnlyStack)
+            device = tun_of(rt).device
+            assert stack.options.handshake == "eager"
+            assert device is not None and not device.offloads.vnet_hdr
+
+
 async def test_default_name_is_a_free_tun_name_and_stop_is_idempotent() -> None:
     with topology() as topo:
         ns = topo.client

@@ -19,6 +19,7 @@ from tunray import hookimpl
 from tunray.config.schema import Field, Int, Schema
 from tunray.device import VNET_HDR_LEN, PacketDevice
 from tunray.stack import Flow, Stack, StackClosed, StackOptions
+from tunray.stackcore import StackCapabilities
 from tunray.testing.netns import Topology, ns_exec
 from tunray_tun.inbound import TunInbound
 
@@ -26,6 +27,7 @@ from tunray_tun.inbound import TunInbound
 class RecordingStack(Stack):
     name: ClassVar[str] = "recording"
     settings_schema: ClassVar[Schema] = Schema(Field("keep", Int(min=1), default=1000, doc="packets kept"))
+    capabilities: ClassVar[StackCapabilities] = StackCapabilities(vnet_hdr=True)  # it strips the header
 
     def __init__(self, options: StackOptions) -> None:
         super().__init__(options)
@@ -87,9 +89,17 @@ def tun_of(rt: Any) -> TunInbound:
     raise LookupError("no tun inbound")
 
 
+class EagerOnlyStack(RecordingStack):
+    """A recording stack that declares it cannot hold a SYN, nor read vnet headers."""
+
+    name: ClassVar[str] = "eager-only"
+    capabilities: ClassVar[StackCapabilities] = StackCapabilities(lazy_handshake=False, vnet_hdr=False)
+
+
 @hookimpl
 def tunray_register_types(registry: Any) -> None:
     registry.add_stack(RecordingStack)
+    registry.add_stack(EagerOnlyStack)
 
 
 # --- namespaces ----------------------------------------------------------------------------------

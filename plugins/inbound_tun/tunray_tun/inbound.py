@@ -60,7 +60,8 @@ class TunInbound(Inbound):
 
     @classmethod
     def validate_config(cls, s: Settings, path: str, registry: Registry, stream: Any = None) -> None:
-        """``stack`` must name an installed stack, and ``stackSettings`` fit its schema."""
+        """``stack`` must name an installed stack, ``stackSettings`` fit its schema, and
+        ``handshake``/``offload`` ask only for what the stack's capabilities declare."""
         settings.parse_stack_settings(registry.stacks, s, path)
 
     def __init__(self, config: InboundConfig, runtime: Runtime) -> None:
@@ -114,7 +115,8 @@ class TunInbound(Inbound):
                 )
         else:
             existed = bool(s.name) and await worker.call(netconf.link_index, s.name) is not None
-            self.device, self.ifname = open_tun(s.name or "tun%d", offload=s.offload, mtu=s.mtu)
+            offload = settings.effective_offload(self.stack_cls, s)
+            self.device, self.ifname = open_tun(s.name or "tun%d", offload=offload, mtu=s.mtu)
             self._created = not existed
         index = await worker.call(netconf.link_index, self.ifname)
         if self.uplink_mode:
@@ -128,7 +130,7 @@ class TunInbound(Inbound):
         policy = self.runtime.policy(self.user_level)
         options = StackOptions(
             mtu=s.mtu,
-            handshake=s.handshake,
+            handshake=settings.effective_handshake(self.stack_cls, s),
             tcp_idle_timeout=policy.conn_idle,
             udp_idle_timeout=float(s.udpTimeout),
             handshake_timeout=policy.handshake,

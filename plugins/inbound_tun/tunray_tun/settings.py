@@ -11,7 +11,10 @@ off explicitly; ``"auto"`` detects the uplink; any other string names an interfa
 
 The stack name is checked against the plugin registry in
 :meth:`TunInbound.validate_config`, so ``tunray run -test`` reports an unknown stack
-with the list of installed ones.
+with the list of installed ones.  ``handshake`` and ``offload`` follow the stack's
+capabilities (:class:`~tunray.stackcore.StackCapabilities`): left out, they default to
+``"lazy"`` / ``true`` only where the stack can do it (else ``"eager"`` / ``false``);
+asked for explicitly from a stack that cannot, they are a config error naming the key.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from tunray.config.schema import (
     Settings,
     Str,
 )
+from tunray.stack import Stack
 
 IFNAME = r"[^\s/:]{1,15}"  # IFNAMSIZ - 1 bytes, no whitespace, '/' or ':'
 DEFAULT_STACK = "python"
@@ -67,9 +71,10 @@ FIELDS: tuple[Field, ...] = (
         "handshake",
         Enum("lazy", "eager"),
         default="lazy",
-        doc="lazy: SYN-ACK only after the upstream connects",
+        doc="lazy: SYN-ACK only after the upstream connects (left out: eager if the stack cannot)",
     ),
-    Field("offload", Bool(), default=True, doc="IFF_VNET_HDR with checksum and TSO offloads"),
+    Field("offload", Bool(), default=True,
+          doc="IFF_VNET_HDR with checksum and TSO offloads (left out: off if the stack cannot read them)"),
     Field(
         "maxFlows", Int(min=1), default=4096, doc="open flows at most; the stack refuses new ones beyond it"
     ),
@@ -88,8 +93,8 @@ def schema() -> Schema:
     return Schema(*FIELDS, check=_check)
 
 
-def stack_class(stacks: Mapping[str, Any], name: str, path: str) -> Any:
-    cls = stacks.get(name.lower())
+def stack_class(stacks: Mapping[str, Any], name: str, path: str) -> type[Stack]:
+    cls: type[Stack] | None = stacks.get(name.lower())
     if cls is None:
         known = ", ".join(sorted(stacks)) or "none"
         raise ConfigError(path, f"unknown stack {name!r}: installed stacks are {known}")
@@ -97,9 +102,43 @@ def stack_class(stacks: Mapping[str, Any], name: str, path: str) -> Any:
 
 
 def parse_stack_settings(stacks: Mapping[str, Any], s: Settings, path: str) -> Settings:
+    """The stack's own settings; also refuses what the stack cannot do (:func:`check_capabilities`)."""
     cls = stack_class(stacks, s.stack, join(path, "stack"))
-    parsed: Settings = cls.settings_schema.parse(s.stackSettings, join(path, "stackSettings"))
-    return parsed
+    check_capabilities(cls, s, path)
+    return cls.settings_schema.parse(s.stackSettings, join(path, "stackSettings"))
+
+
+def _given(s: Settings, key: str) -> bool:
+    raw = s.raw if isinstance(s.raw, dict) else {}
+    return any(str(k).lower() == key.lower() for k in raw)
+
+
+def check_capabilities(stack_cls: type[Stack], s: Settings, path: str) -> None:
+    """Refuse what the user asked for and the stack cannot do (never a silent downgrade)."""
+    caps = stack_cls.capabilities
+    if s.handshake == "lazy" and not caps.lazy_handshake and _given(s, "handshake"):
+        raise ConfigError(
+            join(path, "handshake"),
+            f'"lazy" is not supported by stack {stack_cls.name!r}: it cannot hold a SYN until the upstream '
+            'connects (use "eager" or another stack)',
+        )
+    if s.offload and not caps.vnet_hdr and _given(s, "offload"):
+        raise ConfigError(
+            join(path, "offload"),
+            f"true is not supported by stack {stack_cls.name!r}: it does not read virtio-net headers "
+            "(use false or another stack)",
+        )
+
+
+def effective_handshake(stack_cls: type[Stack], s: Settings) -> str:
+    """``settings.handshake``, or ``"eager"`` when it was left out and the stack cannot hold a SYN."""
+    handshake: str = s.handshake
+    return handshake if stack_cls.capabilities.lazy_handshake else "eager"
+
+
+def effective_offload(stack_cls: type[Stack], s: Settings) -> bool:
+    """``settings.offload``, or off when it was left out and the stack cannot read vnet headers."""
+    return bool(s.offload) and stack_cls.capabilities.vnet_hdr
 
 
 def uplink_mode(s: Settings) -> str:
