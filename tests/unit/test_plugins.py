@@ -125,3 +125,50 @@ def test_every_hook_is_prefixed_and_documented() -> None:
     for name in names:
         assert name.startswith("tunray_")
         assert (getattr(spec, name).__doc__ or "").strip(), f"{name} has no docstring"
+
+
+WRONG_CLASS = """
+from tunray import hookimpl
+from tunray.outbounds.blackhole import BlackholeOutbound
+
+class NotAStack(BlackholeOutbound):
+    name = "notastack"
+
+@hookimpl
+def tunray_register_types(registry):
+    registry.add_stack(NotAStack)
+"""
+
+
+def test_a_class_of_the_wrong_kind_fails_naming_the_distribution(site: Path) -> None:
+    make_dist(site, "trtest-wrong", "trtest_wrong", WRONG_CLASS)
+    with pytest.raises(PluginError) as info:
+        PluginManager()
+    message = str(info.value)
+    assert "trtest-wrong 1.2.3" in message and "NotAStack" in message
+    assert "not a subclass of tunray.stack.Stack" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("method", "obj", "why"), [
+    ("add_inbound", object, "not a subclass of tunray.inbound.Inbound"),
+    ("add_outbound", "freedom", "not a subclass of tunray.outbound.Outbound"),
+    ("add_transport", int, "not a subclass of tunray.transport.Layer"),
+])
+def test_every_registry_checks_its_base_class(method: str, obj: object, why: str) -> None:
+    from tunray.plugin.registry import Registry
+
+    registry = Registry(current_owner="'x' from distribution kit-x 0.1")
+    with pytest.raises(PluginError, match=why) as info:
+        getattr(registry, method)(obj)
+    assert "kit-x 0.1" in str(info.value)
+
+
+def test_a_stack_without_a_name_is_refused() -> None:
+    from tunray.plugin.registry import Registry
+    from tunray.stack import Stack
+
+    class Nameless(Stack):  # abstract methods do not matter for registration
+        pass
+
+    with pytest.raises(PluginError, match="without a 'name' string"):
+        Registry(current_owner="kit").add_stack(Nameless)

@@ -2,15 +2,24 @@
 
 The data path looks classes up here with plain dicts (``registry.outbounds["vless"]``);
 hooks are never called per packet.  Each entry remembers which distribution
-registered it so a clash can name both.
+registered it so a clash can name both, and each class is checked against its contract
+(``issubclass`` of :class:`~tunray.inbound.Inbound`, :class:`~tunray.outbound.Outbound`,
+:class:`~tunray.stack.Stack` or :class:`~tunray.transport.Layer`) so a wrong class fails
+at start-up naming its distribution, not on the first flow.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunray.config.schema import Schema
+
+if TYPE_CHECKING:
+    from tunray.inbound import Inbound
+    from tunray.outbound import Outbound
+    from tunray.stack import Stack
+    from tunray.transport import Layer
 
 
 class PluginError(Exception):
@@ -43,18 +52,40 @@ class Registry:
         table[key] = obj
         self.owners[(kind, key)] = self.current_owner
 
-    def add_inbound(self, cls: Any, *, replace: bool = False) -> None:
-        self._add("inbound protocol", self.inbounds, cls.protocol, cls, replace)
+    def _check(self, kind: str, cls: object, base: type, key: str) -> str:
+        """*cls*'s registered name (its attribute *key*), after checking it is a subclass of *base*."""
+        where = f"{base.__module__}.{base.__qualname__}"
+        if not isinstance(cls, type) or not issubclass(cls, base):
+            raise PluginError(f"{self.current_owner} registers {cls!r} as a {kind}, but it is not a subclass of {where}")
+        name = getattr(cls, key, None)
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"{self.current_owner} registers {cls.__qualname__} as a {kind} without a {key!r} string")
+        return name
 
-    def add_outbound(self, cls: Any, *, replace: bool = False) -> None:
-        self._add("outbound protocol", self.outbounds, cls.protocol, cls, replace)
+    def add_inbound(self, cls: type[Inbound], *, replace: bool = False) -> None:
+        from tunray.inbound import Inbound
 
-    def add_stack(self, cls: Any, *, replace: bool = False) -> None:
-        self._add("stack", self.stacks, cls.name, cls, replace)
+        name = self._check("inbound", cls, Inbound, "protocol")
+        self._add("inbound protocol", self.inbounds, name, cls, replace)
 
-    def add_transport(self, cls: Any, *, replace: bool = False) -> None:
+    def add_outbound(self, cls: type[Outbound], *, replace: bool = False) -> None:
+        from tunray.outbound import Outbound
+
+        name = self._check("outbound", cls, Outbound, "protocol")
+        self._add("outbound protocol", self.outbounds, name, cls, replace)
+
+    def add_stack(self, cls: type[Stack], *, replace: bool = False) -> None:
+        from tunray.stack import Stack
+
+        name = self._check("stack", cls, Stack, "name")
+        self._add("stack", self.stacks, name, cls, replace)
+
+    def add_transport(self, cls: type[Layer], *, replace: bool = False) -> None:
         """A transport (``name``, optional ``aliases``) or a security layer (``security:NAME``)."""
-        self._add("transport", self.transports, cls.name, cls, replace)
+        from tunray.transport import Layer
+
+        name = self._check("transport", cls, Layer, "name")
+        self._add("transport", self.transports, name, cls, replace)
         for alias in getattr(cls, "aliases", ()):
             self._add("transport", self.transports, alias, cls, replace)
 

@@ -7,10 +7,13 @@ counters) is asserted here.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
+from tunray.stackcore import StackCapabilities
 from tunray.testing import stackcheck
+from tunray_stack_python.core import CoreConfig
 from tunray_stack_python.stack import PythonStack
 
 pytestmark = pytest.mark.root
@@ -58,3 +61,25 @@ async def test_malformed_drops_are_counted_by_reason() -> None:
                    "udp_bad_length", "udp_bad_checksum"):
         assert counters.get(reason, 0) >= 1, f"no {reason} drop counted: {counters}"
     assert counters.get("tcp_bad_checksum", 0) >= 4  # a live-flow segment and a SYN, v4 and v6
+
+
+class EagerOnlyStack(PythonStack):
+    """The python stack declaring that it cannot hold a SYN (and always answering at once)."""
+
+    name = "python-eager-only"
+    capabilities = StackCapabilities(lazy_handshake=False, icmp_echo=True, vnet_hdr=True, tso=True)
+
+    def core_config(self, vnet_hdr: bool) -> CoreConfig:
+        return dataclasses.replace(super().core_config(vnet_hdr), eager=True)
+
+
+@pytest.mark.timeout(180)
+async def test_check_stack_follows_the_capabilities() -> None:
+    """Without lazy support the suite runs eager and leaves the lazy check out; asking for lazy is refused."""
+    ran = await stackcheck.check_stack(EagerOnlyStack, bulk_bytes=1 << 20, flows=20)
+    assert "lazy_handshake" not in ran and {"bulk v4", "eager_handshake", "udp_full_cone", "icmp_echo"} <= set(ran)
+    with pytest.raises(stackcheck.CapabilityError, match="cannot hold a SYN"):
+        await stackcheck.check_stack(EagerOnlyStack, handshake="lazy")
+    with pytest.raises(stackcheck.CapabilityError, match="cannot hold a SYN"):
+        await stackcheck.check_lazy_handshake(EagerOnlyStack)
+    assert not stackcheck.namespaces_left()
