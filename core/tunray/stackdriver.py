@@ -263,28 +263,36 @@ class StackDriver(Stack):
         return out
 
 
-class CoreByteLink(ByteLink):
-    """One TCP connection of a core, as the outbound sees it."""
+class _HandleLink:
+    """What both link kinds hold: the driver, its core, one handle, and the reader's future."""
 
-    __slots__ = ("_accepted", "_closed", "_core", "_driver", "_gone", "_handle", "_read_waiter", "_reset", "_time",
-                 "_write_waiter")
+    __slots__ = ("_closed", "_core", "_driver", "_gone", "_handle", "_read_waiter", "_time")
 
-    def __init__(self, driver: StackDriver, handle: int, accepted: bool) -> None:
+    def __init__(self, driver: StackDriver, handle: int) -> None:
         assert driver.core is not None and driver.loop is not None
         self._driver = driver
         self._core = driver.core
         self._time = driver.loop.time
         self._handle = handle
-        self._accepted = accepted
         self._closed = False  # released by aclose/abort: never touch the core again
-        self._gone = False  # the connection ended (TcpClosed/TcpReset)
-        self._reset = False
+        self._gone = False  # the core ended the connection or flow
         self._read_waiter: asyncio.Future[None] | None = None
-        self._write_waiter: asyncio.Future[None] | None = None
 
     @property
     def handle(self) -> int:
         return self._handle
+
+
+class CoreByteLink(_HandleLink, ByteLink):
+    """One TCP connection of a core, as the outbound sees it."""
+
+    __slots__ = ("_accepted", "_reset", "_write_waiter")
+
+    def __init__(self, driver: StackDriver, handle: int, accepted: bool) -> None:
+        super().__init__(driver, handle)
+        self._accepted = accepted
+        self._reset = False
+        self._write_waiter: asyncio.Future[None] | None = None
 
     @property
     def reset(self) -> bool:
@@ -383,26 +391,15 @@ class CoreByteLink(ByteLink):
         _wake(self._write_waiter)
 
 
-class CorePacketLink(PacketLink):
+class CorePacketLink(_HandleLink, PacketLink):
     """One UDP flow (one app source endpoint) of a core."""
 
-    __slots__ = ("_closed", "_core", "_driver", "_gone", "_handle", "_last", "_read_waiter", "_time", "_v4")
+    __slots__ = ("_last", "_v4")
 
     def __init__(self, driver: StackDriver, handle: int, v4: bool) -> None:
-        assert driver.core is not None and driver.loop is not None
-        self._driver = driver
-        self._core = driver.core
-        self._time = driver.loop.time
-        self._handle = handle
+        super().__init__(driver, handle)
         self._v4 = v4
-        self._closed = False
-        self._gone = False
-        self._read_waiter: asyncio.Future[None] | None = None
         self._last: tuple[bytes, int, Destination] | None = None
-
-    @property
-    def handle(self) -> int:
-        return self._handle
 
     async def recv(self) -> Packet | None:
         while True:
