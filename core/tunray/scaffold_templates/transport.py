@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from tunray.config.errors import join
 from tunray.config.schema import Field, Int, ListOf, Schema, Settings, Str
+from tunray.transport import Layer
 
 
 def _raw_section(stream_settings: Settings, key: str) -> tuple[str, Any]:
@@ -35,7 +36,7 @@ def _raw_section(stream_settings: Settings, key: str) -> tuple[str, Any]:
     return key, None
 
 
-class $cls:
+class $cls(Layer):  # registries accept Layer subclasses only; wrap() is still to be written
     name: ClassVar[str] = "$name"
     settings_key: ClassVar[str] = "${name_id}Settings"
     settings_schema: ClassVar[Schema] = Schema(
