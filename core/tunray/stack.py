@@ -100,6 +100,10 @@ class Stack(ABC):
         The device is not closed: whoever opened it (the inbound) closes it.
         """
 
+    def stop_accepting(self) -> None:
+        """Shutdown has begun: refuse new flows (a SYN gets a RST) and drop the ones not yet
+        accepted; flows already handed out keep working.  Default: nothing."""
+
     async def __aiter__(self) -> AsyncIterator[Flow]:
         while True:
             try:

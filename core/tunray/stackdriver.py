@@ -86,6 +86,7 @@ class StackDriver(Stack):
         self._links: dict[int, CoreByteLink | CorePacketLink] = {}
         self._pending: collections.deque[Flow] = collections.deque()
         self._accept_waiter: asyncio.Future[None] | None = None
+        self._refusing = False
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -217,8 +218,17 @@ class StackDriver(Stack):
                     link._ended()
 
     def _push(self, flow: Flow) -> None:
+        if self._refusing:
+            flow.link.abort()  # shutting down: a new SYN is answered with a RST
+            return
         self._pending.append(flow)
         _wake(self._accept_waiter)
+
+    def stop_accepting(self) -> None:
+        self._refusing = True
+        for flow in self._pending:
+            flow.link.abort()
+        self._pending.clear()
 
     def _forget(self, handle: int) -> None:
         self._links.pop(handle, None)

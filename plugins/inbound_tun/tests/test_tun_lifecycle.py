@@ -332,6 +332,8 @@ def test_sigterm_drains_a_running_flow_then_cleans_up(tmp_path: Path) -> None:
                 proc.send_signal(signal.SIGTERM)
                 time.sleep(0.5)  # well inside the drain: the flow must still carry data
                 assert proc.poll() is None
+                with topo.enter(ns), pytest.raises(ConnectionRefusedError):  # new flows get a RST
+                    socket.create_connection(("203.0.113.10", 7000), timeout=3).close()
                 app.sendall(second)
                 app.shutdown(socket.SHUT_WR)
                 while chunk := app.recv(1 << 16):  # ends with a clean FIN (a reset would raise)

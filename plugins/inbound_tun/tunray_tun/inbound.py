@@ -156,6 +156,8 @@ class TunInbound(Inbound):
             )
 
     async def stop_accepting(self) -> None:
+        if self.stack is not None:
+            self.stack.stop_accepting()
         if self._accept_task is not None:
             self._accept_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
