@@ -222,14 +222,23 @@ def _list(raw: dict[str, Any], key: str) -> tuple[str, list[Any]]:
     return k, value
 
 
-def _protocol_entry(item: Any, path: str, table: dict[str, Any], example: str) -> tuple[str, Any, str]:
+#: Xray's other names for outbound protocols (infra/conf/xray.go outboundConfigLoader).
+OUTBOUND_ALIASES = {"direct": "freedom", "block": "blackhole"}
+
+
+def _protocol_entry(
+    item: Any, path: str, table: dict[str, Any], example: str, aliases: dict[str, str] | None = None
+) -> tuple[str, Any, str]:
     """Common prologue of an inbound/outbound entry: (protocol, registered class, tag)."""
+    aliases = aliases or {}
     if not isinstance(item, dict):
         raise expected(path, "an object", item)
     _, protocol = _get(item, "protocol")
     if not isinstance(protocol, str) or not protocol:
         raise ConfigError(join(path, "protocol"), f'is required (a protocol name such as "{example}")')
     cls = table.get(protocol.lower())
+    if cls is None and protocol.lower() in aliases:
+        cls = table.get(aliases[protocol.lower()])
     if cls is None:
         raise ConfigError(
             join(path, "protocol"),
@@ -239,17 +248,23 @@ def _protocol_entry(item: Any, path: str, table: dict[str, Any], example: str) -
     _, tag = _get(item, "tag")
     if tag is not None and not isinstance(tag, str):
         raise expected(join(path, "tag"), "a string", tag)
-    return protocol.lower(), cls, tag or ""
+    return cls.protocol if protocol.lower() in aliases else protocol.lower(), cls, tag or ""
 
 
 def _inbound(item: Any, path: str, registry: Registry) -> InboundConfig:
     protocol, cls, tag = _protocol_entry(item, path, registry.inbounds, "tun")
     _, port = _get(item, "port")
     _, listen = _get(item, "listen")
-    if cls.needs_listen:
+    unix = isinstance(listen, str) and listen.startswith(("/", "@"))
+    if cls.needs_listen and not unix:
         if port is None:
             raise ConfigError(join(path, "port"), "is required for this protocol")
         PORT.parse(port, join(path, "port"))
+    if listen is not None and not isinstance(listen, str):
+        raise expected(join(path, "listen"), "an IP address or a Unix socket path", listen)
+    check_listen = getattr(cls, "check_listen", None)
+    if check_listen is not None:
+        check_listen(listen or "", port, path)
     for key in ("allocate",):
         _, v = _get(item, key)
         if v:
@@ -276,7 +291,7 @@ def _inbound(item: Any, path: str, registry: Registry) -> InboundConfig:
 
 
 def _outbound(item: Any, path: str, registry: Registry) -> OutboundConfig:
-    protocol, cls, tag = _protocol_entry(item, path, registry.outbounds, "freedom")
+    protocol, cls, tag = _protocol_entry(item, path, registry.outbounds, "freedom", OUTBOUND_ALIASES)
     for key, what in (("proxySettings", "outbound proxySettings (chaining)"), ("mux", "mux")):
         k, v = _get(item, key)
         if isinstance(v, dict) and key == "mux" and not v.get("enabled"):

@@ -138,6 +138,12 @@ class SocketStream:
     def abort(self) -> None:
         self._transport.abort()
 
+    def send_and_close(self, data: bytes) -> None:
+        """Queue *data* and close gracefully (a refusal reply before the app's flow ends)."""
+        if not self._transport.is_closing():
+            self._transport.write(data)
+            self._transport.close()
+
     async def aclose(self) -> None:
         if not self._transport.is_closing():
             self._transport.close()
