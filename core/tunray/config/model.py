@@ -79,6 +79,26 @@ SNIFFING_SCHEMA = Schema(
 
 PORT = OneOf((Int(min=0, max=65535), Str()))
 
+def _check_header(s: Settings, path: str) -> None:
+    kind = Enum("none", "http").parse(s.type, join(path, "type"))
+    if kind == "http":
+        raise NotSupported(join(path, "type"), 'the raw-TCP HTTP header obfuscation (header type "http")')
+
+
+#: ``rawSettings.header``: Xray's "http" header obfuscation is refused, not ignored.
+RAW_HEADER_SCHEMA = Schema(
+    Field("type", Str(), default="none", doc='"none" only'),
+    Field("request", AnyValue(), default=None, doc='only with type "http" (not supported)'),
+    Field("response", AnyValue(), default=None, doc='only with type "http" (not supported)'),
+    check=_check_header,
+)
+
+
+RAW_SCHEMA = Schema(
+    Field("header", RAW_HEADER_SCHEMA, default=None, doc='obfuscation header: {"type": "none"}'),
+    Field("acceptProxyProtocol", Bool(), default=False, doc="server side only (PROXY protocol)"),
+)
+
 STREAM_SCHEMA = Schema(
     Field("network", Str(), default="raw", aliases=("method",)),
     Field("security", Str(), default="none"),
@@ -87,7 +107,7 @@ STREAM_SCHEMA = Schema(
     # named in network/security; they are kept raw here.
     Field("tlsSettings", AnyValue(), default=None),
     Field("realitySettings", AnyValue(), default=None),
-    Field("rawSettings", AnyValue(), default=None, aliases=("tcpSettings",)),
+    Field("rawSettings", RAW_SCHEMA, default=None, aliases=("tcpSettings",)),
     Field("wsSettings", AnyValue(), default=None),
     Field("httpupgradeSettings", AnyValue(), default=None),
     Field("grpcSettings", AnyValue(), default=None, aliases=("gunSettings",)),

@@ -14,16 +14,18 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
-from tunray.config.errors import ConfigError, join
+from tunray.config.errors import ConfigError, NotSupported, join
 from tunray.config.schema import Field, ListOf, Schema, Settings, Str
 from tunray.inbound import Inbound
 from tunray.net.address import Destination
 from tunray.net.listen import ListenAddress, StreamServer, make_socket, sockaddr_destination
+from tunray.net.sockopt import DEFAULT_SOCKOPT
 from tunray.net.stream import SocketStream
 from tunray.session import FlowContext, User
 
 if TYPE_CHECKING:
-    from tunray.config.model import InboundConfig
+    from tunray.config.model import InboundConfig, StreamConfig
+    from tunray.plugin.registry import Registry
     from tunray.runtime import Runtime
 
 ACCOUNT = Schema(
@@ -62,6 +64,28 @@ class LocalInbound(Inbound):
         #: whether to listen on TCP (dokodemo-door may be UDP only)
         self.tcp = True
         self._state = "new"
+
+    #: ``streamSettings.sockopt`` keys this inbound applies; any other set key is refused.
+    sockopt_keys: tuple[str, ...] = ("tproxy",)
+
+    @classmethod
+    def validate_config(cls, settings: Settings, path: str, registry: Registry, stream: StreamConfig | None = None) -> None:
+        """A listening inbound takes plain TCP: no transport, no security, few socket options."""
+        if stream is None:
+            return
+        base = join(path.removesuffix(".settings"), "streamSettings")
+        if stream.network != "raw":
+            raise NotSupported(join(base, "network"), f"the {cls.protocol} inbound over {stream.network!r}")
+        if stream.security != "none":
+            raise NotSupported(join(base, "security"), f"{stream.security!r} on the {cls.protocol} inbound")
+        raw = stream.settings.rawSettings
+        if raw is not None and raw.acceptProxyProtocol:
+            raise NotSupported(join(join(base, "rawSettings"), "acceptProxyProtocol"), "the PROXY protocol")
+        sockopt = stream.settings.sockopt
+        if sockopt is not None:
+            for key, value in sockopt.items():
+                if key not in cls.sockopt_keys and value != DEFAULT_SOCKOPT.get(key):
+                    raise NotSupported(join(join(base, "sockopt"), key), f"sockopt.{key} on the {cls.protocol} inbound")
 
     @classmethod
     def check_listen(cls, listen: str, port: Any, path: str) -> None:

@@ -87,6 +87,7 @@ def _cmsg_destination(ancdata: list[tuple[int, int, bytes]]) -> Destination | No
 
 class DokodemoInbound(LocalInbound):
     protocol = "dokodemo-door"
+    sockopt_keys = ("tproxy", "mark")
     settings_schema: ClassVar[Schema] = Schema(
         Field("address", Str(), default="", aliases=("rewriteAddress",), doc="destination host (default localhost)"),
         Field("port", Int(min=0, max=65535), default=0, aliases=("rewritePort",), doc="destination port (0: the local port)"),
