@@ -74,7 +74,7 @@ class SocketByteLink(ByteLink):
             self._stream.send_and_close(self._refuse)
             return
         self._accepted = True
-        self._stream.abort()
+        self._stream.reset()
 
     async def aclose(self) -> None:
         await self._stream.aclose()

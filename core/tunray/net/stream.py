@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 
 DEFAULT_HIGH_WATER = 1 << 20
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 class _Proto(asyncio.Protocol):
@@ -136,6 +138,16 @@ class SocketStream:
             self._transport.write_eof()
 
     def abort(self) -> None:
+        self._transport.abort()
+
+    def reset(self) -> None:
+        """Abort with a TCP RST (SO_LINGER 0), so the peer sees a reset, not a clean end."""
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None and not self._transport.is_closing():
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass
         self._transport.abort()
 
     def send_and_close(self, data: bytes) -> None:
