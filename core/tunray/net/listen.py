@@ -6,9 +6,9 @@
   compatibility with other tools).  ``port`` is ignored for Unix sockets.
 * ``port`` is a port list (``1080``, ``"1080"``, ``"1080-1082"``): one socket per port.
 
-:func:`serve_streams` accepts on such sockets and runs ``handler(stream, peer, local)`` per
-connection on its own task; :class:`StreamServer` owns those tasks and cancels them on
-``aclose``.  Accept errors such as EMFILE are survived by asyncio's server (it pauses and
+:class:`StreamServer` accepts on such sockets and runs ``handler(stream, sock)`` per
+connection on its own task (the flow's ``dispatch_link`` runs in it, so the dispatcher's
+drain sees it); ``stop_accepting`` closes the listeners, ``aclose`` also cancels the tasks.  Accept errors such as EMFILE are survived by asyncio's server (it pauses and
 logs), so a burst of connections never kills the inbound.
 """
 
@@ -183,10 +183,14 @@ class StreamServer:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def aclose(self) -> None:
+    def stop_accepting(self) -> None:
+        """Close the listening sockets; connections already accepted go on."""
         for server in self._servers:
             server.close()
         self._servers.clear()
+
+    async def aclose(self) -> None:
+        self.stop_accepting()
         tasks = list(self.tasks)
         for t in tasks:
             t.cancel()

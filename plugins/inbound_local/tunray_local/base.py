@@ -63,6 +63,8 @@ class LocalInbound(Inbound):
         self.udp_transports: list[asyncio.BaseTransport] = []
         #: whether to listen on TCP (dokodemo-door may be UDP only)
         self.tcp = True
+        #: False once shutdown began (no new flows)
+        self.accepting = True
         self._state = "new"
 
     #: ``streamSettings.sockopt`` keys this inbound applies; any other set key is refused.
@@ -134,6 +136,11 @@ class LocalInbound(Inbound):
 
     async def open_udp(self) -> None:
         """Open UDP sockets at start (dokodemo-door); default none."""
+
+    async def stop_accepting(self) -> None:
+        """Shutdown, step 1: close the listening sockets; running flows are drained by the runtime."""
+        self.accepting = False
+        self.server.stop_accepting()
 
     async def stop(self) -> None:
         if self._state == "stopped":

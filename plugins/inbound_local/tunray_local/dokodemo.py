@@ -173,6 +173,8 @@ class DokodemoInbound(LocalInbound):
             dest = local if self.follow and self.tproxy == "tproxy" else self._fixed(Network.UDP, local)
             flow.link.put(data, dest)
             return
+        if not self.accepting:
+            return  # shutting down: no new flows
         dest = local if self.follow and self.tproxy == "tproxy" else self._fixed(Network.UDP, local)
         flow = _UdpFlow(self, reader, client, local)
         self._udp_flows[key] = flow
