@@ -14,7 +14,7 @@ from tunray_local import socks_proto as sp
 def _run(hs: sp.SocksHandshake, data: bytes, cut: list[int] | None = None) -> list[sp.Event]:
     events: list[sp.Event] = []
     pos = 0
-    for c in sorted(set(cut or [])) + [len(data)]:
+    for c in [*sorted(set(cut or [])), len(data)]:
         if c > pos:
             events += hs.receive(data[pos:c])
             pos = c
