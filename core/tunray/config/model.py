@@ -80,22 +80,42 @@ SNIFFING_SCHEMA = Schema(
 PORT = OneOf((Int(min=0, max=65535), Str()))
 
 def _check_header(s: Settings, path: str) -> None:
-    kind = Enum("none", "http").parse(s.type, join(path, "type"))
-    if kind == "http":
-        raise NotSupported(join(path, "type"), 'the raw-TCP HTTP header obfuscation (header type "http")')
+    Enum("none", "http").parse(s.type, join(path, "type"))
 
 
-#: ``rawSettings.header``: Xray's "http" header obfuscation is refused, not ignored.
+_HEADER_VALUES = MapOf(ListOf(Str(), allow_single=True))
+
+#: ``rawSettings.header``: ``none``, or Xray's HTTP header obfuscation (tunray.net.httpheader).
 RAW_HEADER_SCHEMA = Schema(
-    Field("type", Str(), default="none", doc='"none" only'),
-    Field("request", AnyValue(), default=None, doc='only with type "http" (not supported)'),
-    Field("response", AnyValue(), default=None, doc='only with type "http" (not supported)'),
+    Field("type", Str(), default="none", doc='"none" or "http"'),
+    Field(
+        "request",
+        Schema(
+            Field("version", Str(), default="", doc='HTTP version (default "1.1")'),
+            Field("method", Str(), default="", doc='request method (default "GET")'),
+            Field("path", ListOf(Str(), allow_single=True), default=None, doc="paths, one picked per connection"),
+            Field("headers", _HEADER_VALUES, default=None, doc="header values, one picked per connection"),
+        ),
+        default=None,
+        doc="the request head the client sends first",
+    ),
+    Field(
+        "response",
+        Schema(
+            Field("version", Str(), default=""),
+            Field("status", Str(), default=""),
+            Field("reason", Str(), default=""),
+            Field("headers", _HEADER_VALUES, default=None),
+        ),
+        default=None,
+        doc="the server's response head (server side; a client reads any response head)",
+    ),
     check=_check_header,
 )
 
 
 RAW_SCHEMA = Schema(
-    Field("header", RAW_HEADER_SCHEMA, default=None, doc='obfuscation header: {"type": "none"}'),
+    Field("header", RAW_HEADER_SCHEMA, default=None, doc='obfuscation header: {"type": "none" | "http", ...}'),
     Field("acceptProxyProtocol", Bool(), default=False, doc="server side only (PROXY protocol)"),
 )
 

@@ -202,3 +202,42 @@ async def test_curl_through_socks_and_http_via_vless(server: str, peer: PeerHost
     finally:
         if xray is not None:
             xray.stop()
+
+
+@pytest.mark.parametrize("security", ["none", "tls"])
+async def test_raw_http_header_obfuscation_against_xray(security: str, peer: PeerHost, tmp_path: Path) -> None:
+    """``tcpSettings.header.type: "http"`` (Xray's form, as in XTLS/Xray-examples) to Xray's own server."""
+    from tunray.testing.certs import make_cert
+
+    port = 10444
+    header = {"type": "http", "request": {"path": ["/vltc"], "headers": {"Host": ["a.test", "b.test"]}}}
+    server_stream: dict[str, Any] = {"network": "tcp", "tcpSettings": {"header": header}}
+    client_stream: dict[str, Any] = {"network": "tcp", "tcpSettings": {"header": header}}
+    files: dict[str, str | bytes] = {}
+    if security == "tls":
+        cert = make_cert(tmp_path)
+        files = {"server.crt": cert.cert_pem, "server.key": cert.key_pem}
+        server_stream.update(security="tls", tlsSettings={"certificates": [{"certificateFile": "@server.crt", "keyFile": "@server.key"}]})
+        client_stream.update(security="tls", tlsSettings={"serverName": "vless.test", "pinnedPeerCertSha256": cert.sha256_hex})
+    xray = start_xray(peer, vless_server(port, USER_ID, stream=server_stream), port=port, files=files)
+    socks = free_port()
+    cfg = {
+        "log": {"loglevel": "warning", "access": "none"},
+        "inbounds": [{"protocol": "socks", "listen": "127.0.0.1", "port": socks}],
+        "outbounds": [
+            {
+                "protocol": "vless",
+                "settings": {"vnext": [{"address": peer.v4, "port": port, "users": [{"id": USER_ID, "encryption": "none"}]}]},
+                "streamSettings": client_stream,
+            }
+        ],
+    }
+    try:
+        async with running(cfg):
+            rc, body, err = await curl("--socks5-hostname", f"127.0.0.1:{socks}", f"http://localhost:{WEB}/blob")
+            assert rc == 0, err
+            assert hashlib.sha256(body).digest() == hashlib.sha256(BLOB).digest()
+    finally:
+        xray.stop()
+    # Xray checks the request path against its config: a wrong header would be "Header Mismatch"
+    assert "Mismatch" not in xray.log_text() and "rejected" not in xray.log_text(), xray.log_text()[-1000:]

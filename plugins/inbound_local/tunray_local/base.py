@@ -83,6 +83,8 @@ class LocalInbound(Inbound):
         raw = stream.settings.rawSettings
         if raw is not None and raw.acceptProxyProtocol:
             raise NotSupported(join(join(base, "rawSettings"), "acceptProxyProtocol"), "the PROXY protocol")
+        if raw is not None and raw.header is not None and raw.header.type.lower() != "none":
+            raise NotSupported(join(join(base, "rawSettings"), "header"), f"an HTTP header on the {cls.protocol} inbound")
         sockopt = stream.settings.sockopt
         if sockopt is not None:
             for key, value in sockopt.items():
