@@ -56,7 +56,7 @@ async def test_a_port_in_use_fails_the_start_naming_the_inbound() -> None:
     blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = blocker.sockets[0].getsockname()[1]
     try:
-        with pytest.raises(ConfigError, match="cannot listen on 127.0.0.1:"):
+        with pytest.raises(ConfigError, match=r"cannot listen on 127\.0\.0\.1:"):
             async with running({"inbounds": [{"protocol": "socks", "listen": "127.0.0.1", "port": port}], "outbounds": [{"protocol": "freedom"}]}):
                 pass
     finally:
