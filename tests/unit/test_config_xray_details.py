@@ -42,3 +42,17 @@ def test_vless_testpre_is_refused(tmp_path: Path) -> None:
     ob = {"protocol": "vless", "settings": {"address": "127.0.0.1", "port": 1, "id": "27848739-7e62-4138-9fd3-098a63964b6b", "testpre": 2}}
     out = _test(tmp_path, {"outbounds": [ob]})
     assert out.returncode == 23 and out.stderr.startswith("config error: outbounds[0].settings.testpre: ") and "not supported" in out.stderr
+
+
+def test_keys_without_effect_are_refused_when_set(tmp_path: Path) -> None:
+    for cfg, path in (
+        ({"log": {"dnsLog": True}}, "log.dnsLog"),
+        ({"policy": {"levels": {"0": {"statsUserUplink": True}}}}, "policy.levels.0.statsUserUplink"),
+        ({"outbounds": [{"protocol": "vless", "settings": {"address": "127.0.0.1", "port": 1, "id": "a"},
+                         "streamSettings": {"security": "tls", "tlsSettings": {"enableSessionResumption": True}}}]},
+         "outbounds[0].streamSettings.tlsSettings.enableSessionResumption"),
+    ):
+        out = _test(tmp_path, cfg)
+        assert out.returncode == 23 and out.stderr.startswith(f"config error: {path}: ") and "not supported" in out.stderr, out.stderr
+    # the same keys with their default values stay accepted (Xray configs often spell them out)
+    assert _test(tmp_path, {"log": {"dnsLog": False}, "policy": {"levels": {"0": {"statsUserOnline": False}}}}).returncode == 0

@@ -35,7 +35,7 @@ LOG_SCHEMA = Schema(
     Field("loglevel", Enum(*LOG_LEVELS), default="warning", doc="error-log verbosity"),
     Field("access", Str(), default="", doc='access-log file; "" = stdout, "none" = off'),
     Field("error", Str(), default="", doc='error-log file; "" = stderr, "none" = off'),
-    Field("dnsLog", Bool(), default=False, doc="log DNS queries"),
+    Unsupported("dnsLog", "log.dnsLog (DNS query log)"),
     Unsupported("maskAddress", "log.maskAddress"),
 )
 
@@ -45,9 +45,9 @@ LEVEL_SCHEMA = Schema(
     Field("uplinkOnly", Int(min=0), default=2, doc="seconds to wait after the downlink closed"),
     Field("downlinkOnly", Int(min=0), default=5, doc="seconds to wait after the uplink closed"),
     Field("bufferSize", Int(min=-1), default=-1, doc="per-flow buffer in KiB (-1 = default)"),
-    Field("statsUserUplink", Bool(), default=False),
-    Field("statsUserDownlink", Bool(), default=False),
-    Field("statsUserOnline", Bool(), default=False),
+    Unsupported("statsUserUplink", "per-user traffic counters (statsUserUplink)"),
+    Unsupported("statsUserDownlink", "per-user traffic counters (statsUserDownlink)"),
+    Unsupported("statsUserOnline", "per-user online tracking (statsUserOnline)"),
 )
 
 SYSTEM_POLICY_SCHEMA = Schema(
