@@ -48,7 +48,7 @@ def test_keys_without_effect_are_refused_when_set(tmp_path: Path) -> None:
     for cfg, path in (
         ({"log": {"dnsLog": True}}, "log.dnsLog"),
         ({"policy": {"levels": {"0": {"statsUserUplink": True}}}}, "policy.levels.0.statsUserUplink"),
-        ({"outbounds": [{"protocol": "vless", "settings": {"address": "127.0.0.1", "port": 1, "id": "a"},
+        ({"outbounds": [{"protocol": "vless", "settings": {"address": "127.0.0.1", "port": 1, "id": "a", "encryption": "none"},
                          "streamSettings": {"security": "tls", "tlsSettings": {"enableSessionResumption": True}}}]},
          "outbounds[0].streamSettings.tlsSettings.enableSessionResumption"),
     ):
