@@ -101,7 +101,8 @@ async def test_followredirect_with_nft_redirect(topo: Topology) -> None:
     assert f"accepted tcp:{topo.server_v4}:{WEB} [tp-in >> out]" in out.getvalue(), out.getvalue()
 
 
-async def test_followredirect_with_nft_tproxy_tcp_and_udp(topo: Topology) -> None:
+@pytest.mark.parametrize("listen", ["127.0.0.1", "0.0.0.0"])  # 0.0.0.0: one dual-stack socket
+async def test_followredirect_with_nft_tproxy_tcp_and_udp(listen: str, topo: Topology) -> None:
     port = free_port()
     ns_exec(topo.client, "ip", "rule", "add", "fwmark", "1", "lookup", "100")
     ns_exec(topo.client, "ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
@@ -124,7 +125,7 @@ async def test_followredirect_with_nft_tproxy_tcp_and_udp(topo: Topology) -> Non
     )
     out = io.StringIO()
     with topo.enter(topo.client):
-        async with running(_config(port, "127.0.0.1", "tcp,udp", "tproxy"), access_log=AccessLog(out)):
+        async with running(_config(port, listen, "tcp,udp", "tproxy"), access_log=AccessLog(out)):
             body = await _curl(f"http://{topo.server_v4}:{WEB}/blob")
             assert hashlib.sha256(body).digest() == hashlib.sha256(BLOB).digest()
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -164,3 +164,16 @@ async def test_user_level_sets_the_handshake_timeout() -> None:
             assert 0.8 < time.monotonic() - started < 3, "level 1's 1 s handshake timeout applies"
         finally:
             writer.close()
+
+
+async def test_default_listen_is_dual_stack(echo_server: int) -> None:
+    port = free_port()
+    async with running(_cfg({"protocol": "socks", "port": port})):  # no "listen": every address
+        for host in ("127.0.0.1", "::1"):
+            reader, writer = await Socks5Client(host, port).open_tcp(Destination(Network.TCP, parse_host("127.0.0.1"), echo_server))
+            try:
+                writer.write(b"v" + host.encode())
+                writer.write_eof()
+                assert await asyncio.wait_for(reader.read(-1), 5) == b"v" + host.encode()
+            finally:
+                writer.close()
