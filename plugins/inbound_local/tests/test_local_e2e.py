@@ -200,6 +200,18 @@ async def test_curl_through_socks_and_http_via_vless(server: str, peer: PeerHost
                 rc, body, err = await curl(*args, url)
                 assert rc == 0, f"curl {args} {url}: {err}"
                 assert hashlib.sha256(body).digest() == blob_sha, f"curl {args}: body differs"
+            # UDP ASSOCIATE through VLESS (XUDP) to the echo server in the peer namespace
+            control, sock, relay = await Socks5Client("127.0.0.1", socks).associate()
+            loop = asyncio.get_running_loop()
+            try:
+                echo = Destination(Network.UDP, parse_host(peer.v4), ECHO)
+                for i in range(3):
+                    sock.sendto(socks5_udp(echo, b"vless-udp-%d" % i), relay)
+                    got = await asyncio.wait_for(loop.sock_recv(sock, 65535), 5)
+                    assert parse_socks5_udp(got) == (echo, b"vless-udp-%d" % i)
+            finally:
+                sock.close()
+                control.close()
     finally:
         if xray is not None:
             xray.stop()
