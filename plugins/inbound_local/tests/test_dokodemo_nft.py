@@ -96,6 +96,12 @@ async def test_followredirect_with_nft_redirect(topo: Topology) -> None:
     with topo.enter(topo.client):
         async with running(_config(port, "0.0.0.0", "tcp", "redirect"), access_log=AccessLog(out)):
             body = await _curl(f"http://{topo.server_v4}:{WEB}/blob")
+            # a connection straight to the inbound (not redirected) would loop: closed, as Xray does
+            reader, writer = await asyncio.open_connection(str(topo.client_v4), port)
+            try:  # (sending nothing: unread bytes would turn the close into a reset)
+                assert await asyncio.wait_for(reader.read(-1), 5) == b""
+            finally:
+                writer.close()
     assert hashlib.sha256(body).digest() == hashlib.sha256(BLOB).digest()
     # the original destination (SO_ORIGINAL_DST), not the redirect port, reached the outbound
     assert f"accepted tcp:{topo.server_v4}:{WEB} [tp-in >> out]" in out.getvalue(), out.getvalue()

@@ -31,7 +31,7 @@ from tunray.net.applink import QueuePacketLink, SocketByteLink
 from tunray.net.listen import IP_TRANSPARENT, IPV6_TRANSPARENT, sockaddr_destination
 from tunray.net.stream import SocketStream
 
-from tunray_local.base import LocalInbound
+from tunray_local.base import LocalInbound, Refused
 
 if TYPE_CHECKING:
     from tunray.config.model import InboundConfig
@@ -144,11 +144,18 @@ class DokodemoInbound(LocalInbound):
         self, stream: SocketStream, sock: socket.socket, peer: Destination | None, local: Destination | None
     ) -> None:
         local = local or Destination(Network.TCP, LOCALHOST_V4, 0)
+        dest: Destination | None = None
         if self.follow and self.tproxy == "redirect":
-            dest = original_dst(sock)
+            try:
+                dest = original_dst(sock)
+            except OSError as exc:  # not redirected (no conntrack entry): Xray falls back too
+                logger.debug("dokodemo-door {!r}: no original destination: {}", self.tag, exc)
         elif self.follow and self.tproxy == "tproxy":
             dest = local
-        else:
+        if dest is not None and dest == local and sock.getsockname()[1] in self.address.ports:
+            # Xray: a connection to this inbound itself (not redirected) would loop
+            raise Refused(f"loopback connection detected: {dest} is this inbound")
+        if dest is None:
             dest = self._fixed(Network.TCP, local)
         ctx = self.context(peer, dest)
         await self.runtime.dispatcher.dispatch_link(ctx, dest, SocketByteLink(stream))
