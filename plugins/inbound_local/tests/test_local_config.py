@@ -33,6 +33,8 @@ def _build(inbound: dict[str, Any]) -> Any:
         ({"protocol": "mixed", "port": 1080, "streamSettings": {"sockopt": {"tcpFastOpen": True}}}, "inbounds[0].streamSettings.sockopt.tcpFastOpen", "not supported"),
         ({"protocol": "socks", "port": 1080, "streamSettings": {"tcpSettings": {"header": {"type": "http"}}}}, "inbounds[0].streamSettings.rawSettings.header", "not supported"),
         ({"protocol": "socks", "port": 1080, "streamSettings": {"rawSettings": {"acceptProxyProtocol": True}}}, "inbounds[0].streamSettings.rawSettings.acceptProxyProtocol", "not supported"),
+        ({"protocol": "socks", "port": 1080, "settings": {"accounts": [{"user": "a", "pass": "b"}]}}, "inbounds[0].settings.accounts", "no effect"),
+        ({"protocol": "socks", "port": 1080, "settings": {"auth": "password"}}, "inbounds[0].settings.accounts", "required"),
         ({"protocol": "dokodemo-door", "port": 1, "settings": {"network": "sctp"}}, "inbounds[0].settings.network[0]", "one of"),
         ({"protocol": "tunnel", "port": 1, "settings": {"portMap": {"80": "nohostport"}}}, "inbounds[0].settings.portMap[0]", "bad entry"),
     ],

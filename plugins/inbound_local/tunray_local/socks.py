@@ -23,7 +23,8 @@ import socket
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from loguru import logger
-from tunray.config.schema import IP, Bool, Enum, Field, Int, Schema
+from tunray.config.errors import ConfigError
+from tunray.config.schema import IP, Bool, Enum, Field, Int, Schema, Settings
 from tunray.net.address import Destination, Network
 from tunray.net.applink import QueuePacketLink, SocketByteLink
 from tunray.net.listen import sockaddr_destination
@@ -38,6 +39,15 @@ if TYPE_CHECKING:
     from tunray.runtime import Runtime
 
 
+def _check_auth(s: Settings, path: str) -> None:
+    # Xray ignores accounts unless auth is "password": an operator who lists accounts
+    # believes the proxy is protected, so say it is not instead of ignoring them.
+    if s.accounts and s.auth != "password":
+        raise ConfigError(f"{path}.accounts", 'has no effect unless "auth" is "password"')
+    if s.auth == "password" and not s.accounts:
+        raise ConfigError(f"{path}.accounts", 'are required with "auth": "password"')
+
+
 class SocksInbound(LocalInbound):
     protocol = "socks"
     settings_schema: ClassVar[Schema] = Schema(
@@ -46,6 +56,7 @@ class SocksInbound(LocalInbound):
         Field("udp", Bool(), default=False, doc="allow UDP ASSOCIATE"),
         Field("ip", IP, default=None, doc="address for UDP ASSOCIATE (default: the one the client reached)"),
         Field("userLevel", Int(min=0), default=0, doc="policy level of every flow"),
+        check=_check_auth,
     )
 
     def __init__(self, config: InboundConfig, runtime: Runtime) -> None:
