@@ -40,7 +40,7 @@ def topo(tmp_path: Path) -> Iterator[Topology]:
         www = tmp_path / "www"
         www.mkdir()
         (www / "blob").write_bytes(BLOB)
-        t.spawn(t.server, [sys.executable, "-u", "-m", "http.server", str(WEB), "--directory", str(www)], ready=b"Serving")
+        t.spawn(t.server, [sys.executable, "-u", "-m", "http.server", str(WEB), "--bind", "::", "--directory", str(www)], ready=b"Serving")
         t.start_echo(port=ECHO)
         yield t
     finally:
@@ -105,6 +105,30 @@ async def test_followredirect_with_nft_redirect(topo: Topology) -> None:
     assert hashlib.sha256(body).digest() == hashlib.sha256(BLOB).digest()
     # the original destination (SO_ORIGINAL_DST), not the redirect port, reached the outbound
     assert f"accepted tcp:{topo.server_v4}:{WEB} [tp-in >> out]" in out.getvalue(), out.getvalue()
+    assert f"rejected  loopback connection detected: tcp:{topo.client_v4}:{port}" in out.getvalue(), out.getvalue()
+
+
+async def test_followredirect_with_nft_redirect_ipv6(topo: Topology) -> None:
+    """IPv6 REDIRECT: the original destination comes from IP6T_SO_ORIGINAL_DST on the dual-stack socket."""
+    port = 12346
+    nft(
+        topo,
+        f"""
+        table ip6 tunray_redirect6 {{
+          chain out {{
+            type nat hook output priority -100; policy accept;
+            meta mark {MARK} return
+            ip6 daddr {topo.server_v6} tcp dport {WEB} redirect to :{port}
+          }}
+        }}
+        """,
+    )
+    out = io.StringIO()
+    with topo.enter(topo.client):
+        async with running(_config(port, "0.0.0.0", "tcp", "redirect"), access_log=AccessLog(out)):
+            body = await _curl(f"http://[{topo.server_v6}]:{WEB}/blob")
+    assert hashlib.sha256(body).digest() == hashlib.sha256(BLOB).digest()
+    assert f"accepted tcp:[{topo.server_v6}]:{WEB} [tp-in >> out]" in out.getvalue(), out.getvalue()
 
 
 @pytest.mark.parametrize("listen", ["127.0.0.1", "0.0.0.0"])  # 0.0.0.0: one dual-stack socket
