@@ -153,6 +153,7 @@ class _Accepted(_Proto):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        transport.set_write_buffer_limits(high=self._server.high_water)  # type: ignore[attr-defined]
         sock = transport.get_extra_info("socket")
         stream = SocketStream(self.transport, self, sock.fileno())  # type: ignore[arg-type]
         self._server.spawn(stream, sock)

@@ -31,7 +31,7 @@ from tunray.net.listen import sockaddr_destination
 from tunray.net.stream import SocketStream
 
 from tunray_local import socks_proto as sp
-from tunray_local.base import ACCOUNTS, LocalInbound, Refused, accounts_of, read_some
+from tunray_local.base import ACCOUNTS, LocalInbound, Refused, accounts_of
 from tunray_local.http import HttpProxy
 
 if TYPE_CHECKING:
@@ -71,15 +71,24 @@ class SocksInbound(LocalInbound):
     async def handle(
         self, stream: SocketStream, sock: socket.socket, peer: Destination | None, local: Destination | None
     ) -> None:
-        timeout = self.policy.handshake
-        first = await read_some(stream, timeout)
-        if not first:
-            return
+        # One timer for the whole handshake (the level's ``handshake``), not one per read.
+        try:
+            async with asyncio.timeout(self.policy.handshake):
+                first = await stream.read()
+                if not first:
+                    return
+                if first[0] in (sp.V4, sp.V5):
+                    hs = sp.SocksHandshake(self.accounts, udp=self.udp)
+                    request = await self._handshake(hs, stream, first)
+        except TimeoutError:
+            raise sp.ProtocolError("handshake timed out") from None
         if first[0] not in (sp.V4, sp.V5):
             await self.http.serve(stream, peer, first)
             return
-        hs = sp.SocksHandshake(self.accounts, udp=self.udp)
-        data = first
+        await self._request(request, hs.leftover, stream, sock, peer, local)
+
+    @staticmethod
+    async def _handshake(hs: sp.SocksHandshake, stream: SocketStream, data: bytes) -> sp.Request:
         while True:
             for ev in hs.receive(data):
                 if isinstance(ev, sp.Send):
@@ -87,11 +96,10 @@ class SocksInbound(LocalInbound):
                 elif isinstance(ev, sp.Refuse):
                     raise Refused(ev.reason)
                 else:
-                    await self._request(ev, hs.leftover, stream, sock, peer, local)
-                    return
-            data = await read_some(stream, timeout)
+                    return ev
+            data = await stream.read()
             if not data:
-                raise sp.ProtocolError("handshake incomplete (closed or timed out)")
+                raise sp.ProtocolError("handshake incomplete (connection closed)")
 
     async def _request(
         self,
