@@ -56,3 +56,9 @@ def test_keys_without_effect_are_refused_when_set(tmp_path: Path) -> None:
         assert out.returncode == 23 and out.stderr.startswith(f"config error: {path}: ") and "not supported" in out.stderr, out.stderr
     # the same keys with their default values stay accepted (Xray configs often spell them out)
     assert _test(tmp_path, {"log": {"dnsLog": False}, "policy": {"levels": {"0": {"statsUserOnline": False}}}}).returncode == 0
+
+
+def test_the_version_section_is_said_not_to_apply(tmp_path: Path) -> None:
+    out = _test(tmp_path, {"version": {"min": "1.8.0"}, "outbounds": [{"protocol": "freedom"}]})
+    assert out.returncode == 0
+    assert out.stderr.splitlines() == ["config warning: version: Xray's version check does not apply to tunray; not checked"]

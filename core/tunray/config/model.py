@@ -220,7 +220,7 @@ UNSUPPORTED_TOP = {
     "burstobservatory": "the burstObservatory section",
     "metrics": "the metrics section",
     "transport": "the global transport section",
-    "version": None,  # Xray's min/max version check: accepted and ignored
+    "version": None,  # Xray's min/max check of its own version: said, not applied (below)
 }
 
 
@@ -379,11 +379,14 @@ def build_config(raw: dict[str, Any], registry: Registry) -> Config:
         low = key.lower()
         if low in TOP_LEVEL or low in {s.lower() for s in registry.sections}:
             continue
+        from loguru import logger
+
         if low in UNSUPPORTED_TOP:
             if UNSUPPORTED_TOP[low] and value:
                 raise NotSupported(key, str(UNSUPPORTED_TOP[low]))
+            if low == "version" and value:
+                logger.warning("config: {}: Xray's version check does not apply to tunray; not checked", key)
             continue
-        from loguru import logger
 
         logger.warning("config: {}: unknown top-level section ignored", key)
 
