@@ -157,8 +157,11 @@ class LocalInbound(Inbound):
 
     async def _serve(self, stream: SocketStream, sock: socket.socket) -> None:
         try:
-            peer = sockaddr_destination(sock.getpeername()) if sock.family != socket.AF_UNIX else None
-            local = sockaddr_destination(sock.getsockname()) if sock.family != socket.AF_UNIX else None
+            if sock.family == socket.AF_UNIX:
+                peer = local = None
+            else:
+                peer = sockaddr_destination(sock.getpeername())
+                local = sockaddr_destination(sock.getsockname())
         except OSError:
             stream.abort()
             return
