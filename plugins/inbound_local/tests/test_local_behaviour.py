@@ -177,3 +177,35 @@ async def test_default_listen_is_dual_stack(echo_server: int) -> None:
                 assert await asyncio.wait_for(reader.read(-1), 5) == b"v" + host.encode()
             finally:
                 writer.close()
+
+
+async def test_keep_alive_does_not_wait_for_a_server_that_keeps_its_side_open() -> None:
+    """The next request is served once the response is complete, even if the origin ignores
+    ``Connection: close`` (the old flow ends by itself later)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def sticky(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        held.append(writer)  # never closed by the origin
+
+    server = await asyncio.start_server(sticky, "127.0.0.1", 0)
+    oport = server.sockets[0].getsockname()[1]
+    port = free_port()
+    policy = {"levels": {"0": {"downlinkOnly": 30, "connIdle": 60}}}
+    try:
+        async with running(_cfg({"protocol": "http", "listen": "127.0.0.1", "port": port}, policy=policy)):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                for _ in range(3):
+                    started = time.monotonic()
+                    writer.write(f"GET http://127.0.0.1:{oport}/ HTTP/1.1\r\nHost: 127.0.0.1:{oport}\r\n\r\n".encode())
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                    assert head.startswith(b"HTTP/1.1 200 OK") and await reader.readexactly(5) == b"hello"
+                    assert time.monotonic() - started < 3, "the next request waited for the old flow"
+            finally:
+                writer.close()
+    finally:
+        for w in held:
+            w.close()
+        server.close()

@@ -141,7 +141,11 @@ class ForwardLink(ByteLink):
         self._head: bytes | None = self.up.send(h11.Request(method=request.method, target=path, headers=headers)) or b""
         self._request_done = False
         self.response_started = False
-        self.response_done = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        #: set when the flow needs no more uplink (response complete, or the flow failed)
+        self.response_done: asyncio.Future[None] = loop.create_future()
+        #: set only when the whole response reached the client
+        self.complete: asyncio.Future[None] = loop.create_future()
         self.failed = False
         self._accepted = False
 
@@ -189,6 +193,8 @@ class ForwardLink(ByteLink):
                 await self._send(h11.EndOfMessage())
                 if not self.response_done.done():
                     self.response_done.set_result(None)
+                if not self.complete.done():
+                    self.complete.set_result(None)
                 return
             elif isinstance(ev, h11.ConnectionClosed):
                 return
@@ -233,7 +239,8 @@ class ForwardLink(ByteLink):
 
     def abort(self) -> None:
         self._accepted = True
-        self.failed = True
+        if not self.complete.done():
+            self.failed = True
         if not self.response_done.done():
             self.response_done.set_result(None)
 
@@ -294,11 +301,14 @@ class HttpProxy:
                 await inbound.runtime.dispatcher.dispatch_link(ctx, dest, link)
                 return
             fwd = ForwardLink(conn, stream, ev, path, host_value)
-            await inbound.runtime.dispatcher.dispatch_link(ctx, dest, fwd)
-            if not fwd.response_started:
-                await stream.write(UNAVAILABLE)
-                return
-            if fwd.failed or not fwd.response_done.done():
+            # The flow runs on a dispatcher-owned task; once the whole response has reached
+            # the client, the next request is served at once, whether or not the server has
+            # closed its side yet (the old flow only discards what more it sends).
+            flow = inbound.runtime.dispatcher.spawn(ctx, dest, fwd)
+            await asyncio.wait((flow, fwd.complete), return_when=asyncio.FIRST_COMPLETED)
+            if not fwd.complete.done():
+                if not fwd.response_started:
+                    await stream.write(UNAVAILABLE)
                 return
             if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
                 conn.start_next_cycle()
