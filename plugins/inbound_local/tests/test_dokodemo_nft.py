@@ -78,16 +78,22 @@ async def _curl(url: str) -> bytes:
     return out
 
 
-async def test_followredirect_with_nft_redirect(topo: Topology) -> None:
+@pytest.mark.parametrize("family", ["ip", "ip6"])
+async def test_followredirect_with_nft_redirect(family: str, topo: Topology) -> None:
+    """REDIRECT: the original destination from SO_ORIGINAL_DST (IP6T_SO_ORIGINAL_DST for IPv6,
+    both on the one dual-stack socket of ``listen: 0.0.0.0``)."""
     port = 12345
+    server, client = (topo.server_v4, topo.client_v4) if family == "ip" else (topo.server_v6, topo.client_v6)
+    netloc = f"{server}:{WEB}" if family == "ip" else f"[{server}]:{WEB}"
+    here = f"{client}:{port}" if family == "ip" else f"[{client}]:{port}"
     nft(
         topo,
         f"""
-        table ip tunray_redirect {{
+        table {family} tunray_redirect {{
           chain out {{
             type nat hook output priority -100; policy accept;
             meta mark {MARK} return
-            ip daddr {topo.server_v4} tcp dport {WEB} redirect to :{port}
+            {family} daddr {server} tcp dport {WEB} redirect to :{port}
           }}
         }}
         """,
@@ -95,40 +101,17 @@ async def test_followredirect_with_nft_redirect(topo: Topology) -> None:
     out = io.StringIO()
     with topo.enter(topo.client):
         async with running(_config(port, "0.0.0.0", "tcp", "redirect"), access_log=AccessLog(out)):
-            body = await _curl(f"http://{topo.server_v4}:{WEB}/blob")
+            body = await _curl(f"http://{netloc}/blob")
             # a connection straight to the inbound (not redirected) would loop: closed, as Xray does
-            reader, writer = await asyncio.open_connection(str(topo.client_v4), port)
+            reader, writer = await asyncio.open_connection(str(client), port)
             try:  # (sending nothing: unread bytes would turn the close into a reset)
                 assert await asyncio.wait_for(reader.read(-1), 5) == b""
             finally:
                 writer.close()
     assert hashlib.sha256(body).digest() == hashlib.sha256(BLOB).digest()
-    # the original destination (SO_ORIGINAL_DST), not the redirect port, reached the outbound
-    assert f"accepted tcp:{topo.server_v4}:{WEB} [tp-in >> out]" in out.getvalue(), out.getvalue()
-    assert f"rejected  loopback connection detected: tcp:{topo.client_v4}:{port}" in out.getvalue(), out.getvalue()
-
-
-async def test_followredirect_with_nft_redirect_ipv6(topo: Topology) -> None:
-    """IPv6 REDIRECT: the original destination comes from IP6T_SO_ORIGINAL_DST on the dual-stack socket."""
-    port = 12346
-    nft(
-        topo,
-        f"""
-        table ip6 tunray_redirect6 {{
-          chain out {{
-            type nat hook output priority -100; policy accept;
-            meta mark {MARK} return
-            ip6 daddr {topo.server_v6} tcp dport {WEB} redirect to :{port}
-          }}
-        }}
-        """,
-    )
-    out = io.StringIO()
-    with topo.enter(topo.client):
-        async with running(_config(port, "0.0.0.0", "tcp", "redirect"), access_log=AccessLog(out)):
-            body = await _curl(f"http://[{topo.server_v6}]:{WEB}/blob")
-    assert hashlib.sha256(body).digest() == hashlib.sha256(BLOB).digest()
-    assert f"accepted tcp:[{topo.server_v6}]:{WEB} [tp-in >> out]" in out.getvalue(), out.getvalue()
+    # the original destination, not the redirect port, reached the outbound
+    assert f"accepted tcp:{netloc} [tp-in >> out]" in out.getvalue(), out.getvalue()
+    assert f"rejected  loopback connection detected: tcp:{here}" in out.getvalue(), out.getvalue()
 
 
 @pytest.mark.parametrize("listen", ["127.0.0.1", "0.0.0.0"])  # 0.0.0.0: one dual-stack socket

@@ -155,6 +155,11 @@ class DokodemoInbound(LocalInbound):
         if dest is not None and dest == local and sock.getsockname()[1] in self.address.ports:
             # Xray: a connection to this inbound itself (not redirected) would loop
             raise Refused(f"loopback connection detected: {dest} is this inbound")
+        if dest is None and self.follow:
+            # Xray: following redirects, no original destination leaves only address and port
+            if self.fixed_host is None or not self.fixed_port:
+                raise Refused("unable to get destination (not redirected, and no address/port set)")
+            dest = Destination(Network.TCP, self.fixed_host, self.fixed_port)
         if dest is None:
             dest = self._fixed(Network.TCP, local)
         ctx = self.context(peer, dest)
@@ -177,18 +182,30 @@ class DokodemoInbound(LocalInbound):
         key = (client.host, client.port, local.host, local.port) if self.follow else (client.host, client.port)
         flow = self._udp_flows.get(key)
         if flow is not None and not flow.link.closed:
-            dest = local if self.follow and self.tproxy == "tproxy" else self._fixed(Network.UDP, local)
-            flow.link.put(data, dest)
+            dest = self._udp_destination(local)
+            if dest is not None:
+                flow.link.put(data, dest)
             return
         if not self.accepting:
             return  # shutting down: no new flows
-        dest = local if self.follow and self.tproxy == "tproxy" else self._fixed(Network.UDP, local)
+        dest = self._udp_destination(local)
+        if dest is None:
+            return  # following redirects without an original destination or address/port: dropped
         flow = _UdpFlow(self, reader, client, local)
         self._udp_flows[key] = flow
         flow.link.put(data, dest)
         task = asyncio.get_running_loop().create_task(self._run_udp(key, flow, dest))
         self._udp_tasks.add(task)
         task.add_done_callback(self._udp_tasks.discard)
+
+    def _udp_destination(self, local: Destination) -> Destination | None:
+        if self.follow and self.tproxy == "tproxy":
+            return local
+        if self.follow:
+            if self.fixed_host is None or not self.fixed_port:
+                return None
+            return Destination(Network.UDP, self.fixed_host, self.fixed_port)
+        return self._fixed(Network.UDP, local)
 
     async def _run_udp(self, key: tuple[Any, ...], flow: _UdpFlow, dest: Destination) -> None:
         ctx = self.context(flow.client, dest)
