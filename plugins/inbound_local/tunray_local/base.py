@@ -62,7 +62,6 @@ class LocalInbound(Inbound):
         self.user_level = int(self.settings.get("userLevel") or 0)
         self.policy = runtime.policy(self.user_level)
         self.server = StreamServer(self._serve, high_water=self.policy.buffer_size)
-        self.udp_transports: list[asyncio.BaseTransport] = []
         #: whether to listen on TCP (dokodemo-door may be UDP only)
         self.tcp = True
         #: False once shutdown began (no new flows)
@@ -150,9 +149,6 @@ class LocalInbound(Inbound):
         if self._state == "stopped":
             return
         self._state = "stopped"
-        for t in self.udp_transports:
-            t.close()
-        self.udp_transports.clear()
         await self.server.aclose()
 
     async def _serve(self, stream: SocketStream, sock: socket.socket) -> None:
@@ -190,7 +186,3 @@ class LocalInbound(Inbound):
         if email:
             ctx.user = User(level=self.user_level, email=email)
         return ctx
-
-
-def settings_path(config: InboundConfig, key: str) -> str:
-    return join(join(config.path, "settings"), key)
