@@ -365,8 +365,12 @@ class LwipCore:
     def stats(self) -> dict[str, int]:
         counts = self.ffi.new("size_t[5]")
         self.lib.tr_counts(counts)
+        glue = self.lib.tr_stats_ptr()
         return {"tcp_open": len(self.tcp), "udp_open": len(self.udp), "lwip_active_pcbs": counts[0],
-                "lwip_time_wait_pcbs": counts[1], "lwip_listen_pcbs": counts[2], "lwip_conns": counts[4]}
+                "lwip_time_wait_pcbs": counts[1], "lwip_listen_pcbs": counts[2], "lwip_conns": counts[4],
+                # process-wide totals of the glue
+                "segments_in": glue.segs_in, "packets_out": glue.pkts_out, "gso_merged": glue.gso_merged,
+                "mss_rewritten": glue.mss_rewritten}
 
     # --- TCP by handle ----------------------------------------------------------------------------
 
