@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import pathlib
 
-import cffi
+import cffi  # type: ignore[import-untyped]
 
 HERE = pathlib.Path(__file__).parent
 LWIP_INCLUDE = os.environ.get("TUNRAY_LWIP_INCLUDE", "/usr/include/lwip")

@@ -104,6 +104,8 @@ def _split_key(key: bytes) -> tuple[bytes, int, bytes, int]:
 class LwipCore:
     """The lwIP stack core; see the module docstring."""
 
+    finished: bool  # reset_all ran: another core may start
+
     def __init__(self, config: LwipConfig, now: float = 0.0) -> None:
         global _active
         if _active is not None and not _active.finished:
@@ -229,7 +231,7 @@ class LwipCore:
         r = lib.tr_input(syn, l3, l4, end, cflags | 1, now, self._key, self._keylen)
         if r == 2:
             self._collect()
-        return r >= 0
+        return bool(r >= 0)
 
     def _collect(self) -> None:
         """Turn the glue's pending events into stackcore events (call after every C call)."""
@@ -398,7 +400,8 @@ class LwipCore:
         self.now = now
         n = self.lib.tr_read(c, self._scratch, min(max_bytes, SCRATCH), now)
         if n:
-            return self._scratch_buf[0:n]
+            data: bytes = self._scratch_buf[0:n]
+            return data
         if c.fin_in or c.closed or t.ended:
             return b""
         c.want_read = 1
