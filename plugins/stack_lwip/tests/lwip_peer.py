@@ -43,11 +43,16 @@ def parse(packet: bytes, vnet: bool = False) -> Seg:
 
 
 class Clock:
+    """A fake clock; like loop.time() it never goes back, even from one test's core to the next."""
+
+    last = 1000.0
+
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = Clock.last + 10.0
 
     def tick(self, dt: float) -> float:
         self.now += dt
+        Clock.last = self.now
         return self.now
 
 

@@ -235,3 +235,19 @@ def _syn_for_parse() -> bytes:
     from tunray_stack_lwip.binding import tcp_segment
 
     return tcp_segment(APP4, FAR4, 1, 2, 3, 0, SYN, options=b"\x02\x04\x05\xb4")
+
+
+def test_new_syn_on_a_time_wait_tuple_opens_a_new_connection(clock: Clock) -> None:
+    core = make_core(clock, time_wait=60.0)
+    peer = Peer(core, clock)
+    h = peer.handshake()
+    core.tcp_close(h, clock.now)  # we close first: lwIP ends in TIME_WAIT
+    peer.recv()
+    peer.send(ACK | FIN)
+    peer.recv()
+    assert core.stats()["lwip_time_wait_pcbs"] == 1
+    peer.snd += 100_000  # the app reuses its port at once, with a later ISN (as Linux does)
+    peer.events.clear()
+    h2 = peer.handshake()
+    assert h2 != h and core.stats()["lwip_time_wait_pcbs"] == 0
+    _end(core, clock)

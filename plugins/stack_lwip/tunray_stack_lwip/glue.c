@@ -666,15 +666,26 @@ static void set_addr(ip_addr_t *a, const uint8_t *raw, int v6) {
     }
 }
 
-static int pcb_exists(const uint8_t *key, size_t keylen) {
+static struct tcp_pcb *find_pcb(struct tcp_pcb *list, const uint8_t *key, size_t keylen) {
     uint8_t k[37];
-    for (struct tcp_pcb *pcb = tcp_active_pcbs; pcb != NULL; pcb = pcb->next) {
+    for (struct tcp_pcb *pcb = list; pcb != NULL; pcb = pcb->next) {
         if (pcb->local_port != rd16(key + keylen - 2))
             continue;
         size_t n = make_key(k, &pcb->remote_ip, pcb->remote_port, &pcb->local_ip, pcb->local_port);
         if (n == keylen && memcmp(k, key, n) == 0)
-            return 1;
+            return pcb;
     }
+    return NULL;
+}
+
+/* A new SYN for a 4-tuple lwIP holds in TIME_WAIT starts a new connection, as Linux
+   allows (RFC 6191); lwIP alone would answer it with an ACK or a RST. */
+static int pcb_exists(const uint8_t *key, size_t keylen) {
+    if (find_pcb(tcp_active_pcbs, key, keylen) != NULL)
+        return 1;
+    struct tcp_pcb *tw = find_pcb(tcp_tw_pcbs, key, keylen);
+    if (tw != NULL)
+        tcp_abort(tw); /* frees a TIME_WAIT pcb without sending anything */
     return 0;
 }
 
@@ -953,6 +964,8 @@ static int tr_setup(double now, uint16_t mtu, int vnet, int gso, uint32_t mss_v4
         netif_set_link_up(&tr_netif);
         netif_set_up(&tr_netif);
         tr_ready = 1;
+    } else {
+        sys_restart_timeouts(); /* a new core may count time from another origin */
     }
     tr_netif.mtu = mtu;
     tr_netif.mtu6 = mtu;
