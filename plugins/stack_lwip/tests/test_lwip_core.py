@@ -251,3 +251,23 @@ def test_new_syn_on_a_time_wait_tuple_opens_a_new_connection(clock: Clock) -> No
     h2 = peer.handshake()
     assert h2 != h and core.stats()["lwip_time_wait_pcbs"] == 0
     _end(core, clock)
+
+
+def test_out_of_order_bytes_beyond_the_window_are_clipped_before_lwip(clock: Clock) -> None:
+    """lwIP 2.1.3 bug #56397: an out-of-order segment past the window, then a longer one with the
+    same sequence number, then the gap: unclipped, lwIP aborts the process on an assertion."""
+    core = make_core(clock)
+    peer = Peer(core, clock)
+    h = peer.handshake()
+    data = bytes(i % 251 for i in range(70_000))
+    base = peer.snd
+    before = core.stats()["segments_clipped"]
+    peer.send(ACK, data[1000:60_000], seq=base + 1000)  # ends past the 65535-byte window
+    peer.send(ACK, data[1000:66_000], seq=base + 1000)  # same start, longer
+    assert core.stats()["segments_clipped"] - before >= 1
+    peer.send(ACK, data[:1000])  # the gap: lwIP now delivers the queued bytes in order
+    got = b""
+    while (chunk := core.tcp_read(h, 1 << 20, clock.now)):
+        got += chunk
+    assert got == data[:65_535]
+    _end(core, clock)

@@ -48,7 +48,7 @@ struct tr_conn {
 };
 struct tr_event { int32_t kind; struct tr_conn *conn; };
 struct tr_stats {
-    uint64_t conns_live, pbufs_in, segs_in, pkts_out, pkts_dropped_out, gso_merged, mss_rewritten;
+    uint64_t conns_live, pbufs_in, segs_in, pkts_out, pkts_dropped_out, gso_merged, mss_rewritten, segs_clipped;
 };
 
 int tr_setup(double now, uint16_t mtu, int vnet, int gso, uint32_t mss_v4, uint32_t mss_v6,

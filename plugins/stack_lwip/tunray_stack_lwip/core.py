@@ -372,7 +372,7 @@ class LwipCore:
                 "lwip_time_wait_pcbs": counts[1], "lwip_listen_pcbs": counts[2], "lwip_conns": counts[4],
                 # process-wide totals of the glue
                 "segments_in": glue.segs_in, "packets_out": glue.pkts_out, "gso_merged": glue.gso_merged,
-                "mss_rewritten": glue.mss_rewritten}
+                "mss_rewritten": glue.mss_rewritten, "segments_clipped": glue.segs_clipped}
 
     # --- TCP by handle ----------------------------------------------------------------------------
 

@@ -100,7 +100,7 @@ struct tr_event {
 };
 
 struct tr_stats {
-    uint64_t conns_live, pbufs_in, segs_in, pkts_out, pkts_dropped_out, gso_merged, mss_rewritten;
+    uint64_t conns_live, pbufs_in, segs_in, pkts_out, pkts_dropped_out, gso_merged, mss_rewritten, segs_clipped;
 };
 
 static struct netif tr_netif;
@@ -724,11 +724,34 @@ static int tr_input(const char *cpkt, size_t l3, size_t l4, size_t end, int flag
     if (!(flags & TR_IN_FORCE) && (tcp[13] & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN &&
         !pcb_exists(key, *keylen))
         return TR_NEW_SYN;
-    struct pbuf *p = pbuf_alloc(PBUF_RAW, (u16_t)seglen, PBUF_RAM);
+    /* Never hand lwIP bytes beyond its receive window's right edge.  lwIP 2.1.3 trims such
+       a segment when it queues it out of order, but a longer segment with the same
+       sequence number (a retransmission cut differently, as GRO super-segments are)
+       later replaces the trimmed one untrimmed, and dequeuing it trips the assertion
+       "tcp_receive: ooseq tcplen > rcv_wnd" (lwIP bug #56397, fixed after 2.1.3).  The
+       right edge never moves left, so clipping here keeps every queued byte in window. */
+    size_t keep = seglen;
+    int fix_csum = flags & TR_IN_CSUM_PARTIAL;
+    if (seglen > thl && !(tcp[13] & TCP_SYN)) {
+        struct tcp_pcb *pcb = find_pcb(tcp_active_pcbs, key, *keylen);
+        if (pcb != NULL && pcb->state >= ESTABLISHED) {
+            uint32_t seq = rd32(tcp + 4), right = pcb->rcv_nxt + pcb->rcv_wnd;
+            uint32_t len = (uint32_t)(seglen - thl);
+            if ((int32_t)(seq + len - right) > 0 && (int32_t)(right - seq) > 0) {
+                keep = thl + (right - seq);
+                fix_csum = 1;
+                stats.segs_clipped++;
+            }
+        }
+    }
+    struct pbuf *p = pbuf_alloc(PBUF_RAW, (u16_t)keep, PBUF_RAM);
     if (p == NULL)
         return TR_E_NOMEM;
-    memcpy(p->payload, tcp, seglen);
-    if (flags & TR_IN_CSUM_PARTIAL) {
+    memcpy(p->payload, tcp, keep);
+    if (keep < seglen)
+        ((uint8_t *)p->payload)[13] &= (uint8_t)~TCP_FIN; /* the FIN lay beyond the window */
+    seglen = keep;
+    if (fix_csum) {
         uint8_t *t = p->payload;
         t[16] = t[17] = 0;
         uint16_t c = (uint16_t)~fold(sum_bytes(t, seglen, pseudo(ip, v6, (uint32_t)seglen)));
