@@ -271,3 +271,18 @@ def test_out_of_order_bytes_beyond_the_window_are_clipped_before_lwip(clock: Clo
         got += chunk
     assert got == data[:65_535]
     _end(core, clock)
+
+
+def test_hostile_segments_are_dropped_before_lwip_and_counted(clock: Clock) -> None:
+    """What Debian's lwIP 2.1.3 would mishandle: a SYN inside a connection, an option whose length
+    byte lies past the header.  Both are dropped and counted; the connection carries on."""
+    core = make_core(clock)
+    peer = Peer(core, clock)
+    h = peer.handshake()
+    peer.send(SYN | ACK, b"x" * 10, seq=peer.snd)
+    peer.send(ACK, b"y" * 10, options=b"\x01\x01\x01\x02", seq=peer.snd)  # MSS kind, length byte missing
+    assert core.counters.get("tcp_syn_in_connection") == 1
+    assert core.counters.get("tcp_bad_options") == 1
+    peer.send(ACK | PSH, b"fine")
+    assert core.tcp_read(h, 100, clock.now) == b"fine"
+    _end(core, clock)

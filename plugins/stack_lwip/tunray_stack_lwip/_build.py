@@ -34,6 +34,8 @@ CDEF = """
 #define TR_E_CHECKSUM -3
 #define TR_E_NOMEM -4
 #define TR_E_ADDRESS -5
+#define TR_E_OPTIONS -6
+#define TR_E_SYN -7
 
 struct tr_conn {
     uint32_t rx_len;

@@ -54,7 +54,7 @@ from tunray_stack_lwip.binding import load, self_test
 PENDING, ACCEPTING, OPEN = 0, 1, 2
 SCRATCH = 1 << 18  # largest single tcp_read
 _DROPS = {-1: "tcp_truncated", -2: "tcp_bad_offset", -3: "tcp_bad_checksum", -4: "tcp_no_memory",
-          -5: "tcp_bad_port"}
+          -5: "tcp_bad_port", -6: "tcp_bad_options", -7: "tcp_syn_in_connection"}
 _active: LwipCore | None = None
 
 

@@ -70,6 +70,8 @@
 #define TR_E_CHECKSUM (-3)
 #define TR_E_NOMEM (-4)
 #define TR_E_ADDRESS (-5)
+#define TR_E_OPTIONS (-6)
+#define TR_E_SYN (-7)
 
 #define VNET_LEN 10
 
@@ -680,6 +682,25 @@ static struct tcp_pcb *find_pcb(struct tcp_pcb *list, const uint8_t *key, size_t
 
 /* A new SYN for a 4-tuple lwIP holds in TIME_WAIT starts a new connection, as Linux
    allows (RFC 6191); lwIP alone would answer it with an ACK or a RST. */
+/* TCP options well formed (RFC 9293 3.2): lwIP 2.1.3 reads an option's length byte
+   without checking it lies inside the header (fixed upstream after 2.1.3). */
+static int options_ok(const uint8_t *tcp, size_t thl) {
+    size_t i = 20;
+    while (i < thl) {
+        uint8_t kind = tcp[i];
+        if (kind == 0)
+            return 1;
+        if (kind == 1) {
+            i++;
+            continue;
+        }
+        if (i + 1 >= thl || tcp[i + 1] < 2 || i + tcp[i + 1] > thl)
+            return 0;
+        i += tcp[i + 1];
+    }
+    return 1;
+}
+
 static int pcb_exists(const uint8_t *key, size_t keylen) {
     if (find_pcb(tcp_active_pcbs, key, keylen) != NULL)
         return 1;
@@ -721,9 +742,19 @@ static int tr_input(const char *cpkt, size_t l3, size_t l4, size_t end, int flag
         if (fold(sum_bytes(tcp, seglen, pseudo(ip, v6, (uint32_t)seglen))) != 0xffff)
             return TR_E_CHECKSUM;
     }
+    if (thl > 20 && !options_ok(tcp, thl))
+        return TR_E_OPTIONS;
     if (!(flags & TR_IN_FORCE) && (tcp[13] & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN &&
         !pcb_exists(key, *keylen))
         return TR_NEW_SYN;
+    if ((tcp[13] & TCP_SYN) && !(flags & TR_IN_FORCE)) {
+        /* lwIP 2.1.3 takes a SYN inside an established connection and can corrupt its
+           out-of-order queue (bug #56397; upstream now accepts SYN only while
+           handshaking).  Only a plain SYN retransmission to a SYN-RCVD pcb goes in. */
+        struct tcp_pcb *pcb = find_pcb(tcp_active_pcbs, key, *keylen);
+        if (pcb != NULL && (pcb->state != SYN_RCVD || (tcp[13] & (TCP_SYN | TCP_ACK)) != TCP_SYN))
+            return TR_E_SYN;
+    }
     /* Never hand lwIP bytes beyond its receive window's right edge.  lwIP 2.1.3 trims such
        a segment when it queues it out of order, but a longer segment with the same
        sequence number (a retransmission cut differently, as GRO super-segments are)
