@@ -129,7 +129,7 @@ def test_backpressure_window_closes_until_read_and_writes_wait(clock: Clock) -> 
     for _ in range(60):  # 60 * 1400 > 64 KiB: the window must close
         peer.send(ACK, b"u" * 1400)
     acks = peer.recv()
-    assert acks[-1].window * 2 < 4096, "lwIP's window must shrink while the driver does not read"
+    assert acks[-1].window < 4096, "lwIP's window must shrink while the driver does not read"
     got = core.tcp_read(h, 1 << 20, clock.now)
     assert got is not None and 40000 < len(got) <= 65535
     assert not core.tcp_write(h, b"d" * (200 << 10), clock.now), "above the high-water mark"
@@ -285,4 +285,18 @@ def test_hostile_segments_are_dropped_before_lwip_and_counted(clock: Clock) -> N
     assert core.counters.get("tcp_bad_options") == 1
     peer.send(ACK | PSH, b"fine")
     assert core.tcp_read(h, 100, clock.now) == b"fine"
+    _end(core, clock)
+
+
+def test_tcp_buffer_below_64k_caps_the_window(clock: Clock) -> None:
+    """The right edge stops advancing until the window is down to the cap (it never moves left)."""
+    core = make_core(clock, rx_buffer=16 << 10)
+    peer = Peer(core, clock)
+    h = peer.handshake()
+    for _ in range(60):  # 84,000 bytes, each read at once
+        peer.send(ACK, b"u" * 1400)
+        assert core.tcp_read(h, 1 << 20, clock.now) == b"u" * 1400
+    core.handle_timer(clock.tick(0.3))  # lwIP's delayed ACK
+    ack = peer.recv()[-1]
+    assert 0 < ack.window <= 16 << 10, "the window must settle at tcpBufferSize"
     _end(core, clock)

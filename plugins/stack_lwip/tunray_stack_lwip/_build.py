@@ -54,7 +54,7 @@ struct tr_stats {
 };
 
 int tr_setup(double now, uint16_t mtu, int vnet, int gso, uint32_t mss_v4, uint32_t mss_v6,
-             size_t high_water, uint32_t idle);
+             size_t high_water, uint32_t idle, size_t rx_buffer);
 int tr_listen(uint16_t port);
 int tr_input(const char *pkt, size_t l3, size_t l4, size_t end, int flags, double now,
              uint8_t *key, size_t *keylen);

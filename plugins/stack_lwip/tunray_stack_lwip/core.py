@@ -66,6 +66,7 @@ class LwipConfig:
     mss_rewrite: bool = True  # raise the SYN-ACK's MSS option to what the MTU allows
     eager: bool = False
     send_high_water: int = 256 << 10
+    rx_buffer: int = 4 << 20  # receive window cap; Debian's lwIP window is 64 KiB at most
     tcp_idle_timeout: float = 300.0
     handshake_timeout: float = 4.0
     time_wait: float = 2.0
@@ -120,7 +121,7 @@ class LwipCore:
         mss6 = c.mtu - 60 if c.mss_rewrite and c.mtu > 1500 else 0
         idle_ticks = max(1, int(c.tcp_idle_timeout / 0.5))
         if self.lib.tr_setup(now, c.mtu, int(c.vnet_hdr), int(c.gso and c.vnet_hdr), mss4, mss6,
-                             c.send_high_water, idle_ticks) != 0:
+                             c.send_high_water, idle_ticks, c.rx_buffer) != 0:
             raise RuntimeError("lwIP set-up failed")
         self.now = now
         self.counters: dict[str, int] = {}

@@ -30,8 +30,11 @@
  * callbacks; we give the pcb back to lwIP ("detach": arg and callbacks cleared)
  * once both directions are finished or on abort, after which lwIP frees it on its
  * own (TIME_WAIT, LAST_ACK, ...).  The err callback means lwIP already freed it.
- * Received pbufs stay in tr_conn.rx until read; tcp_recved() is called only for
- * bytes the app read, so lwIP's receive window is the flow's backpressure.
+ * Received pbufs stay in tr_conn.rx until read; tcp_recved() is called only for bytes
+ * the app read, so lwIP's receive window (64 KiB in Debian's build) is the flow's
+ * backpressure and rx never exceeds it (pbuf tot_len is 16 bits).  A smaller window cap
+ * (the TUN's tcpBufferSize) is kept by never crediting the first `withhold` bytes read:
+ * the right edge stops advancing, it never moves left.
  *
  * Time.  sys_now() is defined here as well: lwIP calls it through the PLT, and the
  * dynamic linker resolves it to this module (the dlopen'ed root of the group)
@@ -79,6 +82,7 @@ struct tr_conn {
     struct tcp_pcb *pcb; /* NULL once detached or freed by lwIP */
     struct pbuf *rx;     /* received, not yet read */
     uint32_t rx_len;
+    uint32_t withhold; /* bytes still to read without crediting them (window cap) */
     uint8_t key[37]; /* version, src, sport, dst, dport (network order) */
     uint8_t keylen;
     uint8_t fin_in;    /* the app's FIN arrived: EOF after rx */
@@ -127,9 +131,11 @@ static uint32_t last_next_seq, last_segs, last_seg_size;
 static struct tcp_pcb **listeners; /* by port, allocated on first use */
 static struct tr_stats stats;
 static size_t send_high_water = 256 * 1024;
+static uint32_t withhold_bytes; /* TCP_WND minus the window cap */
 static uint32_t idle_ticks = 600; /* TCP idle timeout in slow-timer ticks (500 ms) */
 
 static void conn_free(struct tr_conn *c);
+static void recved(struct tcp_pcb *pcb, size_t n);
 
 uint32_t sys_now(void) {
     tr_clock_called = 1;
@@ -610,6 +616,7 @@ static err_t tr_accept_cb(void *arg, struct tcp_pcb *npcb, err_t err) {
     }
     c->pcb = npcb;
     c->handle = -1;
+    c->withhold = withhold_bytes;
     c->keylen = (uint8_t)make_key(c->key, &npcb->remote_ip, npcb->remote_port, &npcb->local_ip,
                                   npcb->local_port);
     tcp_arg(npcb, c);
@@ -831,7 +838,13 @@ static size_t tr_read(struct tr_conn *c, uint8_t *dst, size_t max, double now) {
         done += step;
     }
     c->rx_len -= (uint32_t)n;
-    recved(c->pcb, n);
+    size_t give = n;
+    if (c->withhold > 0) {
+        size_t keep = give < c->withhold ? give : c->withhold;
+        give -= keep;
+        c->withhold -= (uint32_t)keep;
+    }
+    recved(c->pcb, give);
     return n;
 }
 
@@ -1002,9 +1015,10 @@ static int tr_tcp_busy(void) { return tcp_active_pcbs != NULL || tcp_tw_pcbs != 
 static uint32_t tr_sleeptime(void) { return sys_timeouts_sleeptime(); }
 
 static int tr_setup(double now, uint16_t mtu, int vnet, int gso, uint32_t mss_v4, uint32_t mss_v6,
-                    size_t high_water, uint32_t idle) {
+                    size_t high_water, uint32_t idle, size_t rx_buffer) {
     tr_set_now(now);
     send_high_water = high_water;
+    withhold_bytes = rx_buffer < TCP_WND ? (uint32_t)(TCP_WND - rx_buffer) : 0;
     idle_ticks = idle;
     if (!tr_ready) {
         lwip_init();

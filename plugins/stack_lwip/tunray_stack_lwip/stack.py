@@ -44,7 +44,7 @@ class LwipStack(StackDriver):
         s = self.settings
         return LwipConfig(
             mtu=o.mtu, vnet_hdr=vnet_hdr, gso=s.gso and vnet_hdr, mss_rewrite=s.mss_rewrite,
-            eager=o.handshake == "eager", send_high_water=s.send_high_water,
+            eager=o.handshake == "eager", send_high_water=s.send_high_water, rx_buffer=o.tcp_buffer,
             tcp_idle_timeout=o.tcp_idle_timeout, handshake_timeout=o.handshake_timeout,
             time_wait=float(s.time_wait), udp_idle_timeout=o.udp_idle_timeout,
             udp_queue_packets=o.udp_queue_packets, max_flows=o.max_flows,
