@@ -58,3 +58,21 @@ def test_config_test_without_liblwip_names_the_package(tmp_path: Path) -> None:
     assert len(lines) == 1, out.stderr
     assert lines[0].startswith("config error: inbounds[0].settings.stack: the lwip stack needs the Debian packages "
                                "liblwip0 and liblwip-dev"), lines[0]
+
+
+def test_plugin_builds_without_the_lwip_headers(tmp_path: Path) -> None:
+    """No liblwip-dev: the wheel still builds (pure Python, no extension), so installing every
+    plugin never fails; the stack then reports the package as in the test above."""
+    import os
+    import zipfile
+
+    plugin_dir = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, TUNRAY_LWIP_INCLUDE=str(tmp_path / "no-such-include"))
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(plugin_dir), "-w",
+                          str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    (wheel,) = tmp_path.glob("tunray_stack_lwip-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "tunray_stack_lwip/core.py" in names
+    assert not [n for n in names if "_lwip" in n and n.endswith(".so")], names
+    assert wheel.name.endswith("-py3-none-any.whl"), wheel.name  # no compiled part
