@@ -22,6 +22,7 @@ live at a time; :meth:`reset_all` ends it.
 from __future__ import annotations
 
 import heapq
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +56,7 @@ PENDING, ACCEPTING, OPEN = 0, 1, 2
 SCRATCH = 1 << 18  # largest single tcp_read
 _DROPS = {-1: "tcp_truncated", -2: "tcp_bad_offset", -3: "tcp_bad_checksum", -4: "tcp_no_memory",
           -5: "tcp_bad_port", -6: "tcp_bad_options", -7: "tcp_syn_in_connection"}
-_active: LwipCore | None = None
+_active: weakref.ref[LwipCore] | None = None  # the live core (lwIP is one instance per process)
 
 
 @dataclass(slots=True)
@@ -109,11 +110,12 @@ class LwipCore:
 
     def __init__(self, config: LwipConfig, now: float = 0.0) -> None:
         global _active
-        if _active is not None and not _active.finished:
+        live = _active() if _active is not None else None
+        if live is not None and not live.finished:
             raise RuntimeError("lwIP is one instance per process: another lwip stack is running")
         self.ffi, self.lib = load()
         self_test(self.ffi, self.lib, now)
-        _active = self
+        _active = weakref.ref(self)
         self.finished = False
         self.config = config
         c = config
