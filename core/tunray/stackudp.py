@@ -1,7 +1,7 @@
 """Full-cone UDP for stack cores: one flow per app source endpoint, as Xray's TUN.
 
-A core that terminates TCP itself (the lwIP glue, the kernel NAT) still handles UDP the
-same way: every datagram from the app is queued on the flow of its *source* endpoint
+Every stack core (the Python stack, the lwIP glue) handles UDP with this one table:
+every datagram from the app is queued on the flow of its *source* endpoint
 with its own destination, so one app socket talking to many peers is one flow; replies
 name their own source, which becomes the source address of the synthesised packet
 (:func:`tunray.net.packet.build_udp`).  The queue is bounded (``queue_packets``) and
