@@ -300,3 +300,19 @@ def test_tcp_buffer_below_64k_caps_the_window(clock: Clock) -> None:
     ack = peer.recv()[-1]
     assert 0 < ack.window <= 16 << 10, "the window must settle at tcpBufferSize"
     _end(core, clock)
+
+
+def test_unfinished_eager_handshakes_count_against_max_flows_and_time_out(clock: Clock) -> None:
+    core = make_core(clock, eager=True, max_flows=2, handshake_timeout=2.0)
+    peers = [Peer(core, clock, sport=41000 + i) for i in range(3)]
+    for p in peers:
+        p.send(SYN)
+    replies = {s.dport: s.flags for s in map(parse, core.drain(clock.now))}
+    assert replies == {41000: SYN | ACK, 41001: SYN | ACK, 41002: RST | ACK}
+    assert core.counters["tcp_max_flows"] == 1
+    for _ in range(12):  # the two SYN-ACKs are never answered
+        core.handle_timer(clock.tick(0.25))
+    assert core.counters["tcp_handshake_timeout"] == 2
+    assert core.take_events() == [], "an eager flow is announced only once its handshake completed"
+    assert core.stats()["lwip_active_pcbs"] == 0
+    _end(core, clock)

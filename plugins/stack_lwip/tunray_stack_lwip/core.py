@@ -212,7 +212,14 @@ class LwipCore:
         src, sport, dst, dport = _split_key(key)
         self.count("tcp_connections")
         if self.config.eager:
-            self._inject(packet, l3, l4, end, cflags, dport, now)
+            # lwIP answers now; the flow is announced once the handshake completes, but
+            # counts against maxFlows and handshakeTimeout from here
+            t = _Tcp(self._new_handle(), key, ACCEPTING)
+            t.held = False
+            self.by_key[key] = t
+            self._arm_handshake(t, now)
+            if not self._inject(packet, l3, l4, end, cflags, dport, now):
+                self.by_key.pop(key, None)
             return
         t = _Tcp(self._new_handle(), key, PENDING)
         t.syn, t.l3, t.l4, t.end, t.cflags = packet, l3, l4, end, cflags
@@ -264,11 +271,12 @@ class LwipCore:
         t = self.by_key.pop(key, None)
         now = self.now
         lib = self.lib
-        if t is None:
-            if not self.config.eager:  # its handshake timed out meanwhile
-                lib.tr_release(c, 1, now)
-                return
-            t = _Tcp(self._new_handle(), key, OPEN)
+        if t is None:  # its handshake timed out meanwhile
+            lib.tr_release(c, 1, now)
+            return
+        if self.config.eager and t.state == ACCEPTING and not t.held and t.handle not in self.tcp:
+            t.state = OPEN
+            t.held = True
             self.tcp[t.handle] = t
             c.handle = t.handle
             t.conn = c
