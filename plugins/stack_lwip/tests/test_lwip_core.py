@@ -316,3 +316,13 @@ def test_unfinished_eager_handshakes_count_against_max_flows_and_time_out(clock:
     assert core.take_events() == [], "an eager flow is announced only once its handshake completed"
     assert core.stats()["lwip_active_pcbs"] == 0
     _end(core, clock)
+
+
+def test_lazy_max_flows_counts_each_pending_syn_once(clock: Clock) -> None:
+    core = make_core(clock, max_flows=2)
+    peers = [Peer(core, clock, sport=42000 + i) for i in range(3)]
+    for p in peers:
+        p.send(SYN)
+    opened = [e for p in peers for e in p.events if isinstance(e, TcpOpened)]
+    assert len(opened) == 2 and core.counters["tcp_max_flows"] == 1
+    _end(core, clock)

@@ -152,7 +152,8 @@ class LwipCore:
         return self._last_handle
 
     def _udp_handle(self) -> int | None:
-        if len(self.tcp) + len(self.udp) >= self.config.max_flows:
+        unannounced = len(self.by_key) if self.config.eager else 0
+        if len(self.tcp) + unannounced + len(self.udp) >= self.config.max_flows:
             return None
         return self._new_handle()
 
@@ -205,7 +206,8 @@ class LwipCore:
             self.count("tcp_syn_retransmitted")
             return
         lib = self.lib
-        if len(self.tcp) + len(self.by_key) + len(self.udp) >= self.config.max_flows:
+        unannounced = len(self.by_key) if self.config.eager else 0  # lazy ones are in self.tcp already
+        if len(self.tcp) + unannounced + len(self.udp) >= self.config.max_flows:
             self.count("tcp_max_flows")
             lib.tr_refuse(packet, l3, l4, now)
             return
