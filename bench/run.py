@@ -1,4 +1,4 @@
-"""tunray's TUN path against sing-box (gvisor and system stacks) on the same namespaces.
+"""tunray's TUN path (python and lwip stacks) against sing-box (gvisor and system stacks) on the same namespaces.
 
     sudo .venv/bin/python bench/run.py            # full matrix (~10 minutes), writes docs/benchmarks.md
     sudo .venv/bin/python bench/run.py --quick    # reduced matrix (a few minutes)
@@ -225,14 +225,28 @@ def verdict(m: Metric, r: float | None) -> str:
     return f"{m.target} {'✅' if ok else '❌'}"
 
 
+OURS = [p for p in PROXIES if p.tunray]
+GVISOR, SYSTEM = "sb-gvisor", "sb-system"
+
+
+def _short(p: Proxy) -> str:
+    return p.label.replace("tunray (", "").replace(" stack)", "")
+
+
 def table(ms: list[Metric], med: dict[str, dict[str, float]]) -> str:
-    head = ("| metric | unit | tunray | sing-box gvisor | sing-box system | tunray / gvisor | tunray / system | target (vs gvisor) |\n"
-            "|---|---|---:|---:|---:|---:|---:|---|\n")
+    """One value column per proxy; ratios of each tunray stack to sing-box gvisor and system."""
+    cols = [p.label for p in PROXIES]
+    ratios = [f"{_short(p)} / {k}" for p in OURS for k in ("gvisor", "system")]
+    head = ("| metric | unit | " + " | ".join(cols + ratios) + " | target (vs gvisor) |\n"
+            "|---|---|" + "---:|" * (len(cols) + len(ratios)) + "---|\n")
     rows = []
     for m in ms:
-        t, g, s = (med.get(p.key, {}).get(m.key) for p in PROXIES)
-        rg, rs = ratio(t, g), ratio(t, s)
-        rows.append(f"| {m.label} | {m.unit} | {fmt(t)} | {fmt(g)} | {fmt(s)} | {fmt(rg)} | {fmt(rs)} | {verdict(m, rg)} |")
+        vals = {p.key: med.get(p.key, {}).get(m.key) for p in PROXIES}
+        g, s = vals[GVISOR], vals[SYSTEM]
+        rs = [r for p in OURS for r in (ratio(vals[p.key], g), ratio(vals[p.key], s))]
+        target = "; ".join(f"{_short(p)} {verdict(m, ratio(vals[p.key], g))}" for p in OURS) if m.target else ""
+        rows.append(f"| {m.label} | {m.unit} | " + " | ".join(fmt(vals[p.key]) for p in PROXIES) + " | "
+                    + " | ".join(fmt(r) for r in rs) + f" | {target} |")
     return head + "\n".join(rows) + "\n"
 
 
@@ -261,11 +275,12 @@ def write_doc(body: str) -> None:
 def chart(ms: list[Metric], med: dict[str, dict[str, float]], title: str) -> bytes:
     rows = []
     for m in ms:
-        t, g, s = (med.get(p.key, {}).get(m.key) for p in PROXIES)
+        vals = {p.key: med.get(p.key, {}).get(m.key) for p in PROXIES}
         label = m.key.replace("@", " MTU ").replace("_", " ").upper()
-        rows.append((label, [ratio(t, g), ratio(t, s)]))
-    return png.ratio_chart(title, rows, [("TUNRAY / SING-BOX GVISOR", (52, 101, 164)),
-                                         ("TUNRAY / SING-BOX SYSTEM", (230, 140, 30))], marks=(0.5, 1.0, 2.0))
+        rows.append((label, [ratio(vals[p.key], vals[GVISOR]) for p in OURS]))
+    colours = [(52, 101, 164), (230, 140, 30), (78, 154, 6)]
+    return png.ratio_chart(title, rows, [(f"TUNRAY {_short(p).upper()} / SING-BOX GVISOR", colours[i % 3])
+                                         for i, p in enumerate(OURS)], marks=(0.5, 1.0, 2.0))
 
 
 # --- main -------------------------------------------------------------------------------------

@@ -36,18 +36,19 @@ IPERF_PORT = 5201
 class Proxy:
     """One contender: how to configure and start it."""
 
-    key: str  # "tunray", "sb-gvisor", "sb-system"
+    key: str  # "tunray" (python stack), "tunray-lwip", "sb-gvisor", "sb-system"
     label: str
     tun: str
     fds_per_flow: int  # measured: open descriptors per held TCP flow
 
     def config(self, mtu: int, uplink: str, *, sniff: bool = False) -> dict[str, Any]:
         """The proxy's config; *sniff* turns on HTTP/TLS sniffing as nearly every Xray config has it."""
-        if self.key == "tunray":
+        if self.tunray:
             raw: dict[str, Any] = json.loads(TUNRAY_CONFIG.read_text())
             raw["log"] = {"loglevel": "warning", "access": "none"}
             tun = raw["inbounds"][0]["settings"]
-            tun.update(name=self.tun, mtu=mtu, autoOutboundsInterface=uplink, maxFlows=16384)
+            tun.update(name=self.tun, mtu=mtu, autoOutboundsInterface=uplink, maxFlows=16384,
+                       stack=self.key.partition("-")[2] or "python")
             if sniff:
                 raw["inbounds"][0]["sniffing"] = {"enabled": True, "destOverride": ["http", "tls"]}
             return raw
@@ -72,14 +73,19 @@ class Proxy:
             "outbounds": [{"type": "direct", "tag": "direct", "bind_interface": uplink}],
         }
 
+    @property
+    def tunray(self) -> bool:
+        return self.key.startswith("tunray")
+
     def argv(self, config_path: Path) -> list[str]:
-        if self.key == "tunray":
+        if self.tunray:
             return [sys.executable, "-m", "tunray", "run", "-c", str(config_path)]
         return [str(SING_BOX), "run", "-c", str(config_path), "--disable-color"]
 
 
 PROXIES = (
     Proxy("tunray", "tunray (python stack)", "tunray0", 1),
+    Proxy("tunray-lwip", "tunray (lwip stack)", "tunray0", 1),
     Proxy("sb-gvisor", "sing-box gvisor", "sbtun0", 1),
     Proxy("sb-system", "sing-box system", "sbtun0", 6),
 )
@@ -127,7 +133,7 @@ class World:
             ["ip", "netns", "exec", self.client, *proxy.argv(cfg)], stdout=self._log, stderr=subprocess.STDOUT
         )
         end = time.monotonic() + timeout
-        routed = proxy.key == "tunray"  # tunray adds its routes; for sing-box we add them
+        routed = proxy.tunray  # tunray adds its routes; for sing-box we add them
         while time.monotonic() < end:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{proxy.label} exited ({self.proc.returncode}): {self.log_tail()}")

@@ -41,6 +41,7 @@ HOST4 = "203.0.113.10"  # the app's destination ("a host on the internet")
 HOST6 = "2001:db8:10::10"
 PROXY4 = "198.51.100.1"  # where a redirecting outbound goes ("the proxy server")
 ECHO = 7000
+STACKS = ["python", "lwip"]  # every first-party stack runs the protocol tests below
 APP_SCRIPT = Path(tun_app.__file__).read_text()
 
 
@@ -171,10 +172,11 @@ async def test_recipe_sockopt_mark_with_ip_rule() -> None:
         await _through_tun(topo, cfg)
 
 
-async def test_recipe_auto_outbounds_interface() -> None:
+@pytest.mark.parametrize("stack", STACKS)
+async def test_recipe_auto_outbounds_interface(stack: str) -> None:
     with topology() as topo:
         _world(topo)
-        settings = _settings(["203.0.113.0/24"])
+        settings = _settings(["203.0.113.0/24"], stack=stack)
         del settings["autoOutboundsInterface"]  # routes set => "auto", as in Xray
         cfg = tun_config(settings, _freedom())
         await _through_tun(topo, cfg)
@@ -288,19 +290,21 @@ async def test_without_a_recipe_the_dial_loops_and_fails() -> None:
 # --- protocols and behaviours ------------------------------------------------------------------------
 
 
-async def test_ipv6_tcp_and_udp() -> None:
+@pytest.mark.parametrize("stack", STACKS)
+async def test_ipv6_tcp_and_udp(stack: str) -> None:
     with topology() as topo:
         _world(topo)
-        settings = _settings(["2001:db8:10::/48"])
+        settings = _settings(["2001:db8:10::/48"], stack=stack)
         del settings["autoOutboundsInterface"]
         await _through_tun(topo, tun_config(settings, _freedom()), HOST6)
 
 
+@pytest.mark.parametrize("stack", STACKS)
 @pytest.mark.parametrize("host", [HOST4, HOST6])
-async def test_refused_upstream_resets_the_app_quickly(host: str) -> None:
+async def test_refused_upstream_resets_the_app_quickly(host: str, stack: str) -> None:
     with topology() as topo:
         _world(topo)
-        settings = _settings(["203.0.113.0/24", "2001:db8:10::/48"], handshake="lazy")
+        settings = _settings(["203.0.113.0/24", "2001:db8:10::/48"], handshake="lazy", stack=stack)
         del settings["autoOutboundsInterface"]
         with topo.enter(topo.client):
             async with running(tun_config(settings, _freedom()), extra=[tun_helpers]):
@@ -309,12 +313,13 @@ async def test_refused_upstream_resets_the_app_quickly(host: str) -> None:
         assert elapsed < 1.0, f"the app waited {elapsed:.2f}s for the refusal"
 
 
+@pytest.mark.parametrize("stack", STACKS)
 @pytest.mark.parametrize("host", ["203.0.113.99", "2001:db8:10::99"])
-async def test_ping_is_answered_locally(host: str) -> None:
+async def test_ping_is_answered_locally(host: str, stack: str) -> None:
     with topology() as topo:
         _world(topo)
         # neither address exists anywhere: only the stack can answer
-        settings = _settings(["203.0.113.0/24", "2001:db8:10::/48"])
+        settings = _settings(["203.0.113.0/24", "2001:db8:10::/48"], stack=stack)
         with topo.enter(topo.client):
             async with running(tun_config(settings, _freedom()), extra=[tun_helpers]):
                 source, rtt = await _in_client(topo, tun_app.ping, host)
