@@ -154,6 +154,8 @@ class Dispatcher:
             tag = route.outbound_tag
             ctx.detour = f"{inbound} -> {tag}" if inbound else tag
         ctx.outbound_tag = tag
+        if route is not None and route.host_nets and ctx.host_fence is not None:
+            ctx.host_fence = ctx.host_fence.with_allowed(route.host_nets)
         outbound = rt.outbounds.get(tag)
         if outbound is None:
             return None

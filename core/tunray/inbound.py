@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 from tunray.config.errors import join
 from tunray.config.schema import EMPTY, Schema, Settings
 from tunray.net.address import Destination
+from tunray.net.hostfence import HostFence
 from tunray.session import FlowContext, User
 from tunray.sniffing import SniffConfig
 
@@ -53,6 +54,9 @@ class Inbound(ABC):
         self.runtime = runtime
         self.sniffing = SniffConfig.compile(config.sniffing, join(config.path, "sniffing"))
         self.user_level = 0
+        #: Set by inbounds whose apps are untrusted (TUN): their flows may not be dialled
+        #: to the host's own addresses (see :mod:`tunray.net.hostfence`).
+        self.host_fence: HostFence | None = None
 
     def new_context(self, source: Destination, target: Destination) -> FlowContext:
         """A fresh per-flow context carrying this inbound's tag, sniffing and user level."""
@@ -63,6 +67,7 @@ class Inbound(ABC):
             target=target,
             user=User(level=self.user_level),
             sniffing=self.sniffing,
+            host_fence=self.host_fence,
         )
 
     @abstractmethod

@@ -27,6 +27,7 @@ from tunray.config.errors import join
 from tunray.config.schema import Schema, Settings
 from tunray.device import FdDevice
 from tunray.inbound import Inbound
+from tunray.net.hostfence import STRICT
 from tunray.net.tun import TunError, adopt_tun, open_tun
 from tunray.stack import Stack, StackOptions
 
@@ -73,6 +74,7 @@ class TunInbound(Inbound):
         )
         self.stack_settings = settings.parse_stack_settings(runtime.registry.stacks, s, path)
         self.user_level = s.userLevel
+        self.host_fence = STRICT if s.hostAccess == "rules" else None
         self.uplink_mode = settings.uplink_mode(s)
         if s.dns:
             logger.warning(

@@ -79,6 +79,12 @@ FIELDS: tuple[Field, ...] = (
         "maxFlows", Int(min=1), default=4096, doc="open flows at most; the stack refuses new ones beyond it"
     ),
     Field("udpTimeout", Int(min=1), default=60, doc="seconds a UDP flow may sit idle before it is closed"),
+    Field(
+        "hostAccess",
+        Enum("rules", "allow"),
+        default="rules",
+        doc='"rules": flows may reach this host\'s own addresses only where a routing rule\'s ip names them; "allow": as Xray',
+    ),
     Field("tcpBufferSize", Int(min=16), default=4096, doc="per-TCP-flow buffer in KiB (receive window cap)"),
 )
 
