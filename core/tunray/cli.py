@@ -10,12 +10,16 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tunray import __version__
 from tunray.config.errors import EXIT_CONFIG, ConfigError
 from tunray.plugin.registry import PluginError
+
+if TYPE_CHECKING:
+    from tunray.config.model import Config
+    from tunray.runtime import Runtime
 
 EXIT_PLUGIN = 24
 
@@ -125,15 +129,39 @@ def _run(args: argparse.Namespace) -> int:
     from tunray.runtime import Runtime
 
     runtime = Runtime(config, pm)
-    return _serve(runtime, args.drain)
+
+    def reread() -> Config:
+        """The config files again, validated exactly as at start (for SIGHUP)."""
+        new = build_config(load(args.config, args.confdir, args.format), pm.registry)
+        pm.configure(new)
+        return new
+
+    return _serve(runtime, args.drain, reread)
 
 
-def _serve(runtime: object, drain: float | None = None) -> int:
+async def _reload(runtime: Runtime, reread: Callable[[], Config]) -> None:
+    """SIGHUP: validate the files again; apply them, or log one line and keep running."""
     from loguru import logger
 
-    from tunray.runtime import DRAIN_TIMEOUT, Runtime
+    try:
+        config = reread()
+        await runtime.reload(config)
+    except ConfigError as exc:
+        logger.error("reload failed, keeping the running config: config error: {}", exc)
+    except PluginError as exc:
+        logger.error("reload failed, keeping the running config: plugin error: {}", exc)
+    except Exception as exc:  # a bug: keep its traceback, keep serving
+        logger.opt(exception=exc).error("reload failed, keeping the running config: {}", exc)
+    else:
+        logger.warning("configuration reloaded ({} outbounds); running flows finish on the previous one",
+                       len(config.outbounds))
 
-    assert isinstance(runtime, Runtime)
+
+def _serve(runtime: Runtime, drain: float | None = None, reread: Callable[[], Config] | None = None) -> int:
+    from loguru import logger
+
+    from tunray.runtime import DRAIN_TIMEOUT
+
     drain_timeout = DRAIN_TIMEOUT if drain is None else max(drain, 0.0)
 
     async def main() -> None:
@@ -141,6 +169,20 @@ def _serve(runtime: object, drain: float | None = None) -> int:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task[None]] = set()
+        reloading = asyncio.Lock()  # one reload at a time, in signal order
+
+        async def reload_once() -> None:
+            async with reloading:
+                if reread is not None and not stop.is_set():
+                    await _reload(runtime, reread)
+
+        def on_hup() -> None:
+            task = loop.create_task(reload_once())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         await runtime.start()
         logger.warning("tunray {} started", __version__)
         await stop.wait()

@@ -179,3 +179,66 @@ def tun_config(settings: dict[str, Any], *outbounds: dict[str, Any], **top: Any)
 
 def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=False, **kw)
+
+
+# --- a real ``tunray run`` process -------------------------------------------------------------------
+
+
+class TunrayProcess:
+    """``tunray run -c CFG`` in namespace *ns*; stderr is collected line by line as it arrives."""
+
+    def __init__(self, ns: str, cfg: str, *args: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 pass_fds: tuple[int, ...] = ()) -> None:
+        import sys
+        import threading
+        from pathlib import Path
+
+        tunray = str(Path(sys.executable).with_name("tunray"))
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *prefix, tunray, "run", "-c", cfg, *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            pass_fds=pass_fds,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, needle: str, timeout: float = 15.0, start: int = 0) -> str:
+        """The first stderr line (from index *start*) containing *needle*; fails if the process exits first."""
+        import time
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for line in self.lines[start:]:
+                if needle in line:
+                    return line
+            if self.proc.poll() is not None:
+                self._reader.join(2)
+                raise AssertionError(f"tunray exited ({self.proc.returncode}) before {needle!r}:\n{self.text}")
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {needle!r}:\n{self.text}")
+
+    def wait(self, timeout: float = 15.0) -> int:
+        rc = self.proc.wait(timeout)
+        self._reader.join(5)
+        return rc
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
