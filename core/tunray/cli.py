@@ -106,8 +106,18 @@ def _config_phase_log() -> None:
     logger.add(sink, level="WARNING")
 
 
+def _unsafe_files(args: argparse.Namespace, raw: dict[str, object]) -> list[str]:
+    from tunray.config.loader import confdir_files
+    from tunray.config.perms import unsafe_files
+
+    files = list(args.config) + (confdir_files(args.confdir) if args.confdir else [])
+    return unsafe_files(files, raw)
+
+
 def _run(args: argparse.Namespace) -> int:
     import json
+
+    from loguru import logger
 
     from tunray.config.loader import load
     from tunray.config.model import build_config
@@ -122,18 +132,26 @@ def _run(args: argparse.Namespace) -> int:
     pm = PluginManager()
     config = build_config(raw, pm.registry)
     pm.configure(config)
+    unsafe = _unsafe_files(args, raw)
     if args.test:
+        for line in unsafe:
+            logger.warning("config: {}", line)  # "config warning: ..." on stderr
         print("Configuration OK.")
         return 0
     configure_error_log(config.log)
+    for line in unsafe:
+        logger.warning("config: {}", line)
     from tunray.runtime import Runtime
 
     runtime = Runtime(config, pm)
 
     def reread() -> Config:
         """The config files again, validated exactly as at start (for SIGHUP)."""
-        new = build_config(load(args.config, args.confdir, args.format), pm.registry)
+        raw = load(args.config, args.confdir, args.format)
+        new = build_config(raw, pm.registry)
         pm.configure(new)
+        for line in _unsafe_files(args, raw):
+            logger.warning("config: {}", line)
         return new
 
     return _serve(runtime, args.drain, reread)
