@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
         "-drain", type=float, default=None, metavar="SECONDS",
         help="on SIGTERM/SIGINT, seconds running flows get to finish before they are reset (default 3)",
     )
+    run.add_argument("-user", default=None, help="switch to this user once started (overrides process.user)")
+    run.add_argument("-group", default=None, help="and this group (overrides process.group)")
     sub.add_parser("version", help="print the version and every loaded plugin")
     sub.add_parser("plugins", help="list registered protocols, stacks and transports with their plugins")
     uid = sub.add_parser("uuid", help="generate a UUID, or map a string to Xray's UUIDv5")
@@ -154,7 +156,14 @@ def _run(args: argparse.Namespace) -> int:
             logger.warning("config: {}", line)
         return new
 
-    return _serve(runtime, args.drain, reread)
+    proc = config.extra.get("process")
+    user = args.user if args.user is not None else (proc.user if proc is not None else "")
+    group = args.group if args.group is not None else (proc.group if proc is not None else "")
+    if user:
+        from tunray.privileges import identity
+
+        identity(user, group, "-user" if args.user is not None else "process")  # unknown names fail now
+    return _serve(runtime, args.drain, reread, (user, group))
 
 
 async def _reload(runtime: Runtime, reread: Callable[[], Config]) -> None:
@@ -175,7 +184,12 @@ async def _reload(runtime: Runtime, reread: Callable[[], Config]) -> None:
                        len(config.outbounds))
 
 
-def _serve(runtime: Runtime, drain: float | None = None, reread: Callable[[], Config] | None = None) -> int:
+def _serve(
+    runtime: Runtime,
+    drain: float | None = None,
+    reread: Callable[[], Config] | None = None,
+    drop_to: tuple[str, str] = ("", ""),
+) -> int:
     from loguru import logger
 
     from tunray.runtime import DRAIN_TIMEOUT
@@ -202,6 +216,15 @@ def _serve(runtime: Runtime, drain: float | None = None, reread: Callable[[], Co
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         await runtime.start()
+        if drop_to[0]:
+            from tunray.privileges import drop_for
+
+            try:
+                await drop_for(runtime, *drop_to)
+            except Exception as exc:
+                logger.error("cannot drop privileges to {}: {}; stopping", drop_to[0], exc)
+                await runtime.stop(drain_timeout=0.0)
+                raise SystemExit(1) from None
         logger.warning("tunray {} started", __version__)
         await stop.wait()
         logger.warning("tunray stopping")

@@ -27,6 +27,7 @@ from tunray.sniffing import SniffConfig
 if TYPE_CHECKING:
     from tunray.config.model import InboundConfig, StreamConfig
     from tunray.plugin.registry import Registry
+    from tunray.privileges import ThreadRunner
     from tunray.runtime import Runtime
 
 
@@ -80,6 +81,21 @@ class Inbound(ABC):
         Default: nothing (the dispatcher refuses new flows during shutdown anyway); an
         inbound with an accept loop stops it here.  Idempotent.
         """
+
+    def capabilities(self) -> set[str]:
+        """Linux capabilities (``"CAP_NET_ADMIN"``, ...) this inbound needs after ``start``.
+
+        Asked once, when tunray drops root (``process.user``); default: none.
+        """
+        return set()
+
+    def privileged_threads(self) -> list[ThreadRunner]:
+        """Runners for threads of this inbound that use those capabilities (default: none).
+
+        Each runner runs a function in its thread; the privilege drop keeps the
+        capabilities there too (capabilities are per thread on Linux).
+        """
+        return []
 
     @abstractmethod
     async def stop(self) -> None:

@@ -242,3 +242,23 @@ class TunrayProcess:
         self._reader.join(5)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
+
+
+def as_unprivileged_python(scratch: str) -> tuple[str, ...]:
+    """A command prefix that lets a non-root tunray import Python where this interpreter lives.
+
+    This test machine's interpreter lives under ``/root`` (mode 0700), which no other user
+    can traverse; a real installation puts it somewhere readable.  In a private mount
+    namespace of the child only, ``/root`` is replaced by an empty world-readable tmpfs
+    with the interpreter's prefix bind-mounted back at its own path.  Empty if not needed.
+    """
+    import sys
+
+    base = sys.base_prefix
+    if not base.startswith("/root/"):
+        return ()
+    script = (
+        f'mount --bind "{base}" "{scratch}" && mount -t tmpfs -o mode=0755 tmpfs /root && '
+        f'mkdir -p "{base}" && mount --move "{scratch}" "{base}" && exec "$@"'
+    )
+    return ("unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh")

@@ -198,6 +198,21 @@ class TunInbound(Inbound):
             logger.error("tun: while stopping: {}", exc)
             errors.append(exc)
 
+    def capabilities(self) -> set[str]:
+        """CAP_NET_ADMIN to remove its routes, addresses and link at shutdown (none for an adopted fd)."""
+        return set() if self.adopted else {"CAP_NET_ADMIN"}
+
+    def privileged_threads(self) -> list[Any]:
+        """The netlink worker does that removal, so it keeps the capability too."""
+        worker = self._worker
+        if worker is None or self.adopted:
+            return []
+
+        async def run(fn: Any) -> None:
+            await worker.call(lambda _ipr: fn())
+
+        return [run]
+
     @property
     def uplink(self) -> str | None:
         """The interface outbound sockets are bound to now (None: unbound)."""
