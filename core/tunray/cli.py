@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-user", default=None, help="switch to this user once started (overrides process.user)")
     run.add_argument("-group", default=None, help="and this group (overrides process.group)")
+    tfd = sub.add_parser(
+        "tun-fd", help="attach to a persistent TUN and run COMMAND with XRAY_TUN_FD set (for supervisors)"
+    )
+    tfd.add_argument("name", help="the persistent TUN (ip tuntap add dev NAME mode tun user USER)")
+    tfd.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND", help="e.g. tunray run -c config.json")
     sub.add_parser("version", help="print the version and every loaded plugin")
     sub.add_parser("plugins", help="list registered protocols, stacks and transports with their plugins")
     uid = sub.add_parser("uuid", help="generate a UUID, or map a string to Xray's UUIDv5")
@@ -74,6 +79,23 @@ def _plugins() -> int:
         for name in sorted(table):
             print(f"{kind:<10} {name:<16} {reg.owner(owner_kind, name)}")
     return 0
+
+
+def _tun_fd(name: str, argv: list[str]) -> int:
+    """Open TUN *name* and exec *argv* with the fd in ``XRAY_TUN_FD`` (never returns on success)."""
+    import os
+
+    from tunray.net.tun import attach_persistent
+
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        print("tunray tun-fd: no command given", file=sys.stderr)
+        return 2
+    fd = attach_persistent(name)
+    os.environ["XRAY_TUN_FD"] = str(fd)
+    os.execvp(argv[0], argv)
+    return 1  # pragma: no cover
 
 
 def _uuid(text: str | None) -> int:
@@ -248,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "tun-fd":
+            return _tun_fd(args.name, args.argv)
         if args.command == "version":
             return _version()
         if args.command == "plugins":

@@ -64,6 +64,21 @@ def open_tun(name: str = "", *, offload: bool = False, mtu: int = 1500) -> tuple
     return FdDevice(fd, mtu, offloads), ifname
 
 
+def attach_persistent(name: str) -> int:
+    """An inheritable fd of the existing persistent TUN *name* (for ``tunray tun-fd``).
+
+    Needs no capability when the TUN belongs to the caller (``ip tuntap add ... user U``).
+    """
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, _ifreq(name, IFF_TUN | IFF_NO_PI))
+    except OSError as exc:
+        os.close(fd)
+        raise TunError(exc.errno, f"cannot attach to TUN {name}: {exc.strerror}") from None
+    os.set_inheritable(fd, True)
+    return fd
+
+
 def adopt_tun(fd: int, *, expect_name: str = "", mtu: int = 1500) -> tuple[FdDevice, str]:
     """Use an existing TUN fd (``XRAY_TUN_FD``): it must be a TUN with ``IFF_NO_PI``.
 

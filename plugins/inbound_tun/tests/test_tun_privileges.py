@@ -10,10 +10,12 @@ import contextlib
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
 import struct
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -166,3 +168,57 @@ def test_an_unprivileged_tunray_serves_a_tun_handed_over_by_fd(tmp_path: Path) -
         # the supervisor's TUN is left as it was: it owns it
         info = link(topo.client, "trsup0")
         assert info is not None, "an adopted persistent TUN must survive tunray"
+
+
+UNIT = Path(__file__).resolve().parents[3] / "docs" / "tunray.service"
+
+
+def _unit_commands(cfg: str, tun: str) -> dict[str, list[list[str]]]:
+    """docs/tunray.service's Exec lines, with this test's paths, TUN name and user."""
+    tunray = str(Path(sys.executable).with_name("tunray"))
+    out: dict[str, list[list[str]]] = {"ExecStartPre": [], "ExecStart": [], "ExecStopPost": []}
+    for line in UNIT.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if not sep or key not in out:
+            continue
+        value = value.removeprefix("+")
+        value = value.replace("/usr/local/bin/tunray", tunray).replace("/etc/tunray/config.json", cfg)
+        value = value.replace("user tunray group tunray", f"user {NOBODY} group {NOBODY}")
+        out[key].append([tun if word == "tun0" else word for word in shlex.split(value)])
+    return out
+
+
+@pytest.mark.timeout(60)
+def test_the_documented_systemd_unit_runs_tunray_without_privileges() -> None:
+    tun = "trunit0"
+    etc = Path(tempfile.mkdtemp(prefix="tunray-etc-"))
+    os.chmod(etc, 0o755)
+    cfg = etc / "config.json"
+    cfg.write_text(json.dumps(tun_config({"name": tun, "autoOutboundsInterface": "auto"})))
+    os.chmod(cfg, 0o644)
+    unit = _unit_commands(str(cfg), tun)
+    assert len(unit["ExecStart"]) == 1 and unit["ExecStartPre"] and unit["ExecStopPost"]
+    with contextlib.ExitStack() as cleanup, topology() as topo:
+        cleanup.callback(shutil.rmtree, etc)
+        _world(topo)
+        for argv in unit["ExecStartPre"]:  # as root, like systemd's "+"
+            sh(topo.client, *argv)
+        scratch = etc / "mnt"
+        scratch.mkdir()
+        setpriv = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all")
+        start = unit["ExecStart"][0]
+        assert start[1:3] == ["tun-fd", tun] and start[3] == start[0] and start[4:] == ["run", "-c", str(cfg)], start
+        # TunrayProcess runs "<prefix> tunray run -c CFG": the unit's command is "tunray tun-fd tun0" + that
+        prefix = as_unprivileged_python(str(scratch)) + setpriv + tuple(start[:3])
+        tr = TunrayProcess(topo.client, str(cfg), prefix=prefix)
+        try:
+            tr.wait_for("started")
+            st = _status(tr.proc.pid)
+            assert st["Uid"].split() == [str(NOBODY)] * 4 and int(st["CapEff"], 16) == 0, st
+            _carry_then_stop(topo, tr)
+        finally:
+            tr.close()
+        assert link(topo.client, tun) is not None, "the supervisor's TUN outlives tunray"
+        for argv in unit["ExecStopPost"]:
+            sh(topo.client, *argv)
+        assert link(topo.client, tun) is None

@@ -245,20 +245,31 @@ class TunrayProcess:
 
 
 def as_unprivileged_python(scratch: str) -> tuple[str, ...]:
-    """A command prefix that lets a non-root tunray import Python where this interpreter lives.
+    """A command prefix giving a non-root child what a normal Debian host gives every user.
 
-    This test machine's interpreter lives under ``/root`` (mode 0700), which no other user
-    can traverse; a real installation puts it somewhere readable.  In a private mount
-    namespace of the child only, ``/root`` is replaced by an empty world-readable tmpfs
-    with the interpreter's prefix bind-mounted back at its own path.  Empty if not needed.
+    Two differences of this test machine, fixed in a private mount namespace of the child
+    only: the interpreter lives under ``/root`` (mode 0700), so ``/root`` is replaced by
+    an empty world-readable tmpfs with the interpreter's prefix bind-mounted back at its
+    own path; and ``/dev/net/tun`` is mode 0600 here (udev makes it 0666 on Debian), so a
+    0666 node for the same device is bind-mounted over it.  Empty if neither applies.
     """
+    import os
+    import stat
     import sys
 
+    steps: list[str] = []
     base = sys.base_prefix
-    if not base.startswith("/root/"):
+    if base.startswith("/root/"):
+        steps.append(
+            f'mkdir -p "{scratch}/py" && mount --bind "{base}" "{scratch}/py" && '
+            f'mount -t tmpfs -o mode=0755 tmpfs /root && mkdir -p "{base}" && mount --move "{scratch}/py" "{base}"'
+        )
+    if stat.S_IMODE(os.stat("/dev/net/tun").st_mode) & 0o006 != 0o006:
+        steps.append(
+            f'mkdir -p "{scratch}/dev" && mount -t tmpfs tmpfs "{scratch}/dev" && '
+            f'mknod -m 0666 "{scratch}/dev/tun" c 10 200 && mount --bind "{scratch}/dev/tun" /dev/net/tun'
+        )
+    if not steps:
         return ()
-    script = (
-        f'mount --bind "{base}" "{scratch}" && mount -t tmpfs -o mode=0755 tmpfs /root && '
-        f'mkdir -p "{base}" && mount --move "{scratch}" "{base}" && exec "$@"'
-    )
+    script = " && ".join(steps) + ' && exec "$@"'
     return ("unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh")
