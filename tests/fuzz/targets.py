@@ -22,8 +22,8 @@ from tunray.sniff.http import sniff_http
 from tunray.sniff.quic import QuicSniffer
 from tunray.sniff.result import NeedMoreData, NoClue
 from tunray.sniff.tls import sniff_tls
+from tunray.stackcore import TcpOpened
 from tunray.testing.stackclient import TCP, UDP, ipv4, ipv6, tcp, udp_dgram
-from tunray_stack_python import events as stack_events
 from tunray_stack_python.core import Core, CoreConfig
 from tunray_transports.grpcframe import GrpcFramingError, MessageReader
 from tunray_transports.http1 import MAX_HEAD, HandshakeError, ResponseReader
@@ -209,16 +209,15 @@ def stack_target(data: bytes) -> None:
     for packet in _packets(data):
         now += 0.01
         core.feed(packet, now)
-        for event in core.events:
-            if isinstance(event, stack_events.TcpConnectionRequested):
-                core.tcp_accept(event.conn, now)
-        core.events.clear()
+        for event in core.take_events():
+            if isinstance(event, TcpOpened):
+                core.tcp_accept(event.handle, now)
         core.drain(now)
         core.handle_timer(now)
         assert len(core.conns) + len(core.udp) <= 2 * MAX_FLOWS, "flows beyond max_flows"
         for conn in core.conns.values():
             assert len(conn.rcvbuf) <= 2 * (64 << 10), "a connection buffered beyond its window"
-    core.abort_all(now)
+    core.reset_all(now)
 
 
 TARGETS: dict[str, Target] = {
