@@ -18,10 +18,9 @@ from typing import Any
 import pytest
 import tun_app
 import tun_helpers
-from tun_helpers import sh, topology, tun_config
+from tun_helpers import inject_tcp, sh, tcp_answer, topology, tun_config
 from tunray.testing.harness import running
 from tunray.testing.netns import Topology
-from tunray.testing.stackclient import ETH_P_IP, TCP, ipv4, tcp
 
 pytestmark = pytest.mark.root
 
@@ -69,33 +68,10 @@ def _accepted(srv: socket.socket) -> int:
         n += 1
 
 
-def _inject_syn(topo: Topology, dst: str, sport: int) -> socket.socket:
-    """Send one SYN from SPOOF:sport to dst:PORT into the TUN; returns a capture socket on the TUN."""
-    with topo.enter(topo.client):
-        cap = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
-        cap.bind((TUN, ETH_P_IP))
-        out = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
-    src, dstb = socket.inet_aton(SPOOF), socket.inet_aton(dst)
-    out.sendto(ipv4(src, dstb, TCP, tcp(src, dstb, sport, PORT, 1000, 0, 0x02, b"")), (TUN, ETH_P_IP))
-    out.close()
-    return cap
-
-
-async def _answer(cap: socket.socket, sport: int) -> int:
-    """TCP flags of the stack's first answer to our SYN from *sport* (read off the TUN)."""
-    cap.setblocking(False)
-    loop = asyncio.get_running_loop()
-    async with asyncio.timeout(8):
-        while True:
-            pkt = await loop.sock_recv(cap, 70000)
-            if len(pkt) >= 40 and pkt[9] == TCP and int.from_bytes(pkt[22:24]) == sport:
-                return pkt[33]
-
-
 async def _syn_answer(topo: Topology, dst: str, sport: int) -> int:
-    cap = _inject_syn(topo, dst, sport)
+    cap = inject_tcp(topo, TUN, SPOOF, dst, sport, PORT, 0x02)
     try:
-        return await _answer(cap, sport)
+        return await tcp_answer(cap, sport)
     finally:
         cap.close()
 

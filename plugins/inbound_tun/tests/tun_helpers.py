@@ -273,3 +273,34 @@ def as_unprivileged_python(scratch: str) -> tuple[str, ...]:
         return ()
     script = " && ".join(steps) + ' && exec "$@"'
     return ("unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh")
+
+
+# --- raw packets into a TUN (what a hostile LAN device sends) ---------------------------------------
+
+
+def inject_tcp(topo: Topology, tun: str, src: str, dst: str, sport: int, dport: int, flags: int,
+               payload: bytes = b"") -> Any:
+    """Send one IPv4 TCP segment into *tun* (AF_PACKET); returns a capture socket bound to the TUN first."""
+    import socket
+
+    from tunray.testing.stackclient import ETH_P_IP, TCP, ipv4, tcp
+
+    with topo.enter(topo.client):
+        cap = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+        cap.bind((tun, ETH_P_IP))
+        out = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
+    s, d = socket.inet_aton(src), socket.inet_aton(dst)
+    out.sendto(ipv4(s, d, TCP, tcp(s, d, sport, dport, 1000, 0, flags, payload)), (tun, ETH_P_IP))
+    out.close()
+    return cap
+
+
+async def tcp_answer(cap: Any, sport: int, timeout: float = 8.0) -> int:
+    """TCP flags of the stack's first segment to port *sport* read off the TUN by *cap*."""
+    cap.setblocking(False)
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        while True:
+            pkt = await loop.sock_recv(cap, 70000)
+            if len(pkt) >= 40 and pkt[9] == 6 and int.from_bytes(pkt[22:24]) == sport:
+                return int(pkt[33])

@@ -194,13 +194,14 @@ class Core:
         if flags & RST:
             self.count("tcp_rst_unknown")
             return
+        # Nonsense Linux drops silently in LISTEN (tcp_rcv_state_process): SYN+FIN, and a
+        # segment with none of SYN, ACK, RST (null and FIN/PSH/URG-only "scans").
+        if flags & (SYN | FIN) == SYN | FIN or not flags & (SYN | ACK):
+            self.count("tcp_bad_flags")
+            return
         if flags & (SYN | ACK) != SYN:
             self.count("tcp_no_connection")
-            if flags & ACK:
-                self.send_rst(version, dst, src, dport, sport, ack, 0, False)
-            else:
-                self.send_rst(version, dst, src, dport, sport, 0,
-                              seq + payload_len + (1 if flags & SYN else 0) + (1 if flags & FIN else 0), True)
+            self.send_rst(version, dst, src, dport, sport, ack, 0, False)  # an ACK: RST seq = its ack
             return
         if len(self.conns) >= self.config.max_flows:
             self.count("tcp_max_flows")

@@ -1,0 +1,87 @@
+"""Hostile input through a real TUN: nonsensical TCP flags, a device that vanishes."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tun_helpers
+from tun_helpers import TunrayProcess, inject_tcp, link, sh, tcp_answer, topology, tun_config, tun_of
+from tunray.log import AccessLog
+from tunray.testing.harness import running
+from tunray.testing.netns import Topology
+
+pytestmark = pytest.mark.root
+
+TUN = "trhost0"
+HOST = "203.0.113.10"
+ECHO = 7000
+LAN = "203.0.113.77"
+SYN, FIN, ACK, PSH, URG = 0x02, 0x01, 0x10, 0x08, 0x20
+
+
+def _settings(**extra: Any) -> dict[str, Any]:
+    s: dict[str, Any] = {
+        "name": TUN,
+        "gateway": ["172.19.22.1/30"],
+        "autoSystemRoutingTable": ["203.0.113.0/24"],
+        "autoOutboundsInterface": "veth-c",
+        "handshake": "lazy",
+    }
+    s.update(extra)
+    return s
+
+
+def _world(topo: Topology) -> None:
+    sh(topo.server, "ip", "addr", "add", f"{HOST}/32", "dev", "lo")
+    sh(topo.client, "ip", "route", "add", "default", "via", str(topo.server_v4), "dev", topo.client_if, "metric", "100")
+    topo.start_echo(port=ECHO)
+
+
+@pytest.mark.parametrize("flags", [SYN | FIN, SYN | FIN | PSH | URG, FIN, 0])
+async def test_nonsensical_flags_open_no_connection_and_no_dial(flags: int) -> None:
+    """Before: SYN+FIN opened a connection and dialled the server; FIN-only/null drew a RST."""
+    with topology() as topo:
+        _world(topo)
+        log = io.StringIO()
+        with topo.enter(topo.client):
+            async with running(tun_config(_settings()), extra=[tun_helpers], access_log=AccessLog(log)) as rt:
+                inject_tcp(topo, TUN, LAN, HOST, 41000, ECHO, flags).close()
+                # a real SYN afterwards: its SYN-ACK (after its dial) orders it behind the first
+                cap = inject_tcp(topo, TUN, LAN, HOST, 41001, ECHO, SYN)
+                try:
+                    assert await tcp_answer(cap, 41001) == SYN | ACK
+                finally:
+                    cap.close()
+                stats = tun_of(rt).stats()
+        text = log.getvalue()
+        assert text.count("accepted") == 1, text
+        assert stats.get("tcp_bad_flags") == 1, stats
+        assert stats.get("tcp_connections") == 1, stats
+
+
+def test_a_deleted_tun_stops_its_inbound_and_the_process(tmp_path: Path) -> None:
+    """``ip link del`` under a running tunray: one log line, no traceback, exit non-zero (a supervisor restarts it).
+
+    Before: an uncaught ``OSError: [Errno 77]`` from the reader, and a process idling forever.
+    """
+    cfg = tmp_path / "tun.json"
+    cfg.write_text(json.dumps(tun_config(_settings())))
+    with topology() as topo:
+        _world(topo)
+        tr = TunrayProcess(topo.client, str(cfg))
+        try:
+            tr.wait_for("started")
+            sh(topo.client, "ip", "link", "del", TUN)
+            rc = tr.wait(timeout=10)
+        finally:
+            tr.close()
+        assert rc == 1, tr.text
+        assert link(topo.client, TUN) is None
+        vanished = [ln for ln in tr.lines if "vanished" in ln or "device" in ln.lower() and "error" in ln.lower()]
+        assert len(vanished) >= 1, tr.text
+        assert not any("Traceback" in ln or "Errno 77" in ln and "Exception in callback" in ln for ln in tr.lines), tr.text
+        assert "no inbound left" in tr.text, tr.text
