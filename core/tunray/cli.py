@@ -217,6 +217,7 @@ def _serve(
     from tunray.runtime import DRAIN_TIMEOUT
 
     drain_timeout = DRAIN_TIMEOUT if drain is None else max(drain, 0.0)
+    exit_code = [0]  # 1 when every inbound failed (a supervisor should restart us)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -248,7 +249,12 @@ def _serve(
                 await runtime.stop(drain_timeout=0.0)
                 raise SystemExit(1) from None
         logger.warning("tunray {} started", __version__)
-        await stop.wait()
+        waits = [loop.create_task(stop.wait()), loop.create_task(runtime.no_inbound_left.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        if runtime.no_inbound_left.is_set():
+            exit_code[0] = 1
         logger.warning("tunray stopping")
         try:
             async with asyncio.timeout(drain_timeout + 2.0):
@@ -262,7 +268,7 @@ def _serve(
         uvloop.run(main())
     except ImportError:  # pragma: no cover
         asyncio.run(main())
-    return 0
+    return exit_code[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

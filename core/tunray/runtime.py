@@ -72,8 +72,33 @@ class Runtime:
         self.inbounds: list[Inbound] = [ib.cls(ib, self) for ib in config.inbounds]
         self._started = False
         self._retiring: set[asyncio.Task[None]] = set()
+        #: Inbounds that stopped on their own (a TUN deleted under them).
+        self.failed_inbounds: list[Inbound] = []
+        #: Set when every inbound has failed: ``tunray run`` then exits non-zero, so a supervisor restarts it.
+        self.no_inbound_left = asyncio.Event()
+        self._failing: set[asyncio.Task[None]] = set()
         #: How many reloads were applied (``tunray`` stats: ``runtime>>>reloads``).
         self.reloads = 0
+
+    def inbound_failed(self, inbound: Inbound) -> None:
+        """An inbound lost its device for good: release it; signal when none is left."""
+        if inbound in self.failed_inbounds:
+            return
+        self.failed_inbounds.append(inbound)
+
+        async def release() -> None:
+            try:
+                await inbound.stop_accepting()
+                await inbound.stop()
+            except Exception as exc:
+                logger.error("stopping failed inbound {!r}: {}", inbound.tag, exc)
+            if self.inbounds and len(self.failed_inbounds) == len(self.inbounds):
+                logger.error("no inbound left; exiting")
+                self.no_inbound_left.set()
+
+        task = asyncio.get_running_loop().create_task(release())
+        self._failing.add(task)
+        task.add_done_callback(self._failing.discard)
 
     def _build_outbounds(self, config: Config) -> list[Outbound]:
         return [ob_cfg.cls(ob_cfg, self) for ob_cfg in config.outbounds]

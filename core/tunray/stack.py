@@ -81,6 +81,9 @@ class Stack(ABC):
     def __init__(self, options: StackOptions) -> None:
         self.options = options
         self.counters: dict[str, int] = {}
+        #: Set when the device failed for good (it was deleted, its fd went bad); the stack
+        #: then closed itself and ``accept`` raises :class:`StackClosed`.  None otherwise.
+        self.failure: OSError | None = None
 
     def count(self, what: str, n: int = 1) -> None:
         self.counters[what] = self.counters.get(what, 0) + n

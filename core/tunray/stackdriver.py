@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ipaddress
 from abc import abstractmethod
 from typing import Any
@@ -129,11 +130,15 @@ class StackDriver(Stack):
         now = self.loop.time()
         read = device.read
         feed = core.feed
-        for _ in range(READ_BATCH):
-            packet = read()
-            if packet is None:
-                break
-            feed(packet, now)
+        try:
+            for _ in range(READ_BATCH):
+                packet = read()
+                if packet is None:
+                    break
+                feed(packet, now)
+        except OSError as exc:  # not "would block": the device is gone (DeviceError)
+            self._fail(exc)
+            return
         self._flush()
 
     def kick(self) -> None:
@@ -159,8 +164,12 @@ class StackDriver(Stack):
         device = self._device
         if device is not None and packets:
             write = device.write
-            for packet in packets:
-                write(packet)
+            try:
+                for packet in packets:
+                    write(packet)
+            except OSError as exc:
+                self._fail(exc)
+                return
         self._arm()
 
     def _arm(self) -> None:
@@ -218,6 +227,36 @@ class StackDriver(Stack):
                 link = links.get(ev.handle)
                 if type(link) is CorePacketLink:
                     link._ended()
+
+    def _fail(self, exc: OSError) -> None:
+        """The device failed for good: record why, stop reading, end every flow, close.
+
+        The owner (the TUN inbound) sees :attr:`failure` once ``accept`` raises
+        :class:`StackClosed`, and reports it; nothing is written to the device any more.
+        """
+        if self.failure is not None or self._closed:
+            return
+        self.failure = exc
+        self.count("device_failed")
+        device, core, loop = self._device, self.core, self.loop
+        self._device = None  # no more reads or writes
+        if device is not None and loop is not None:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(device.fileno())
+        if core is not None and loop is not None:
+            core.reset_all(loop.time())
+            core.drain(loop.time())  # the RSTs have nowhere to go
+            evs = core.take_events()
+            if evs:
+                self._dispatch(evs)
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for flow in self._pending:
+            flow.link.abort()
+        self._pending.clear()
+        _wake(self._accept_waiter)
 
     def _push(self, flow: Flow) -> None:
         if self._refusing:

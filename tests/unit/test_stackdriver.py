@@ -13,7 +13,7 @@ from collections import deque
 from typing import ClassVar
 
 import pytest
-from tunray.device import device_pair
+from tunray.device import DeviceError, device_pair
 from tunray.link import ByteLink, LinkClosed, PacketLink
 from tunray.net.address import Destination, Network
 from tunray.stack import StackClosed, StackOptions
@@ -409,3 +409,44 @@ async def test_aclose_resets_flows_wakes_accept_and_keeps_the_device() -> None:
     assert h in core.tcp  # ended by the reset, still held by its link until aclose/abort
     await stack.aclose()
     assert stack.stats()["tcp_open"] == 0
+
+
+async def test_a_device_that_fails_ends_the_stack_once_without_leaking() -> None:
+    """A read or write error other than "would block" (a deleted TUN: EBADFD) is the device's end:
+    ``failure`` says why, every flow is reset, ``accept`` raises StackClosed, nothing escapes to the loop."""
+    stack, core, loop = await started()
+    leaked: list[object] = []
+    loop.set_exception_handler(lambda _loop, ctx: leaked.append(ctx))
+    try:
+        _mine, kernel = stack._test_devices  # type: ignore[attr-defined]
+        kernel.write(b"open")
+        flow = await asyncio.wait_for(stack.accept(), 2)
+        kernel.close()  # the other end vanishes: the next read hits end of file
+        core.out.append(b"reply")
+        stack.kick()
+        await settle()
+        for _ in range(50):
+            if stack.failure is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert isinstance(stack.failure, DeviceError), stack.failure
+        assert stack.counters.get("device_failed") == 1
+        with pytest.raises(StackClosed):
+            await asyncio.wait_for(stack.accept(), 1)
+        assert isinstance(flow.link, CoreByteLink) and flow.link.reset
+        assert not leaked, leaked
+    finally:
+        await stack.aclose()
+        stack._test_devices[0].close()  # type: ignore[attr-defined]
+
+
+async def test_a_full_device_queue_drops_the_packet_and_goes_on() -> None:
+    stack, core, _ = await started()
+    try:
+        mine, _kernel = stack._test_devices  # type: ignore[attr-defined]
+        core.out.extend([b"p" * 60000] * 200)  # far beyond the socket buffer: EAGAIN, not a failure
+        stack.kick()
+        await settle()
+        assert stack.failure is None and mine.write_drops > 0
+    finally:
+        await stop(stack)

@@ -91,6 +91,7 @@ class TunInbound(Inbound):
         self._accept_task: asyncio.Task[None] | None = None
         self._flows: set[asyncio.Task[None]] = set()  # counted for stats; the dispatcher owns them
         self._state = "new"  # new -> started -> stopped
+        self.failed = False  # the device vanished: stop() leaves the (gone) link alone
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -156,6 +157,13 @@ class TunInbound(Inbound):
             logger.opt(exception=exc).error(
                 "tun {}: stack {!r} failed: {}", self.ifname, self.stack_cls.name, exc
             )
+            self.runtime.inbound_failed(self)
+            return
+        if stack.failure is not None:  # the device vanished or broke: fatal for this inbound
+            self.failed = True
+            logger.error("tun {}: the device vanished or failed ({}); stopping this inbound", self.ifname,
+                         stack.failure.strerror or stack.failure)
+            self.runtime.inbound_failed(self)
 
     async def stop_accepting(self) -> None:
         if self.stack is not None:
@@ -177,6 +185,13 @@ class TunInbound(Inbound):
         if self._binder is not None:
             await self._collect(errors, self._binder.stop())
         worker = self._worker
+        if self.failed and worker is not None and self._setup is not None:
+            try:
+                gone = await worker.call(netconf.link_index, self.ifname) != self._setup.index
+            except Exception:
+                gone = True
+            if gone:
+                self._setup = None  # routes and addresses went with the link
         if worker is not None and self._setup is not None:
             await self._collect(errors, worker.call(self._setup.undo))
         if self.device is not None:
