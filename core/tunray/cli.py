@@ -238,6 +238,13 @@ def _serve(
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+        def on_usr1() -> None:  # "tunray stats": one JSON line with every counter
+            import json
+
+            logger.warning("stats {}", json.dumps(runtime.snapshot(), sort_keys=True, default=str))
+
+        loop.add_signal_handler(signal.SIGUSR1, on_usr1)
         await runtime.start()
         if drop_to[0]:
             from tunray.privileges import drop_for

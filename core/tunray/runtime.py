@@ -80,6 +80,21 @@ class Runtime:
         #: How many reloads were applied (``tunray`` stats: ``runtime>>>reloads``).
         self.reloads = 0
 
+    def snapshot(self) -> dict[str, Any]:
+        """Every counter and gauge, for ``SIGUSR1`` (and tests): inbound stacks (flows, drops,
+        limits hit), traffic counters, reloads, failed inbounds."""
+        inbounds: dict[str, Any] = {}
+        for i, ib in enumerate(self.inbounds):
+            stats = getattr(ib, "stats", None)
+            inbounds[ib.tag or f"inbounds[{i}]"] = stats() if callable(stats) else {}
+        return {
+            "inbounds": inbounds,
+            "traffic": dict(self.stats),
+            "flows_running": len(self.dispatcher.active),
+            "reloads": self.reloads,
+            "failed_inbounds": [ib.tag for ib in self.failed_inbounds],
+        }
+
     def inbound_failed(self, inbound: Inbound) -> None:
         """An inbound lost its device for good: release it; signal when none is left."""
         if inbound in self.failed_inbounds:

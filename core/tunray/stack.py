@@ -60,6 +60,9 @@ class StackOptions:
     udp_idle_timeout: float = 60.0
     handshake_timeout: float = 4.0
     max_flows: int = 65536
+    #: SYNs whose handshake is not complete, at most (beyond: SYN cookies); and per source address.
+    max_half_open: int = 256
+    max_half_open_per_source: int = 64
     udp_queue_packets: int = 1024
     tcp_buffer: int = 4 << 20
     settings: Settings = field(default_factory=lambda: EMPTY.parse({}, ""))

@@ -41,6 +41,8 @@ import ipaddress
 from abc import abstractmethod
 from typing import Any
 
+from loguru import logger
+
 from tunray.device import PacketDevice
 from tunray.link import ByteLink, LinkClosed, Packet, PacketLink
 from tunray.net.address import Destination, Network
@@ -60,6 +62,17 @@ from tunray.stackcore import (
 )
 
 READ_BATCH = 512  # packets per wakeup before other callbacks get a turn
+
+#: Counters that mean a resource limit was hit, with the setting that governs it: the first
+#: time one appears the driver logs one line (the counter keeps counting in ``stats()``).
+LIMITS = {
+    "tcp_max_flows": "maxFlows: new TCP connections are refused (RST)",
+    "udp_max_flows": "maxFlows: new UDP flows are dropped",
+    "udp_lru_evicted": "maxFlows: the least recently used UDP flows are evicted",
+    "tcp_syn_cookies_sent": "maxHalfOpen/maxHalfOpenPerSource: SYNs are answered with SYN cookies",
+    "tcp_half_open_evicted": "maxHalfOpen: stale half-open connections are reset",
+    "udp_queue_full": "a UDP flow's queue: datagrams are dropped",
+}
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -94,6 +107,8 @@ class StackDriver(Stack):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._kicked = False
+        self._known_counters = 0  # len(counters) when limits were last looked for
+        self._limits_logged: set[str] = set()
 
     @abstractmethod
     def make_core(self, vnet_hdr: bool) -> StackCore:
@@ -170,7 +185,16 @@ class StackDriver(Stack):
             except OSError as exc:
                 self._fail(exc)
                 return
+        if len(self.counters) != self._known_counters:  # a new counter: maybe a limit was hit
+            self._log_limits()
         self._arm()
+
+    def _log_limits(self) -> None:
+        self._known_counters = len(self.counters)
+        for name, what in LIMITS.items():
+            if name in self.counters and name not in self._limits_logged:
+                self._limits_logged.add(name)
+                logger.warning("stack {}: limit reached: {} (counted as {})", self.name, what, name)
 
     def _arm(self) -> None:
         core = self.core

@@ -138,6 +138,8 @@ class TunInbound(Inbound):
             udp_idle_timeout=float(s.udpTimeout),
             handshake_timeout=policy.handshake,
             max_flows=s.maxFlows,
+            max_half_open=s.maxHalfOpen,
+            max_half_open_per_source=s.maxHalfOpenPerSource,
             tcp_buffer=s.tcpBufferSize * 1024,
             settings=self.stack_settings,
         )

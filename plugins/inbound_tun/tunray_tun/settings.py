@@ -78,6 +78,18 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "maxFlows", Int(min=1), default=4096, doc="open flows at most; the stack refuses new ones beyond it"
     ),
+    Field(
+        "maxHalfOpen",
+        Int(min=1),
+        default=256,
+        doc="TCP handshakes in progress (each may dial) at most; beyond it SYNs get stateless SYN cookies",
+    ),
+    Field(
+        "maxHalfOpenPerSource",
+        Int(min=1),
+        default=64,
+        doc="the same per app address, so no one source takes the whole budget",
+    ),
     Field("udpTimeout", Int(min=1), default=60, doc="seconds a UDP flow may sit idle before it is closed"),
     Field(
         "hostAccess",
