@@ -139,6 +139,7 @@ class TunInbound(Inbound):
             handshake_timeout=policy.handshake,
             max_flows=s.maxFlows,
             max_half_open=s.maxHalfOpen,
+            udp_queue_packets=s.udpQueuePackets,
             max_half_open_per_source=s.maxHalfOpenPerSource,
             tcp_buffer=s.tcpBufferSize * 1024,
             settings=self.stack_settings,

@@ -84,6 +84,7 @@ FIELDS: tuple[Field, ...] = (
         default=256,
         doc="TCP handshakes in progress (each may dial) at most; beyond it SYNs get stateless SYN cookies",
     ),
+    Field("udpQueuePackets", Int(min=1), default=1024, doc="datagrams queued per UDP flow; beyond: dropped, counted"),
     Field(
         "maxHalfOpenPerSource",
         Int(min=1),
