@@ -157,6 +157,13 @@ def _run(args: argparse.Namespace) -> int:
     config = build_config(raw, pm.registry)
     pm.configure(config)
     unsafe = _unsafe_files(args, raw)
+    proc = config.extra.get("process")
+    user = args.user if args.user is not None else (proc.user if proc is not None else "")
+    group = args.group if args.group is not None else (proc.group if proc is not None else "")
+    if user:
+        from tunray.privileges import identity
+
+        identity(user, group, "-user" if args.user is not None else "process")  # an unknown name fails -test too
     if args.test:
         for line in unsafe:
             logger.warning("config: {}", line)  # "config warning: ..." on stderr
@@ -178,13 +185,6 @@ def _run(args: argparse.Namespace) -> int:
             logger.warning("config: {}", line)
         return new
 
-    proc = config.extra.get("process")
-    user = args.user if args.user is not None else (proc.user if proc is not None else "")
-    group = args.group if args.group is not None else (proc.group if proc is not None else "")
-    if user:
-        from tunray.privileges import identity
-
-        identity(user, group, "-user" if args.user is not None else "process")  # unknown names fail now
     return _serve(runtime, args.drain, reread, (user, group))
 
 

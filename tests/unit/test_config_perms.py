@@ -38,3 +38,11 @@ def test_files_named_by_the_config_and_their_directories(tmp_path: Path) -> None
     assert list(named_files(raw)) == [str(key)]
     lines = unsafe_files([], raw)
     assert lines == [f"{shared} is writable by its group (mode 0775): whoever can change it controls tunray"]
+
+
+def test_an_unknown_process_user_fails_run_test(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({**CONFIG, "process": {"user": "no-such-user-tunray"}}))
+    assert main(["run", "-test", "-c", str(cfg)]) == 23
+    assert "process.user: no such user 'no-such-user-tunray'" in capsys.readouterr().err
+    assert main(["run", "-test", "-c", str(cfg), "-user", "nobody"]) == 0  # the flag wins
