@@ -182,3 +182,45 @@ async def test_ordinary_destinations_still_work() -> None:
                         return tun_app.tcp_echo(HOST4, 7000, 4096) + tun_app.udp_echo(HOST4, 7000, check_source=False)
 
                 assert await asyncio.to_thread(app) == 4096 + 3
+
+
+def _inject_udp(topo: Topology, dst: str, sport: int, payload: bytes) -> None:
+    from tunray.testing.stackclient import ETH_P_IP, UDP, ipv4, udp_dgram
+
+    with topo.enter(topo.client):
+        out = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
+    s, d = socket.inet_aton(SPOOF), socket.inet_aton(dst)
+    with out:
+        out.sendto(ipv4(s, d, UDP, udp_dgram(s, d, sport, PORT, payload)), (TUN, ETH_P_IP))
+
+
+@pytest.mark.parametrize("exempt", [False, True])
+async def test_injected_udp_to_the_host(exempt: bool) -> None:
+    """A datagram to 127.0.0.1 from the TUN reaches the host's UDP service only if a rule names it."""
+    with topology() as topo:
+        with topo.enter(topo.client):
+            srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        srv.bind(("0.0.0.0", PORT))
+        srv.setblocking(False)
+        routing = {"rules": [{"ip": ["127.0.0.1/32"], "outboundTag": "direct"}]} if exempt else {}
+        cfg = tun_config(_settings(), {"protocol": "freedom", "tag": "direct"}, routing=routing)
+        try:
+            with topo.enter(topo.client):
+                async with running(cfg, extra=[tun_helpers]) as rt:
+                    _inject_udp(topo, "127.0.0.1", 40010, b"to-the-host")
+                    loop = asyncio.get_running_loop()
+                    if exempt:
+                        data = await asyncio.wait_for(loop.sock_recv(srv, 100), 5)
+                        assert data == b"to-the-host"
+                    else:
+                        for _ in range(250):  # the stack opened the flow (no event to wait on from here)
+                            if tun_helpers.tun_of(rt).stats().get("udp_flows"):
+                                break
+                            await asyncio.sleep(0.02)
+                        else:
+                            raise AssertionError("the injected datagram never reached the stack")
+                        await asyncio.sleep(0.3)  # the flow's first datagram was handled (and dropped)
+                        with pytest.raises(BlockingIOError):
+                            srv.recv(100)
+        finally:
+            srv.close()
