@@ -142,9 +142,11 @@ def needed(runtime: Runtime) -> set[str]:
     caps: set[str] = set()
     for ib in runtime.inbounds:
         caps |= ib.capabilities()
-        port = ib.config.port
-        if isinstance(port, int) and 0 < port < 1024:
-            caps.add("CAP_NET_BIND_SERVICE")
+        # listening sockets are bound before the drop, so low ports need nothing later; a
+        # TPROXY inbound binds reply sockets to foreign addresses (IP_TRANSPARENT) as it runs
+        sockopt = ib.config.stream.settings.sockopt if ib.config.stream is not None else None
+        if sockopt is not None and sockopt.tproxy == "tproxy":
+            caps.add("CAP_NET_ADMIN")
     for ob in runtime.config.outbounds:
         sockopt = ob.stream.settings.sockopt if ob.stream is not None else None
         if sockopt is None:
