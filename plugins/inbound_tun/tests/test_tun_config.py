@@ -133,6 +133,12 @@ def test_lazy_handshake_with_a_stack_that_cannot_hold_a_syn_is_refused() -> None
     assert err.path == "inbounds[0].settings.offload" and "not supported" in err.message
 
 
+def test_a_half_open_budget_the_stack_does_not_keep_is_refused() -> None:
+    for key in ("maxHalfOpen", "maxHalfOpenPerSource"):
+        err = _error({"stack": "eager-only", key: 10})
+        assert err.path == f"inbounds[0].settings.{key}" and "not supported" in err.message, err
+
+
 def test_capability_defaults_follow_the_stack() -> None:
     """Left out, handshake and offload default to what the stack can do; asked for, they are kept."""
     stacks = PluginManager(extra=[tun_helpers]).registry.stacks

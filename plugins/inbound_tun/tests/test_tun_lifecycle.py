@@ -353,8 +353,10 @@ def test_sigterm_drains_a_running_flow_then_cleans_up(tmp_path: Path) -> None:
 
 async def test_limit_settings_reach_the_stack() -> None:
     """maxFlows, maxHalfOpen, maxHalfOpenPerSource and udpQueuePackets are named settings that take effect."""
-    settings = {"stack": "recording", "maxFlows": 77, "maxHalfOpen": 11, "maxHalfOpenPerSource": 3, "udpQueuePackets": 9}
+    settings = {"stack": "python", "maxFlows": 77, "maxHalfOpen": 11, "maxHalfOpenPerSource": 3, "udpQueuePackets": 9}
     with topology() as topo, topo.enter(topo.client):
         async with running(tun_config(settings), extra=[tun_helpers]) as rt:
-            o = _stack(rt).options
+            stack = tun_of(rt).stack
+            assert stack is not None
+            o = stack.options
             assert (o.max_flows, o.max_half_open, o.max_half_open_per_source, o.udp_queue_packets) == (77, 11, 3, 9)

@@ -141,6 +141,13 @@ def check_capabilities(stack_cls: type[Stack], s: Settings, path: str) -> None:
             f'"lazy" is not supported by stack {stack_cls.name!r}: it cannot hold a SYN until the upstream '
             'connects (use "eager" or another stack)',
         )
+    for key in ("maxHalfOpen", "maxHalfOpenPerSource"):
+        if not caps.half_open_budget and _given(s, key):
+            raise ConfigError(
+                join(path, key),
+                f"is not supported by stack {stack_cls.name!r}: it keeps no separate half-open budget "
+                "(leave it out or use the python stack)",
+            )
     if s.offload and not caps.vnet_hdr and _given(s, "offload"):
         raise ConfigError(
             join(path, "offload"),

@@ -22,7 +22,7 @@ class PythonStack(StackDriver):
     name: ClassVar[str] = "python"
     settings_schema: ClassVar[TypedSchema[PythonStackSettings]] = TypedSchema(PythonStackSettings)
     capabilities: ClassVar[StackCapabilities] = StackCapabilities(
-        lazy_handshake=True, icmp_echo=True, vnet_hdr=True, tso=True,
+        lazy_handshake=True, icmp_echo=True, vnet_hdr=True, tso=True, half_open_budget=True,
     )
 
     def __init__(self, options: StackOptions) -> None:
