@@ -1,0 +1,19 @@
+"""Errors of the REALITY/TLS 1.3 client; all are ``ConnectionError`` so a flow is reset."""
+
+from __future__ import annotations
+
+
+class TlsError(ConnectionError):
+    """A TLS 1.3 handshake or record-layer failure; the message says what."""
+
+
+class TlsAlert(TlsError):
+    """A protocol violation by the peer, or an alert it sent; ``alert`` is the TLS alert code."""
+
+    def __init__(self, alert: int, message: str) -> None:
+        super().__init__(message)
+        self.alert = alert
+
+
+class RealityRefused(TlsError):
+    """The server's certificate is not REALITY's for our key: not our server (fail closed)."""
