@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import hmac
 import struct
-import warnings
 
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from tunray_reality.certparse import CertificateError, leaf_fields
 from tunray_reality.hello import SESSION_ID_OFFSET
 
 #: The Xray version this client reports in the session_id.  REALITY servers may require
@@ -63,14 +62,12 @@ def open_session_id(hello_raw: bytes, client_random: bytes, auth_key: bytes) -> 
 
 def certificate_is_reality(auth_key: bytes, der: bytes) -> bool:
     """True iff the leaf is Ed25519 and its signature is ``HMAC-SHA512(auth_key, public key)``."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # REALITY's template has serial number 0
-        try:
-            cert = x509.load_der_x509_certificate(der)
-            key = cert.public_key()
-            signature = cert.signature
-        except ValueError:
-            return False
+    try:
+        fields = leaf_fields(der)
+        key = fields.public_key()
+    except CertificateError:
+        return False
+    signature = fields.signature
     if not isinstance(key, ed25519.Ed25519PublicKey):
         return False
     pub = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

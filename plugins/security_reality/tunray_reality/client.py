@@ -24,12 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, auto
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from tunray_reality.certparse import CertificateError, leaf_fields
 from tunray_reality.errors import TlsAlert, TlsError
 from tunray_reality.hello import X25519
 from tunray_reality.schedule import MAX_CIPHERTEXT, SUITES, KeySchedule, RecordCipher, Suite, next_secret
@@ -95,7 +95,10 @@ _CV_PREFIX = b" " * 64 + b"TLS 1.3, server CertificateVerify\x00"
 
 def verify_signature(cert_der: bytes, scheme: int, signature: bytes, content: bytes) -> None:
     """Check a CertificateVerify signature by the leaf's key; :class:`TlsAlert` if wrong."""
-    key = x509.load_der_x509_certificate(cert_der).public_key()
+    try:
+        key = leaf_fields(cert_der).public_key()
+    except CertificateError as exc:
+        raise TlsAlert(42, f"bad_certificate: {exc}") from None
     try:
         if scheme == 0x0807 and isinstance(key, ed25519.Ed25519PublicKey):
             key.verify(signature, content)

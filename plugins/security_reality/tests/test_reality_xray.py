@@ -1,0 +1,151 @@
+"""VLESS over REALITY (with and without XTLS Vision) against Xray-core itself, in a namespace.
+
+See :mod:`reality_peer` for the topology.  Bulk transfers are SHA-256 checked; the
+Vision test tunnels inner TLS so that Xray switches its downlink to raw TCP (command
+02) and the client must follow at the exact record boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Iterator
+
+import pytest
+from reality_peer import ECHO, ECHO_NAME, TLS_ECHO, VISION, InnerTls, RealityPeer, reality_peer
+from tunray.net.address import Destination, Network, parse_host
+from tunray.testing.echo import pattern
+from tunray.testing.harness import driver_of, running
+
+pytestmark = pytest.mark.root
+MIB = 1 << 20
+
+
+def _dest(port: int, host: str = "127.0.0.1", network: Network = Network.TCP) -> Destination:
+    return Destination(network, parse_host(host), port)
+
+
+@pytest.fixture(scope="module")
+def vision_peer() -> Iterator[RealityPeer]:
+    with reality_peer(VISION) as peer:
+        yield peer
+        if os.environ.get("REALITY_DEBUG"):
+            print(peer.xray.log_text()[-6000:])
+
+
+@pytest.fixture(scope="module")
+def plain_peer() -> Iterator[RealityPeer]:
+    with reality_peer("") as peer:
+        yield peer
+
+
+async def _echo_bulk(drv: object, target_host: str, size: int) -> None:
+    """*size* bytes up into the echo server and the same back down, SHA-256 checked.
+
+    The app half-closes only after everything came back: Xray does not carry a TCP
+    half-close through (it ends the connection a second after the uplink ends).
+    """
+    app, task = drv.open_tcp("10.0.0.2:40001", _dest(ECHO, target_host))  # type: ignore[attr-defined]
+    payload = pattern(size, seed=7)
+
+    async def upload() -> None:
+        for i in range(0, size, 1 << 18):
+            await app.send(payload[i : i + (1 << 18)])
+
+    async def download() -> bytes:
+        h = hashlib.sha256()
+        n = 0
+        while n < size:
+            chunk = await app.recv(1 << 20)
+            assert chunk, f"the echo ended after {n} of {size} bytes"
+            h.update(chunk)
+            n += len(chunk)
+        assert n == size
+        return h.digest()
+
+    _, digest = await asyncio.gather(upload(), download())
+    assert digest == hashlib.sha256(payload).digest()
+    app.shutdown_write()
+    assert await app.recv_all() == b""
+    await asyncio.wait_for(task, 10)
+    assert not app.reset
+
+
+@pytest.mark.timeout(240)
+async def test_reality_vision_50mib_each_way_inner_tls_switches_to_raw(vision_peer: RealityPeer) -> None:
+    """Inner TLS 1.3 through Vision: Xray sends command 02 and the downlink leaves REALITY."""
+    size = 50 * MIB
+    async with running(vision_peer.client()) as rt:
+        drv = driver_of(rt)
+        app, task = drv.open_tcp("10.0.0.2:40000", _dest(TLS_ECHO))
+        inner = InnerTls(app, vision_peer.cert)
+        await inner.handshake()
+        payload = os.urandom(size)
+
+        async def upload() -> None:
+            for i in range(0, size, 1 << 17):
+                await inner.send(payload[i : i + (1 << 17)])
+
+        async def download() -> bytes:
+            h = hashlib.sha256()
+            n = 0
+            while n < size:
+                chunk = await inner.recv()
+                assert chunk, f"inner TLS ended after {n} bytes"
+                h.update(chunk)
+                n += len(chunk)
+            return h.digest()
+
+        _, digest = await asyncio.gather(upload(), download())
+        assert digest == hashlib.sha256(payload).digest()
+        app.shutdown_write()
+        await asyncio.wait_for(task, 10)
+    assert "CopyRawConn" in vision_peer.xray.log_text()  # Xray's downlink left TLS (Vision direct)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("which", ["vision", "plain"])
+async def test_reality_50mib_each_way_plain_payload(which: str, vision_peer: RealityPeer, plain_peer: RealityPeer) -> None:
+    peer = vision_peer if which == "vision" else plain_peer
+    async with running(peer.client(VISION if which == "vision" else "")) as rt:
+        await _echo_bulk(driver_of(rt), "127.0.0.1", 50 * MIB)
+
+
+@pytest.mark.timeout(120)
+async def test_reality_vision_domain_resolved_by_server(vision_peer: RealityPeer) -> None:
+    """The destination is a name only Xray's dns.hosts knows."""
+    async with running(vision_peer.client()) as rt:
+        await _echo_bulk(driver_of(rt), ECHO_NAME, 1 * MIB)
+
+
+@pytest.mark.timeout(180)
+async def test_reality_vision_100_concurrent_flows(vision_peer: RealityPeer) -> None:
+    async with running(vision_peer.client()) as rt:
+        drv = driver_of(rt)
+
+        async def one(i: int) -> None:
+            app, task = drv.open_tcp(f"10.0.1.{i // 200 + 1}:{20000 + i}", _dest(ECHO))
+            data = pattern(64 * 1024 + i, seed=i)
+            await app.send(data)
+            app.shutdown_write()
+            got = await app.recv_all()
+            assert got == data, f"flow {i}"
+            await task
+
+        await asyncio.gather(*(one(i) for i in range(100)))
+
+
+@pytest.mark.timeout(120)
+async def test_reality_vision_udp_echo_over_xudp(vision_peer: RealityPeer) -> None:
+    async with running(vision_peer.client()) as rt:
+        drv = driver_of(rt)
+        app, task = drv.open_udp("10.0.0.2:5353", _dest(ECHO, network=Network.UDP))
+        for i in range(20):
+            msg = pattern(100 + i * 50, seed=i)
+            app.send(msg, _dest(ECHO, network=Network.UDP))
+            packet = await asyncio.wait_for(app.recv(), 10)
+            assert packet.data == msg
+            assert packet.peer.port == ECHO
+        app.close()
+        await asyncio.wait_for(task, 10)
