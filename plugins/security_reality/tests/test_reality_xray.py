@@ -10,16 +10,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
 from collections.abc import Iterator
 
 import pytest
-from reality_peer import ECHO, ECHO_NAME, TLS_ECHO, VISION, InnerTls, RealityPeer, reality_peer
+from reality_peer import ECHO, ECHO_NAME, PORT, TLS_ECHO, VISION, InnerTls, RealityPeer, reality_peer
+from tunray.config.model import STREAM_SCHEMA
 from tunray.net.address import Destination, Network, parse_host
+from tunray.net.stream import SocketStream, open_stream
 from tunray.testing.echo import pattern
 from tunray.testing.harness import driver_of, running
+from tunray_reality.errors import RealityRefused
+from tunray_reality.layer import RealitySecurity
 
 pytestmark = pytest.mark.root
 MIB = 1 << 20
+WRONG_PUBLIC_KEY = "68pxxtPEtgFme62H0y1sagjyHy4UL4xuaS8O3w-F0w0"  # another key pair's public key
 
 
 def _dest(port: int, host: str = "127.0.0.1", network: Network = Network.TCP) -> Destination:
@@ -149,3 +155,87 @@ async def test_reality_vision_udp_echo_over_xudp(vision_peer: RealityPeer) -> No
             assert packet.peer.port == ECHO
         app.close()
         await asyncio.wait_for(task, 10)
+
+
+class _Recorder:
+    """An inner stream that records what the layer writes (a socket under it)."""
+
+    def __init__(self, inner: SocketStream) -> None:
+        self.inner = inner
+        self.written: list[bytes] = []
+
+    async def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+        await self.inner.write(data)
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        return await self.inner.read(max_bytes)
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "override",
+    [{"publicKey": WRONG_PUBLIC_KEY}, {"shortId": "0123456789abcdee"}, {"shortId": ""}],
+    ids=["wrong-key", "wrong-shortId", "empty-shortId"],
+)
+async def test_reality_refuses_the_decoy_and_sends_nothing_after_the_hello(
+    override: dict[str, str], vision_peer: RealityPeer
+) -> None:
+    """Xray hands an unauthenticated hello to its target; tunray sees a real certificate and fails closed."""
+    cfg = vision_peer.client(**override)
+    stream = cfg["outbounds"][0]["streamSettings"]
+    layer = RealitySecurity(STREAM_SCHEMA.parse(stream, "streamSettings"))
+    sock = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: socket.create_connection((vision_peer.host.v4, PORT), timeout=5)
+    )
+    sock.setblocking(False)
+    recorder = _Recorder(await open_stream(sock))
+    with pytest.raises(RealityRefused):
+        await layer.wrap(recorder, _dest(PORT, vision_peer.host.v4))
+    recorder.abort()
+    assert len(recorder.written) == 1 and recorder.written[0][:1] == b"\x16"  # the ClientHello record only
+    assert "hs.c.conn == conn: false" in vision_peer.xray.log_text()  # Xray forwarded it to the decoy
+
+    async with running(cfg) as rt:  # and through the outbound: the app's flow is reset
+        app, task = driver_of(rt).open_tcp("10.0.0.2:40000", _dest(ECHO))
+        await app.send(b"hello")
+        assert await app.recv_all() == b""
+        await asyncio.wait_for(task, 10)
+        assert app.reset
+
+
+@pytest.mark.timeout(60)
+async def test_reality_wrong_uuid_resets_the_flow(vision_peer: RealityPeer) -> None:
+    cfg = vision_peer.client()
+    cfg["outbounds"][0]["settings"]["id"] = "11111111-2222-3333-4444-555555555555"
+    async with running(cfg) as rt:
+        app, task = driver_of(rt).open_tcp("10.0.0.2:40000", _dest(ECHO))
+        await app.send(b"hello")
+        assert await app.recv_all() == b""
+        await asyncio.wait_for(task, 10)
+        assert app.reset
+    assert "invalid request user id" in vision_peer.xray.log_text()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("flow", [VISION, ""])
+async def test_reality_server_killed_mid_transfer_resets_the_app(flow: str) -> None:
+    with reality_peer(flow) as peer:
+        async with running(peer.client(flow)) as rt:
+            app, task = driver_of(rt).open_tcp("10.0.0.2:40000", _dest(ECHO))
+            chunk = pattern(1 << 16, seed=3)
+            received = 0
+            for i in range(200):
+                await app.send(chunk)
+                received += len(await app.recv(1 << 20))
+                if i == 20:
+                    peer.xray.proc.kill()
+                if app.reset:
+                    break
+            while await app.recv(1 << 20):
+                pass
+            await asyncio.wait_for(task, 10)
+            assert app.reset, "a killed server must reach the app as a reset, not a clean end"
