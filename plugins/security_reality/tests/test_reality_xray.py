@@ -9,12 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from reality_peer import ECHO, ECHO_NAME, PORT, TLS_ECHO, VISION, InnerTls, RealityPeer, reality_peer
+from reality_peer import (
+    ECHO,
+    ECHO_NAME,
+    PORT,
+    SERVER_NAME,
+    TLS_ECHO,
+    USER_ID,
+    VISION,
+    InnerTls,
+    RealityPeer,
+    reality_peer,
+)
 from tunray.config.model import STREAM_SCHEMA
 from tunray.net.address import Destination, Network, parse_host
 from tunray.net.stream import SocketStream, open_stream
@@ -25,6 +38,7 @@ from tunray_reality.layer import RealitySecurity
 
 pytestmark = pytest.mark.root
 MIB = 1 << 20
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 WRONG_PUBLIC_KEY = "68pxxtPEtgFme62H0y1sagjyHy4UL4xuaS8O3w-F0w0"  # another key pair's public key
 
 
@@ -239,3 +253,19 @@ async def test_reality_server_killed_mid_transfer_resets_the_app(flow: str) -> N
                 pass
             await asyncio.wait_for(task, 10)
             assert app.reset, "a killed server must reach the app as a reset, not a clean end"
+
+
+@pytest.mark.timeout(60)
+async def test_example_config_carries_traffic(vision_peer: RealityPeer) -> None:
+    """configs/vless-reality-vision.json as shipped, pointed at this peer (address, port, serverName)."""
+    cfg = json.loads((CONFIGS / "vless-reality-vision.json").read_text())
+    (proxy,) = [ob for ob in cfg["outbounds"] if ob["protocol"] == "vless"]
+    server = proxy["settings"]["vnext"][0]
+    server["address"], server["port"] = vision_peer.host.v4, PORT
+    server["users"][0]["id"] = USER_ID
+    proxy["streamSettings"]["realitySettings"]["serverName"] = SERVER_NAME
+    cfg["inbounds"] = [{"protocol": "driver", "tag": "drv"}]
+    cfg["log"] = {"loglevel": "none", "access": "none"}
+    cfg["routing"]["rules"] = [r for r in cfg["routing"]["rules"] if "ip" not in r]  # the echo is on 127.0.0.1 behind Xray
+    async with running(cfg) as rt:
+        await _echo_bulk(driver_of(rt), "127.0.0.1", 1 * MIB)

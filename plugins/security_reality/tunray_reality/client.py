@@ -182,7 +182,7 @@ class Tls13Client:
 
     def seal(self, data: bytes | bytearray | memoryview) -> bytes:
         """Application data as records, ready to send."""
-        if self._state is not State.CONNECTED and self._state is not State.CLOSED or self._write is None:
+        if (self._state is not State.CONNECTED and self._state is not State.CLOSED) or self._write is None:
             raise TlsError("TLS: application data before the handshake completed")
         return self._write.seal_many(APPLICATION_DATA, data)
 
@@ -198,12 +198,14 @@ class Tls13Client:
         while True:
             buf = self._buf
             if len(buf) < 5:
-                return self._at_end(buf)
+                self._check_end(buf)
+                return None
             length = (buf[3] << 8) | buf[4]
             if length > MAX_CIPHERTEXT:
                 raise TlsAlert(22, "record_overflow: a record longer than TLS allows")
             if len(buf) < 5 + length:
-                return self._at_end(buf)
+                self._check_end(buf)
+                return None
             rtype = buf[0]
             header = bytes(buf[:5])
             body = bytes(buf[5 : 5 + length])
@@ -212,16 +214,15 @@ class Tls13Client:
             if event is not None:
                 return event
 
-    def _at_end(self, buf: bytearray) -> None:
+    def _check_end(self, buf: bytearray) -> None:
         if self._eof:
             if self._state is State.CLOSED:
-                return None
+                return
             if buf:
                 raise TlsError("TLS: the connection ended inside a record")
             if self._state is not State.CONNECTED:
                 raise TlsError("TLS: the server closed the connection during the handshake")
             raise TlsError("TLS: the server closed the connection without close_notify (truncated)")
-        return None
 
     def _record(self, rtype: int, header: bytes, body: bytes) -> Event | None:
         if rtype == CHANGE_CIPHER_SPEC and not self.handshake_complete:
@@ -243,7 +244,8 @@ class Tls13Client:
             return AppData(content)
         if ctype == HANDSHAKE:
             if self._state is State.CONNECTED:
-                return self._post_handshake(content)
+                self._post_handshake(content)
+                return None
             return self._handshake_bytes(content)
         if ctype == ALERT:
             if content[:2] in (b"\x01\x00", b"\x02\x00"):
@@ -370,14 +372,14 @@ class Tls13Client:
         # one-byte "NewSessionTicket" record only to mirror its target's record sizes, so
         # a record starting with that type is skipped whole rather than parsed.
         if not content or content[0] == NEW_SESSION_TICKET:
-            return None
+            return
         if content[0] == KEY_UPDATE and len(content) == 5 and content[1:4] == b"\x00\x00\x01":
             assert self._read is not None and self._write is not None
             self._read = RecordCipher(self._read.suite, next_secret(self._read.suite, self._read.secret))
             if content[4] == 1:
                 self._out += self._write.seal(HANDSHAKE, b"\x18\x00\x00\x01\x00")
                 self._write = RecordCipher(self._write.suite, next_secret(self._write.suite, self._write.secret))
-            return None
+            return
         raise TlsAlert(10, f"unexpected_message: post-handshake message type {content[0]}")
 
 

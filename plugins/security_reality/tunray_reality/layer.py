@@ -12,7 +12,13 @@ from tunray.config.schema import Settings
 from tunray.net.address import Destination
 from tunray.transport import Layer
 
-from tunray_reality.auth import CLIENT_VERSION, certificate_is_reality, derive_auth_key, seal_hello, session_id_plaintext
+from tunray_reality.auth import (
+    CLIENT_VERSION,
+    certificate_is_reality,
+    derive_auth_key,
+    seal_hello,
+    session_id_plaintext,
+)
 from tunray_reality.client import Tls13Client
 from tunray_reality.errors import RealityRefused, TlsError
 from tunray_reality.hello import build_client_hello

@@ -116,7 +116,8 @@ class RecordCipher:
         """One whole record carrying *data* (≤ 2^14 bytes) as *content_type*."""
         inner = bytes(data) + bytes([content_type])
         header = b"\x17\x03\x03" + (len(inner) + 16).to_bytes(2, "big")
-        return header + self._aead.encrypt(self._nonce(), inner, header)
+        sealed: bytes = self._aead.encrypt(self._nonce(), inner, header)
+        return header + sealed
 
     def seal_many(self, content_type: int, data: bytes | bytearray | memoryview) -> bytes:
         view = memoryview(data)

@@ -80,8 +80,8 @@ def parse_options(raw: object, path: str) -> RealityOptions:
     keypath = join(path, "password" if "password" in named and "publicKey" not in named else "publicKey")
     if not s.publicKey:
         raise ConfigError(keypath, "is required: the server's X25519 public key (xray x25519 / tunray x25519)")
-    key = decode_key(s.publicKey)
-    if key is None:
+    public_key = decode_key(s.publicKey)
+    if public_key is None:
         raise ConfigError(keypath, f"{s.publicKey!r} is not a 32-byte key in base64url")
     sid_text = s.shortId
     if len(sid_text) > 16:
@@ -95,8 +95,10 @@ def parse_options(raw: object, path: str) -> RealityOptions:
     spider = s.spiderX or "/"
     if not spider.startswith("/"):
         raise ConfigError(join(path, "spiderX"), f"{spider!r} must start with '/'")
+    if spider != "/":
+        logger.warning("config: {}: {!r}: tunray does not run the decoy crawl; a refused connection is closed at once", join(path, "spiderX"), spider)
     if s.mldsa65Verify:
         raise NotSupported(join(path, "mldsa65Verify"), "ML-DSA-65 verification of REALITY (mldsa65Verify)")
     if s.masterKeyLog:
         raise NotSupported(join(path, "masterKeyLog"), "REALITY key logging (masterKeyLog)")
-    return RealityOptions(s.serverName, fp or "chrome", key, short_id.ljust(8, b"\x00"), spider, s.show)
+    return RealityOptions(s.serverName, fp or "chrome", public_key, short_id.ljust(8, b"\x00"), spider, s.show)
