@@ -1,4 +1,4 @@
-"""The three transport layers: ``ws`` (``websocket``), ``httpupgrade`` and ``grpc`` (``gun``).
+"""The transport layers: ``ws`` (``websocket``), ``httpupgrade``, ``grpc`` (``gun``), ``xhttp`` (``splithttp``).
 
 Each is a :class:`tunray.transport.Layer`: ``validate`` parses its settings object at
 config time (errors name e.g. ``outbounds[0].streamSettings.wsSettings.path``), the
@@ -15,9 +15,10 @@ from tunray.transport import Layer
 
 from tunray_transports.grpc import GrpcStream, open_grpc
 from tunray_transports.http1 import HandshakeError
-from tunray_transports.settings import grpc_options, httpupgrade_options, ws_options
+from tunray_transports.settings import grpc_options, httpupgrade_options, ws_options, xhttp_options
 from tunray_transports.upgrade import UpgradedStream, open_httpupgrade
 from tunray_transports.websocket import WebSocketStream, open_websocket
+from tunray_transports.xhttp import XhttpStream, open_xhttp
 
 STREAM_PATH = "streamSettings"
 
@@ -84,3 +85,21 @@ class GrpcTransport(Layer):
     async def wrap(self, inner: ByteStream, dest: Destination) -> GrpcStream:
         check_alpn(inner, "h2")
         return await open_grpc(inner, self.options, self.options.authority_for(dest))
+
+
+class XhttpTransport(Layer):
+    name = "xhttp"
+    aliases = ("splithttp",)
+
+    @classmethod
+    def validate(cls, stream: Settings, path: str) -> None:
+        xhttp_options(stream, path)
+
+    def __init__(self, stream: Settings) -> None:
+        super().__init__(stream)
+        self.options, self.mode = xhttp_options(stream, STREAM_PATH)
+
+    async def wrap(self, inner: Any, dest: Destination) -> XhttpStream:
+        check_alpn(inner, "h2")
+        authority = self.options.host or (f"[{dest.host_text}]" if dest.is_ip and ":" in dest.host_text else dest.host_text)
+        return await open_xhttp(inner, self.options, self.mode, authority)
