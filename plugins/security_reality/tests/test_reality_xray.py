@@ -31,7 +31,7 @@ from reality_peer import (
 from tunray.config.model import STREAM_SCHEMA
 from tunray.net.address import Destination, Network, parse_host
 from tunray.net.stream import SocketStream, open_stream
-from tunray.testing.echo import pattern
+from tunray.testing.flows import concurrent_echo, echo_bulk, killed_server_resets, udp_echo
 from tunray.testing.harness import driver_of, running
 from tunray_reality.errors import RealityRefused
 from tunray_reality.layer import RealitySecurity
@@ -50,46 +50,12 @@ def _dest(port: int, host: str = "127.0.0.1", network: Network = Network.TCP) ->
 def vision_peer() -> Iterator[RealityPeer]:
     with reality_peer(VISION) as peer:
         yield peer
-        if os.environ.get("REALITY_DEBUG"):
-            print(peer.xray.log_text()[-6000:])
 
 
 @pytest.fixture(scope="module")
 def plain_peer() -> Iterator[RealityPeer]:
     with reality_peer("") as peer:
         yield peer
-
-
-async def _echo_bulk(drv: object, target_host: str, size: int) -> None:
-    """*size* bytes up into the echo server and the same back down, SHA-256 checked.
-
-    The app half-closes only after everything came back: Xray does not carry a TCP
-    half-close through (it ends the connection a second after the uplink ends).
-    """
-    app, task = drv.open_tcp("10.0.0.2:40001", _dest(ECHO, target_host))  # type: ignore[attr-defined]
-    payload = pattern(size, seed=7)
-
-    async def upload() -> None:
-        for i in range(0, size, 1 << 18):
-            await app.send(payload[i : i + (1 << 18)])
-
-    async def download() -> bytes:
-        h = hashlib.sha256()
-        n = 0
-        while n < size:
-            chunk = await app.recv(1 << 20)
-            assert chunk, f"the echo ended after {n} of {size} bytes"
-            h.update(chunk)
-            n += len(chunk)
-        assert n == size
-        return h.digest()
-
-    _, digest = await asyncio.gather(upload(), download())
-    assert digest == hashlib.sha256(payload).digest()
-    app.shutdown_write()
-    assert await app.recv_all() == b""
-    await asyncio.wait_for(task, 10)
-    assert not app.reset
 
 
 @pytest.mark.timeout(240)
@@ -129,46 +95,26 @@ async def test_reality_vision_50mib_each_way_inner_tls_switches_to_raw(vision_pe
 async def test_reality_50mib_each_way_plain_payload(which: str, vision_peer: RealityPeer, plain_peer: RealityPeer) -> None:
     peer = vision_peer if which == "vision" else plain_peer
     async with running(peer.client(VISION if which == "vision" else "")) as rt:
-        await _echo_bulk(driver_of(rt), "127.0.0.1", 50 * MIB)
+        await echo_bulk(driver_of(rt), _dest(ECHO), 50 * MIB)
 
 
 @pytest.mark.timeout(120)
 async def test_reality_vision_domain_resolved_by_server(vision_peer: RealityPeer) -> None:
     """The destination is a name only Xray's dns.hosts knows."""
     async with running(vision_peer.client()) as rt:
-        await _echo_bulk(driver_of(rt), ECHO_NAME, 1 * MIB)
+        await echo_bulk(driver_of(rt), _dest(ECHO, ECHO_NAME), 1 * MIB)
 
 
 @pytest.mark.timeout(180)
 async def test_reality_vision_100_concurrent_flows(vision_peer: RealityPeer) -> None:
     async with running(vision_peer.client()) as rt:
-        drv = driver_of(rt)
-
-        async def one(i: int) -> None:
-            app, task = drv.open_tcp(f"10.0.1.{i // 200 + 1}:{20000 + i}", _dest(ECHO))
-            data = pattern(64 * 1024 + i, seed=i)
-            await app.send(data)
-            app.shutdown_write()
-            got = await app.recv_all()
-            assert got == data, f"flow {i}"
-            await task
-
-        await asyncio.gather(*(one(i) for i in range(100)))
+        await concurrent_echo(driver_of(rt), _dest(ECHO), 100)
 
 
 @pytest.mark.timeout(120)
 async def test_reality_vision_udp_echo_over_xudp(vision_peer: RealityPeer) -> None:
     async with running(vision_peer.client()) as rt:
-        drv = driver_of(rt)
-        app, task = drv.open_udp("10.0.0.2:5353", _dest(ECHO, network=Network.UDP))
-        for i in range(20):
-            msg = pattern(100 + i * 50, seed=i)
-            app.send(msg, _dest(ECHO, network=Network.UDP))
-            packet = await asyncio.wait_for(app.recv(), 10)
-            assert packet.data == msg
-            assert packet.peer.port == ECHO
-        app.close()
-        await asyncio.wait_for(task, 10)
+        await udp_echo(driver_of(rt), _dest(ECHO, network=Network.UDP))
 
 
 class _Recorder:
@@ -239,20 +185,7 @@ async def test_reality_wrong_uuid_resets_the_flow(vision_peer: RealityPeer) -> N
 async def test_reality_server_killed_mid_transfer_resets_the_app(flow: str) -> None:
     with reality_peer(flow) as peer:
         async with running(peer.client(flow)) as rt:
-            app, task = driver_of(rt).open_tcp("10.0.0.2:40000", _dest(ECHO))
-            chunk = pattern(1 << 16, seed=3)
-            received = 0
-            for i in range(200):
-                await app.send(chunk)
-                received += len(await app.recv(1 << 20))
-                if i == 20:
-                    peer.xray.proc.kill()
-                if app.reset:
-                    break
-            while await app.recv(1 << 20):
-                pass
-            await asyncio.wait_for(task, 10)
-            assert app.reset, "a killed server must reach the app as a reset, not a clean end"
+            await killed_server_resets(driver_of(rt), _dest(ECHO), peer.xray.proc.kill)
 
 
 @pytest.mark.timeout(60)
@@ -268,4 +201,74 @@ async def test_example_config_carries_traffic(vision_peer: RealityPeer) -> None:
     cfg["log"] = {"loglevel": "none", "access": "none"}
     cfg["routing"]["rules"] = [r for r in cfg["routing"]["rules"] if "ip" not in r]  # the echo is on 127.0.0.1 behind Xray
     async with running(cfg) as rt:
-        await _echo_bulk(driver_of(rt), "127.0.0.1", 1 * MIB)
+        await echo_bulk(driver_of(rt), _dest(ECHO), 1 * MIB)
+
+
+# -- REALITY under XHTTP (Xray 24.11.21 serves packet-up and stream-up; stream-one came later) --
+
+XHTTP_MODES = ["packet-up", "stream-up"]
+
+
+@pytest.fixture(scope="module")
+def xhttp_peer() -> Iterator[RealityPeer]:
+    with reality_peer("", {"network": "xhttp", "xhttpSettings": {"path": "/xh", "mode": "auto"}}) as peer:
+        yield peer
+
+
+def _xhttp_client(peer: RealityPeer, mode: str) -> dict[str, object]:
+    cfg = peer.client("", network="xhttp")
+    cfg["outbounds"][0]["streamSettings"]["xhttpSettings"] = {"path": "/xh", "mode": mode}  # type: ignore[index]
+    return cfg
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("mode", XHTTP_MODES)
+async def test_reality_xhttp_50mib_each_way(mode: str, xhttp_peer: RealityPeer) -> None:
+    async with running(_xhttp_client(xhttp_peer, mode)) as rt:
+        await echo_bulk(driver_of(rt), _dest(ECHO), 50 * MIB)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("mode", XHTTP_MODES)
+async def test_reality_xhttp_flows_udp_and_domain(mode: str, xhttp_peer: RealityPeer) -> None:
+    async with running(_xhttp_client(xhttp_peer, mode)) as rt:
+        drv = driver_of(rt)
+        await concurrent_echo(drv, _dest(ECHO), 100)
+        await udp_echo(drv, _dest(ECHO, network=Network.UDP))
+        await echo_bulk(drv, _dest(ECHO, ECHO_NAME), 1 * MIB)
+
+
+@pytest.mark.timeout(60)
+async def test_reality_xhttp_stream_one_refused_by_an_older_server_resets(xhttp_peer: RealityPeer) -> None:
+    """auto under REALITY is stream-one (current Xray); Xray 24.11.21 answers it 400: the flow is reset."""
+    async with running(_xhttp_client(xhttp_peer, "auto")) as rt:
+        app, task = driver_of(rt).open_tcp("10.0.0.2:40000", _dest(ECHO))
+        await app.send(b"hello")
+        assert await app.recv_all() == b""
+        await asyncio.wait_for(task, 10)
+        assert app.reset
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", XHTTP_MODES)
+async def test_reality_xhttp_faults(mode: str, xhttp_peer: RealityPeer) -> None:
+    for override in ({"publicKey": WRONG_PUBLIC_KEY}, {"shortId": "0123456789abcdee"}, {"id": "11111111-2222-3333-4444-555555555555"}):
+        cfg = _xhttp_client(xhttp_peer, mode)
+        outbound = cfg["outbounds"][0]  # type: ignore[index]
+        if "id" in override:
+            outbound["settings"]["id"] = override["id"]
+        else:
+            outbound["streamSettings"]["realitySettings"].update(override)
+        async with running(cfg) as rt:
+            app, task = driver_of(rt).open_tcp("10.0.0.2:40000", _dest(ECHO))
+            await app.send(b"hello")
+            assert await app.recv_all() == b"", override
+            await asyncio.wait_for(task, 15)
+            assert app.reset, override
+
+
+@pytest.mark.timeout(120)
+async def test_reality_xhttp_server_killed_mid_transfer_resets_the_app() -> None:
+    with reality_peer("", {"network": "xhttp", "xhttpSettings": {"path": "/xh"}}) as peer:
+        async with running(_xhttp_client(peer, "stream-up")) as rt:
+            await killed_server_resets(driver_of(rt), _dest(ECHO), peer.xray.proc.kill)
