@@ -111,11 +111,13 @@ class PacketBatcher:
     """packet-up's uplink: batches writes into POST bodies, spaced in time.  Sans-IO.
 
     ``feed`` queues bytes; ``next_post(now)`` returns ``(seq, body)`` when a POST may go
-    (something queued and ``now`` past the interval since the last one), else ``None``;
-    ``next_timer()`` says when to ask again.  Times are seconds from any monotonic clock.
+    (something queued and ``now`` at or past the due time), else ``None``;
+    ``next_timer(now)`` says when to ask again (``None``: nothing queued).  Each POST
+    draws the next gap from ``scMinPostsIntervalMs``.  Times are seconds on any
+    monotonic clock.
     """
 
-    __slots__ = ("_buf", "_interval", "_last", "_max", "_rng", "_seq")
+    __slots__ = ("_buf", "_due", "_interval", "_max", "_rng", "_seq")
 
     def __init__(self, max_post: Range, min_interval_ms: Range, rng: random.Random) -> None:
         self._max = max_post
@@ -123,7 +125,7 @@ class PacketBatcher:
         self._rng = rng
         self._buf = bytearray()
         self._seq = 0
-        self._last: float | None = None
+        self._due = float("-inf")
 
     @property
     def pending(self) -> int:
@@ -133,21 +135,15 @@ class PacketBatcher:
         self._buf += data
 
     def next_timer(self, now: float) -> float | None:
-        if not self._buf:
-            return None
-        if self._last is None:
-            return now
-        return max(now, self._last + self._interval.roll(self._rng) / 1000)
+        return max(now, self._due) if self._buf else None
 
-    def next_post(self, now: float, due: float | None = None) -> tuple[int, bytes] | None:
-        if not self._buf:
-            return None
-        if due is not None and now < due:
+    def next_post(self, now: float) -> tuple[int, bytes] | None:
+        if not self._buf or now < self._due:
             return None
         size = max(1, self._max.roll(self._rng))
         body = bytes(self._buf[:size])
         del self._buf[:size]
         seq = self._seq
         self._seq += 1
-        self._last = now
+        self._due = now + self._interval.roll(self._rng) / 1000
         return seq, body
