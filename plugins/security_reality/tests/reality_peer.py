@@ -59,7 +59,9 @@ class RealityPeer:
         }
 
 
-def server_config(flow: str, stream_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def server_config(
+    flow: str, stream_extra: dict[str, Any] | None = None, extra_inbounds: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     stream: dict[str, Any] = {
         "network": "raw",
         "security": "reality",
@@ -74,11 +76,15 @@ def server_config(flow: str, stream_extra: dict[str, Any] | None = None) -> dict
     stream.update(stream_extra or {})
     cfg = vless_server(PORT, USER_ID, flow=flow, stream=stream, loglevel="info")
     cfg["dns"] = {"hosts": {ECHO_NAME: "127.0.0.1"}}
+    cfg["inbounds"] += extra_inbounds or []
     return cfg
 
 
 @contextmanager
-def reality_peer(flow: str = VISION, stream_extra: dict[str, Any] | None = None) -> Iterator[RealityPeer]:
+def reality_peer(
+    flow: str = VISION, stream_extra: dict[str, Any] | None = None, extra_inbounds: list[dict[str, Any]] | None = None
+) -> Iterator[RealityPeer]:
+    """The peer; *extra_inbounds* may name ``"@server.crt"``/``"@server.key"`` (the decoy's certificate)."""
     host = PeerHost.create()
     workdir = Path(tempfile.mkdtemp(prefix="tunray-reality-"))
     xray: RunningXray | None = None
@@ -93,7 +99,8 @@ def reality_peer(flow: str = VISION, stream_extra: dict[str, Any] | None = None)
             assert proc.stdout is not None
             if b"ready" not in proc.stdout.readline():
                 raise RuntimeError(f"{role} TLS server did not start")
-        xray = start_xray(host, server_config(flow, stream_extra), port=PORT)
+        files: dict[str, str | bytes] = {"server.crt": cert.cert_pem, "server.key": cert.key_pem}
+        xray = start_xray(host, server_config(flow, stream_extra, extra_inbounds), port=PORT, files=files)
         yield RealityPeer(host, xray, cert)
     finally:
         if xray is not None:

@@ -69,7 +69,7 @@ def build_client_hello(
     random_bytes: bytes | None = None,
 ) -> ClientHello:
     """A Chrome-shaped ClientHello offering TLS 1.3 with one X25519 key share."""
-    r = rng or random.SystemRandom()
+    r = rng or random.Random(os.urandom(16))  # seeded per hello: SystemRandom costs a syscall per draw
     g_suite, g_group, g_version, g_ext1 = (r.choice(GREASE) for _ in range(4))
     g_ext2 = r.choice([g for g in GREASE if g != g_ext1])
     client_random = random_bytes if random_bytes is not None else os.urandom(32)

@@ -51,13 +51,20 @@ SUITES = {
 
 
 def hkdf_extract(suite: Suite, salt: bytes, ikm: bytes) -> bytes:
-    return hmac.new(salt or bytes(suite.hash_len), ikm, suite.hash_name).digest()
+    return hmac.digest(salt or bytes(suite.hash_len), ikm, suite.hash_name)
 
 
 def expand_label(suite: Suite, secret: bytes, label: bytes, context: bytes, length: int) -> bytes:
-    """HKDF-Expand-Label: ``HkdfLabel = length(2) | len+"tls13 "+label | len+context``."""
+    """HKDF-Expand-Label: ``HkdfLabel = length(2) | len+"tls13 "+label | len+context``.
+
+    Every length TLS 1.3 asks for is at most one hash output, so HKDF-Expand is the
+    single block ``HMAC(secret, info | 0x01)`` (RFC 5869 §2.3), computed directly:
+    about 4x cheaper than building an ``HKDFExpand`` object each time.
+    """
     full = b"tls13 " + label
     info = length.to_bytes(2, "big") + bytes([len(full)]) + full + bytes([len(context)]) + context
+    if length <= suite.hash_len:
+        return hmac.digest(secret, info + b"\x01", suite.hash_name)[:length]
     return HKDFExpand(suite.hash_algo(), length, info).derive(secret)
 
 
@@ -87,7 +94,7 @@ class KeySchedule:
 
     def finished(self, base_secret: bytes, transcript_hash: bytes) -> bytes:
         key = expand_label(self.suite, base_secret, b"finished", b"", self.suite.hash_len)
-        return hmac.new(key, transcript_hash, self.suite.hash_name).digest()
+        return hmac.digest(key, transcript_hash, self.suite.hash_name)
 
 
 def next_secret(suite: Suite, secret: bytes) -> bytes:
