@@ -169,10 +169,10 @@ async def _download(drv: Any, size: int) -> float:
     return size / elapsed / (1 << 20)
 
 
-async def main(mib: int, conns: int) -> None:
+async def main(mib: int, conns: int, decoy: str) -> None:
     size = max(BLOCK, mib << 20) // BLOCK * BLOCK
     extra_inbound = _tls_inbound()
-    with reality_peer(VISION, extra_inbounds=[extra_inbound]) as peer:
+    with reality_peer(VISION, extra_inbounds=[extra_inbound], decoy=decoy) as peer:
         host = peer.host.v4
         streams = _streams(peer.cert.sha256_hex)
         rows: dict[str, dict[str, float]] = {}
@@ -204,5 +204,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mib", type=int, default=200, help="MiB per throughput run")
     ap.add_argument("--conns", type=int, default=300, help="sequential handshakes / flows")
+    ap.add_argument("--decoy", choices=("openssl", "python"), default="openssl", help="REALITY's target TLS server")
     args = ap.parse_args()
-    asyncio.run(main(args.mib, args.conns))
+    asyncio.run(main(args.mib, args.conns, args.decoy))

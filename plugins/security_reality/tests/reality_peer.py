@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,9 +83,16 @@ def server_config(
 
 @contextmanager
 def reality_peer(
-    flow: str = VISION, stream_extra: dict[str, Any] | None = None, extra_inbounds: list[dict[str, Any]] | None = None
+    flow: str = VISION,
+    stream_extra: dict[str, Any] | None = None,
+    extra_inbounds: list[dict[str, Any]] | None = None,
+    decoy: str = "python",
 ) -> Iterator[RealityPeer]:
-    """The peer; *extra_inbounds* may name ``"@server.crt"``/``"@server.key"`` (the decoy's certificate)."""
+    """The peer; *extra_inbounds* may name ``"@server.crt"``/``"@server.key"`` (the decoy's certificate).
+
+    *decoy* ``"openssl"`` runs ``openssl s_server`` (C, one connection at a time) as the
+    target instead of the asyncio one: handshakes cost the server less, for benchmarks.
+    """
     host = PeerHost.create()
     workdir = Path(tempfile.mkdtemp(prefix="tunray-reality-"))
     xray: RunningXray | None = None
@@ -93,11 +101,16 @@ def reality_peer(
         host.start_echo(ECHO)
         cert = make_cert(workdir, names=(SERVER_NAME, "tls-echo.test"))
         cert.key_file.chmod(0o644)
-        for port, role in ((DECOY, "decoy"), (TLS_ECHO, "echo")):
+        for port, role in ((DECOY, decoy), (TLS_ECHO, "echo")):
             argv = [sys.executable, str(_HERE / "decoy_server.py"), str(port), str(cert.cert_file), str(cert.key_file), role]
+            if role == "openssl":
+                argv = ["openssl", "s_server", "-quiet", "-tls1_3", "-accept", str(port), "-cert", str(cert.cert_file),
+                        "-key", str(cert.key_file), "-www", "-naccept", "1000000"]
             proc = host.spawn(argv, stdout=subprocess.PIPE)
             assert proc.stdout is not None
-            if b"ready" not in proc.stdout.readline():
+            if role == "openssl":
+                _wait_listening(host, port)
+            elif b"ready" not in proc.stdout.readline():
                 raise RuntimeError(f"{role} TLS server did not start")
         files: dict[str, str | bytes] = {"server.crt": cert.cert_pem, "server.key": cert.key_pem}
         xray = start_xray(host, server_config(flow, stream_extra, extra_inbounds), port=PORT, files=files)
@@ -109,6 +122,14 @@ def reality_peer(
         for f in workdir.iterdir():
             f.unlink()
         workdir.rmdir()
+
+
+def _wait_listening(host: PeerHost, port: int) -> None:
+    deadline = time.monotonic() + 10
+    while not host.listening(port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on :{port}")
+        time.sleep(0.05)
 
 
 class InnerTls:
