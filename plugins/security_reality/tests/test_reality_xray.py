@@ -13,8 +13,8 @@ import json
 import os
 import socket
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 from reality_peer import (
