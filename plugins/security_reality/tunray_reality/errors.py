@@ -1,9 +1,15 @@
-"""Errors of the REALITY/TLS 1.3 client; all are ``ConnectionError`` so a flow is reset."""
+"""Errors of the REALITY/TLS 1.3 client; all are :class:`~tunray.bytestream.StreamReset`.
+
+A record that does not verify, an alert, or the connection ending without
+``close_notify`` is a broken connection under a framing layer: the flow is reset.
+"""
 
 from __future__ import annotations
 
+from tunray.bytestream import StreamReset
 
-class TlsError(ConnectionError):
+
+class TlsError(StreamReset):
     """A TLS 1.3 handshake or record-layer failure; the message says what."""
 
 

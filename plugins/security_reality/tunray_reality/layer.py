@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from loguru import logger
+from tunray.bytestream import ByteStream
 from tunray.config.errors import ConfigError, join
 from tunray.config.schema import Settings
 from tunray.net.address import Destination
@@ -45,7 +46,7 @@ class RealitySecurity(Layer):
         self._server_key = X25519PublicKey.from_public_bytes(self.options.public_key)
         self.alpn: tuple[str, ...] = ("h2", "http/1.1")
 
-    async def wrap(self, inner: Any, dest: Destination) -> RealityStream:
+    async def wrap(self, inner: ByteStream, dest: Destination) -> RealityStream:
         opts = self.options
         name = opts.server_name or dest.host_text
         key = X25519PrivateKey.generate()

@@ -1,21 +1,20 @@
 """The asyncio adapter over :class:`~tunray_reality.client.Tls13Client`: a REALITY stream.
 
-It has the shape of ``security:tls``'s stream (``read``, ``read_record``, ``write``,
-``write_eof``, ``detach_raw``, ``tls_version``, ``alpn``, ``inner``, ``abort``,
-``aclose``) so protocols, XTLS Vision included, use either alike.  Each
+It is a :class:`tunray.bytestream.RecordStream`, like ``security:tls``'s stream, so
+protocols, XTLS Vision included, use either alike.  Each
 ``read_record`` returns the plaintext of at most one record, and ``detach_raw``
 returns (unread plaintext, received-but-undecrypted bytes, inner stream): Vision's
 downlink switch to raw TCP happens at the exact record boundary.
 
 Reset versus end: a close_notify from the server is a clean end (``b""``); the
 connection ending without one, a bad record or an alert raise
-:class:`~tunray_reality.errors.TlsError` (a ``ConnectionError``), which the relay turns
-into a reset of the app's flow.
+:class:`~tunray_reality.errors.TlsError`, a :class:`~tunray.bytestream.StreamReset`
+(the relay resets the app's flow); a reset of the inner stream is raised as it is.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from tunray.bytestream import ByteStream, RecordStream, StreamClosed
 
 from tunray_reality.client import AppData, HandshakeDone, PeerClosed, Tls13Client
 from tunray_reality.errors import TlsError
@@ -23,24 +22,35 @@ from tunray_reality.errors import TlsError
 CHUNK = 256 * 1024
 
 
-class RealityStream:
+class RealityStream(RecordStream):
     """See the module docstring.  Created by :func:`run_handshake`."""
 
-    __slots__ = ("_client", "_closed_read", "_detached", "_inner", "_plain", "_write_closed", "alpn", "tls_version")
+    __slots__ = ("_client", "_closed", "_closed_read", "_detached", "_inner", "_plain", "_write_closed")
 
-    def __init__(self, inner: Any, client: Tls13Client) -> None:
+    def __init__(self, inner: ByteStream, client: Tls13Client) -> None:
         self._inner = inner
         self._client = client
         self._plain = b""
         self._detached = False
+        self._closed = False
         self._closed_read = False
         self._write_closed = False
-        self.tls_version = "TLSv1.3"
-        self.alpn: str | None = client.alpn
 
     @property
-    def inner(self) -> Any:
+    def tls_version(self) -> str:
+        return "TLSv1.3"
+
+    @property
+    def alpn(self) -> str | None:
+        return self._client.alpn
+
+    @property
+    def inner(self) -> ByteStream:
         return self._inner
+
+    @property
+    def buffered(self) -> int:
+        return len(self._plain)
 
     async def _flush(self) -> None:
         out = self._client.data_to_send()
@@ -54,7 +64,7 @@ class RealityStream:
         if self._plain:
             data, self._plain = self._plain[:max_bytes], self._plain[max_bytes:]
             return data
-        if self._closed_read:
+        if self._closed_read or self._closed:
             return b""
         client = self._client
         while True:
@@ -72,6 +82,8 @@ class RealityStream:
             if event is None:
                 await self._flush()  # e.g. a KeyUpdate answer
                 data = await self._inner.read(CHUNK)
+                if self._closed:
+                    return b""
                 if data:
                     client.feed(data)
                 else:
@@ -102,13 +114,13 @@ class RealityStream:
         return b"".join(parts)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._write_closed:
-            raise ConnectionResetError("REALITY write side closed")
+        if self._write_closed or self._closed:
+            raise StreamClosed("REALITY write side closed")
         await self._inner.write(self._client.seal(data))
 
     async def write_eof(self) -> None:
         """Send close_notify (TLS 1.3 lets the server keep sending).  Idempotent."""
-        if self._write_closed:
+        if self._write_closed or self._closed:
             return
         self._write_closed = True
         try:
@@ -116,7 +128,7 @@ class RealityStream:
         except ConnectionError:
             pass
 
-    def detach_raw(self) -> tuple[bytes, bytes, Any]:
+    def detach_raw(self) -> tuple[bytes, bytes, ByteStream]:
         """End TLS reading; return (decrypted unread plaintext, undecrypted raw bytes, inner stream)."""
         if self._detached:
             raise RuntimeError("already detached")
@@ -125,16 +137,17 @@ class RealityStream:
         return plain, self._client.unprocessed(), self._inner
 
     def abort(self) -> None:
+        self._closed = True
         self._inner.abort()
 
     async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         await self._inner.aclose()
 
-    def fileno(self) -> int | None:
-        return None
 
-
-async def run_handshake(inner: Any, client: Tls13Client) -> RealityStream:
+async def run_handshake(inner: ByteStream, client: Tls13Client) -> RealityStream:
     """Drive *client*'s handshake over *inner*; raise :class:`TlsError` on failure."""
     while True:
         out = client.data_to_send()

@@ -28,12 +28,13 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+from tunray.bytestream import ByteStream, StreamReset
 
 READ_CHUNK = 256 * 1024
 DEFAULT_WINDOW = 1 << 20
 
 
-class H2Error(ConnectionResetError):
+class H2Error(StreamReset):
     """The HTTP/2 stream or connection failed (reset, GOAWAY, protocol error, bad status)."""
 
 
@@ -121,7 +122,7 @@ class H2Stream:
 class H2Session:
     """See the module docstring.  ``await start()`` before opening streams."""
 
-    def __init__(self, inner: Any, window: int = DEFAULT_WINDOW) -> None:
+    def __init__(self, inner: ByteStream, window: int = DEFAULT_WINDOW) -> None:
         self._inner = inner
         self.window = window
         self._h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
@@ -285,3 +286,5 @@ class H2Session:
         if self._pump is not None:
             self._pump.cancel()
         self._inner.abort()
+        for stream in list(self._streams.values()):
+            stream._on_end()  # a reader waiting here wakes with b"" (own abort, not the peer's)

@@ -99,7 +99,7 @@ class XhttpTransport(Layer):
         super().__init__(stream)
         self.options, self.mode = xhttp_options(stream, STREAM_PATH)
 
-    async def wrap(self, inner: Any, dest: Destination) -> XhttpStream:
+    async def wrap(self, inner: ByteStream, dest: Destination) -> XhttpStream:
         check_alpn(inner, "h2")
         authority = self.options.host or (f"[{dest.host_text}]" if dest.is_ip and ":" in dest.host_text else dest.host_text)
         return await open_xhttp(inner, self.options, self.mode, authority)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from typing import Any
+
+from tunray.bytestream import ByteStream, StreamClosed, StreamReset
 
 from tunray_transports.h2session import H2Error, H2Session, H2Stream
 from tunray_transports.xhttpframe import (
@@ -28,8 +29,12 @@ from tunray_transports.xhttpframe import (
 )
 
 
-class XhttpStream:
-    """Stream-shaped XHTTP tunnel; build with :func:`open_xhttp`."""
+class XhttpStream(ByteStream):
+    """A :class:`~tunray.bytestream.ByteStream` over XHTTP; build with :func:`open_xhttp`.
+
+    ``half_close`` is ``False`` in packet-up mode (nothing on the wire says "no more
+    uplink"); the relay's timers then end the flow, as with WebSocket.
+    """
 
     def __init__(
         self,
@@ -40,6 +45,8 @@ class XhttpStream:
         post: tuple[XhttpOptions, str, str, random.Random] | None = None,
     ) -> None:
         self._session = session
+        self.half_close = up is not None
+        self._closed = False
         self._down = down
         self._up = up
         self._batcher = batcher
@@ -55,6 +62,8 @@ class XhttpStream:
             self._uploader = asyncio.get_running_loop().create_task(self._upload())
 
     async def read(self, max_bytes: int = 65536) -> bytes:
+        if self._closed:
+            return b""
         if not self._checked:
             status = await self._down.status()
             if status != 200:
@@ -62,13 +71,19 @@ class XhttpStream:
             self._checked = True
         if self._error is not None:
             raise self._error
-        return await self._down.read(max_bytes)
+        try:
+            data = await self._down.read(max_bytes)
+        except StreamReset:
+            if self._closed:
+                return b""  # our own aclose/abort ended the connection under a waiting read
+            raise
+        return b"" if self._closed else data
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed or self._eof_sent:
+            raise StreamClosed("XHTTP write side closed")
         if self._error is not None:
             raise self._error
-        if self._eof_sent:
-            raise ConnectionResetError("XHTTP write side closed")
         if self._up is not None:
             await self._up.write(data)
             return
@@ -83,7 +98,7 @@ class XhttpStream:
             raise self._error
 
     async def write_eof(self) -> None:
-        if self._eof_sent:
+        if self._eof_sent or self._closed:
             return
         self._eof_sent = True
         if self._up is not None:
@@ -149,11 +164,15 @@ class XhttpStream:
             self._fail(H2Error(f"XHTTP: the server answered an upload POST with HTTP {status.decode(errors='replace')}"))
 
     def abort(self) -> None:
+        self._closed = True
         if self._uploader is not None:
             self._uploader.cancel()
         self._session.abort()
 
     async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self._uploader is not None:
             self._uploader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -161,7 +180,7 @@ class XhttpStream:
         await self._session.aclose()
 
 
-async def open_xhttp(inner: Any, opts: XhttpOptions, mode: str, authority: str) -> XhttpStream:
+async def open_xhttp(inner: ByteStream, opts: XhttpOptions, mode: str, authority: str) -> XhttpStream:
     """Start the requests of *mode* over *inner* (which must speak HTTP/2); no response is awaited."""
     rng = random.Random()
     session = H2Session(inner)
