@@ -287,3 +287,15 @@ async def test_reality_xhttp_server_killed_mid_transfer_resets_the_app() -> None
     with reality_peer("", {"network": "xhttp", "xhttpSettings": {"path": "/assets"}}) as peer:
         async with running(_xhttp_client(peer, "stream-up")) as rt:
             await killed_server_resets(driver_of(rt), _dest(ECHO), peer.xray.proc.kill)
+
+
+@pytest.mark.timeout(120)
+async def test_reality_grpc() -> None:
+    """REALITY under gRPC (Xray allows raw, xhttp and grpc): HTTP/2 straight over REALITY."""
+    with reality_peer("", {"network": "grpc", "grpcSettings": {"serviceName": "tunsvc"}}) as peer:
+        cfg = peer.client("", network="grpc")
+        cfg["outbounds"][0]["streamSettings"]["grpcSettings"] = {"serviceName": "tunsvc"}
+        async with running(cfg) as rt:
+            drv = driver_of(rt)
+            await echo_bulk(drv, _dest(ECHO), 8 * MIB)
+            await concurrent_echo(drv, _dest(ECHO), 20)
