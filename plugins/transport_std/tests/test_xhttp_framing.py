@@ -126,8 +126,6 @@ def test_options_defaults_and_host() -> None:
         ("tls", {"mode": "stream-down"}, {}, "xhttpSettings.mode", ""),
         ("tls", {"headers": {"Host": "x"}}, {}, "xhttpSettings.headers.Host", "host"),
         ("tls", {"uplinkHTTPMethod": "PUT"}, {}, "xhttpSettings.uplinkHTTPMethod", "not supported"),
-        ("none", {}, {}, "security", "HTTP/1.1"),
-        ("tls", {}, {"alpn": ["http/1.1"]}, "tlsSettings.alpn", "HTTP/1.1"),
         ("tls", {}, {"alpn": ["h3"]}, "tlsSettings.alpn", "HTTP/3"),
         ("tls", {"xPaddingBytes": "0-5"}, {}, "xhttpSettings.xPaddingBytes", "at least 1"),
     ],
@@ -140,6 +138,19 @@ def test_refusals_name_the_path(security: str, xhttp: dict[str, Any], extra: dic
         xhttp_options(STREAM_SCHEMA.parse(raw, "streamSettings"), "streamSettings")
     assert err.value.path == f"streamSettings.{path}"
     assert message in str(err.value)
+
+
+def test_http_version_follows_xray() -> None:
+    def opts(security: str, alpn: list[str] | None) -> XhttpOptions:
+        raw: dict[str, Any] = {"network": "xhttp", "security": security}
+        if alpn is not None:
+            raw["tlsSettings"] = {"alpn": alpn}
+        return xhttp_options(STREAM_SCHEMA.parse(raw, "streamSettings"), "streamSettings")[0]
+
+    assert opts("none", None).http1 and opts("none", None).scheme == "http"
+    assert opts("tls", ["http/1.1"]).http1
+    assert not opts("tls", None).http1 and not opts("tls", ["h2", "http/1.1"]).http1
+    assert not opts("reality", None).http1 and opts("reality", None).scheme == "https"
 
 
 def test_splithttp_spelling() -> None:

@@ -34,9 +34,14 @@ class XhttpPeer:
     host: PeerHost
     xray: RunningXray
     cert: SelfSigned
+    tls: bool = True
 
-    def client(self, mode: str, **xhttp: Any) -> dict[str, Any]:
+    def client(self, mode: str, alpn: list[str] | None = None, **xhttp: Any) -> dict[str, Any]:
         settings = {"path": "/xh?ed=1", "mode": mode, **xhttp}
+        tls: dict[str, Any] = {"serverName": "xhttp.test", "pinnedPeerCertSha256": self.cert.sha256_hex}
+        if alpn is not None:
+            tls["alpn"] = alpn
+        security: dict[str, Any] = {"security": "tls", "tlsSettings": tls} if self.tls else {}
         return {
             "log": {"loglevel": "warning", "access": "none"},
             "inbounds": [{"protocol": "driver"}],
@@ -44,32 +49,25 @@ class XhttpPeer:
                 {
                     "protocol": "vless",
                     "settings": {"address": self.host.v4, "port": PORT, "id": USER_ID, "encryption": "none"},
-                    "streamSettings": {
-                        "network": "xhttp",
-                        "xhttpSettings": settings,
-                        "security": "tls",
-                        "tlsSettings": {"serverName": "xhttp.test", "pinnedPeerCertSha256": self.cert.sha256_hex},
-                    },
+                    "streamSettings": {"network": "xhttp", "xhttpSettings": settings, **security},
                 }
             ],
         }
 
 
-def _start(tmp: Path, mode: str = "auto") -> XhttpPeer:
+def _start(tmp: Path, mode: str = "auto", tls: bool = True) -> XhttpPeer:
     host = PeerHost.create()
     try:
         host.start_echo(ECHO)
         cert = make_cert(tmp, names=("xhttp.test",))
-        stream = {
-            "network": "xhttp",
-            "xhttpSettings": {"path": "/xh", "mode": mode},
-            "security": "tls",
-            "tlsSettings": {"certificates": [{"certificateFile": "@server.crt", "keyFile": "@server.key"}]},
-        }
+        stream: dict[str, Any] = {"network": "xhttp", "xhttpSettings": {"path": "/xh", "mode": mode}}
+        if tls:
+            stream["security"] = "tls"
+            stream["tlsSettings"] = {"certificates": [{"certificateFile": "@server.crt", "keyFile": "@server.key"}]}
         cfg = vless_server(PORT, USER_ID, stream=stream, loglevel="info")
         cfg["dns"] = {"hosts": {ECHO_NAME: "127.0.0.1"}}
         xray = start_xray(host, cfg, port=PORT, files={"server.crt": cert.cert_pem, "server.key": cert.key_pem})
-        return XhttpPeer(host, xray, cert)
+        return XhttpPeer(host, xray, cert, tls)
     except BaseException:
         host.remove()
         raise
@@ -150,6 +148,40 @@ async def test_xhttp_server_killed_mid_transfer_resets_the_app(mode: str, tmp_pa
     try:
         async with running(p.client(mode)) as rt:
             await killed_server_resets(driver_of(rt), _dest(ECHO), p.xray.proc.kill)
+    finally:
+        p.xray.stop()
+        p.host.remove()
+
+
+# -- HTTP/1.1: TLS with alpn ["http/1.1"], and no TLS at all (Xray's rule for HTTP/1.1) --
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("mode", MODES)
+async def test_xhttp_http11_over_tls(mode: str, peer: XhttpPeer) -> None:
+    async with running(peer.client(mode, alpn=["http/1.1"])) as rt:
+        drv = driver_of(rt)
+        await echo_bulk(drv, _dest(ECHO), 50 * MIB)
+        await concurrent_echo(drv, _dest(ECHO), 100)
+        await udp_echo(drv, _dest(ECHO, network=Network.UDP))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", MODES)
+async def test_xhttp_plain_http11(mode: str, tmp_path: Path) -> None:
+    p = _start(tmp_path, tls=False)
+    try:
+        async with running(p.client(mode)) as rt:
+            drv = driver_of(rt)
+            await echo_bulk(drv, _dest(ECHO), 8 * MIB)
+            await concurrent_echo(drv, _dest(ECHO), 20)
+        p.xray.proc.kill()  # and a killed server resets a flow
+        async with running(p.client(mode)) as rt:
+            app, task = driver_of(rt).open_tcp("10.0.0.2:40000", _dest(ECHO))
+            await app.send(b"hello")
+            assert await app.recv_all() == b""
+            await asyncio.wait_for(task, 15)
+            assert app.reset
     finally:
         p.xray.stop()
         p.host.remove()

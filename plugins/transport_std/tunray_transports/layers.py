@@ -8,6 +8,8 @@ handshake over the stream below (TCP, or TLS over TCP) for each flow.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from tunray.bytestream import ByteStream, RecordStream
 from tunray.config.schema import Settings
 from tunray.net.address import Destination
@@ -18,7 +20,8 @@ from tunray_transports.http1 import HandshakeError
 from tunray_transports.settings import grpc_options, httpupgrade_options, ws_options, xhttp_options
 from tunray_transports.upgrade import UpgradedStream, open_httpupgrade
 from tunray_transports.websocket import WebSocketStream, open_websocket
-from tunray_transports.xhttp import XhttpStream, open_xhttp
+from tunray_transports.xhttp import open_xhttp
+from tunray_transports.xhttp1 import open_xhttp1
 
 STREAM_PATH = "streamSettings"
 
@@ -88,8 +91,12 @@ class GrpcTransport(Layer):
 
 
 class XhttpTransport(Layer):
+    """HTTP/2 on one connection per flow; HTTP/1.1 (Xray's rule: no TLS, or alpn exactly
+    ``["http/1.1"]``) with a second connection for uploads, hence ``needs_redial``."""
+
     name = "xhttp"
     aliases = ("splithttp",)
+    needs_redial = True
 
     @classmethod
     def validate(cls, stream: Settings, path: str) -> None:
@@ -99,7 +106,20 @@ class XhttpTransport(Layer):
         super().__init__(stream)
         self.options, self.mode = xhttp_options(stream, STREAM_PATH)
 
-    async def wrap(self, inner: ByteStream, dest: Destination) -> XhttpStream:
+    def _authority(self, dest: Destination) -> str:
+        return self.options.host or (f"[{dest.host_text}]" if dest.is_ip and ":" in dest.host_text else dest.host_text)
+
+    async def wrap(self, inner: ByteStream, dest: Destination) -> ByteStream:
+        async def no_redial() -> ByteStream:
+            raise HandshakeError("XHTTP over HTTP/1.1 needs a second connection (use it through an outbound)")
+
+        return await self.wrap_redial(inner, dest, no_redial)
+
+    async def wrap_redial(
+        self, inner: ByteStream, dest: Destination, redial: Callable[[], Awaitable[ByteStream]]
+    ) -> ByteStream:
+        if self.options.http1:
+            check_alpn(inner, "http/1.1")
+            return await open_xhttp1(inner, self.options, self.mode, self._authority(dest), redial)
         check_alpn(inner, "h2")
-        authority = self.options.host or (f"[{dest.host_text}]" if dest.is_ip and ":" in dest.host_text else dest.host_text)
-        return await open_xhttp(inner, self.options, self.mode, authority)
+        return await open_xhttp(inner, self.options, self.mode, self._authority(dest))

@@ -288,13 +288,11 @@ def xhttp_options(stream: Settings, path: str) -> tuple[XhttpOptions, str]:
     where = join(path, raw_key(stream, "xhttpSettings", "splithttpSettings"))
     s = XHTTP_SCHEMA.parse(stream.get("xhttpSettings"), where)
     security = str(stream.get("security", "") or "none").lower()
-    if security in ("", "none"):
-        raise NotSupported(join(path, "security"), "XHTTP over plain HTTP/1.1 (use security tls or reality)")
+    http1 = security in ("", "none")  # Xray: no TLS means HTTP/1.1
     if security == "tls":
         alpn = _lookup(stream.get("tlsSettings"), "alpn")
         names = [a.strip() for a in alpn.split(",")] if isinstance(alpn, str) else list(alpn or [])
-        if names == ["http/1.1"]:
-            raise NotSupported(join(path, "tlsSettings.alpn"), "XHTTP over HTTP/1.1 (tunray speaks HTTP/2 for XHTTP)")
+        http1 = names == ["http/1.1"]
         if names == ["h3"]:
             raise NotSupported(join(path, "tlsSettings.alpn"), "XHTTP over HTTP/3 (QUIC)")
     base, query = normalise_path(s.path)
@@ -320,5 +318,7 @@ def xhttp_options(stream: Settings, path: str) -> tuple[XhttpOptions, str]:
         max_post=parse_range(s.scMaxEachPostBytes, join(where, "scMaxEachPostBytes"), Range(1_000_000, 1_000_000), minimum=1),
         min_interval_ms=parse_range(s.scMinPostsIntervalMs, join(where, "scMinPostsIntervalMs"), Range(30, 30)),
         no_grpc_header=s.noGRPCHeader,
+        scheme="http" if security in ("", "none") else "https",
+        http1=http1,
     )
     return opts, resolve_mode(s.mode, security == "reality")

@@ -49,6 +49,8 @@ class XhttpOptions:
     max_post: Range = Range(1_000_000, 1_000_000)
     min_interval_ms: Range = Range(30, 30)
     no_grpc_header: bool = False
+    scheme: str = "https"  # "http" without TLS/REALITY (then HTTP/1.1)
+    http1: bool = False  # no TLS, or tlsSettings.alpn is exactly ["http/1.1"] (Xray's rule)
 
 
 def normalise_path(path: str) -> tuple[str, str]:
@@ -94,12 +96,12 @@ def request_headers(
     padding = "X" * opts.padding.roll(rng)
     headers: list[tuple[bytes, bytes]] = [
         (b":method", method.encode()),
-        (b":scheme", b"https"),
+        (b":scheme", opts.scheme.encode()),
         (b":authority", authority.encode()),
         (b":path", target.encode()),
     ]
     headers += [(k.lower().encode(), v.encode()) for k, v in opts.headers]
-    headers.append((b"referer", f"https://{authority}{opts.path}?x_padding={padding}".encode()))
+    headers.append((b"referer", f"{opts.scheme}://{authority}{opts.path}?x_padding={padding}".encode()))
     if streaming_body and not opts.no_grpc_header:
         headers.append((b"content-type", b"application/grpc"))
     if content_length is not None:
