@@ -196,3 +196,14 @@ def test_random_server_bytes_only_raise_tls_errors(data: bytes, prefix: int) -> 
     with pytest.raises(TlsError):
         while client.next_event() is not None:
             pass
+
+
+def test_hello_record_is_read_by_a_tls_sniffer() -> None:
+    """tunray's own TLS sniffer (as Xray's) finds the SNI in the ClientHello record we send."""
+    from tunray.sniff.tls import sniff_tls
+
+    key = X25519PrivateKey.generate()
+    hello = build_client_hello("www.example.test", key.public_key().public_bytes_raw())
+    client = Tls13Client(hello.raw, key, lambda certs: None)
+    result = sniff_tls(client.data_to_send())
+    assert result.domain == "www.example.test"

@@ -1,4 +1,4 @@
-"""XHTTP's three modes against a scripted HTTP/2 server on loopback that checks every request.
+"""XHTTP's three modes against a scripted HTTP/2 server on loopback (and stream-one on HTTP/1.1).
 
 The pinned Xray (24.11.21) predates ``stream-one``, so that mode is checked here, with
 the other two, against a small XHTTP echo server written on ``h2``'s server side: it
@@ -212,3 +212,75 @@ async def test_mode_carries_bytes_both_ways(mode: str) -> None:
     else:
         assert methods[0] == "GET" and len(methods) > len(payload) // MAX_POST
         assert sorted(seen.seqs) == list(range(len(seen.seqs)))
+
+
+async def _h11_stream_one_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: Seen) -> None:
+    """HTTP/1.1 stream-one: echo the chunked POST body into a chunked 200 response, as it arrives."""
+    import h11
+
+    conn = h11.Connection(h11.SERVER)
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await reader.read(65536)
+            conn.receive_data(data)
+            if not data:
+                break
+            continue
+        if isinstance(event, h11.Request):
+            h = {k: v for k, v in event.headers}
+            seen.requests.append({b":method": event.method, b":path": event.target, **h})
+            if event.method != b"POST" or event.target != b"/xh/" or h.get(b"transfer-encoding") != b"chunked":
+                seen.problems.append(f"unexpected request {event.method!r} {event.target!r}")
+            if h.get(b"content-type") != b"application/grpc" or h.get(b"host") != b"xhttp.test":
+                seen.problems.append("missing content-type or host")
+            writer.write(conn.send(h11.Response(status_code=200, headers=[(b"transfer-encoding", b"chunked")])) or b"")
+        elif isinstance(event, h11.Data):
+            writer.write(conn.send(h11.Data(data=event.data)) or b"")
+        elif isinstance(event, h11.EndOfMessage):
+            writer.write(conn.send(h11.EndOfMessage()) or b"")
+            await writer.drain()
+            break
+        await writer.drain()
+    writer.close()
+
+
+@pytest.mark.timeout(30)
+async def test_stream_one_over_http11() -> None:
+    from tunray_transports.xhttp1 import open_xhttp1
+
+    seen = Seen()
+    tasks: list[asyncio.Task[None]] = []
+
+    def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        tasks.append(asyncio.get_running_loop().create_task(_h11_stream_one_server(r, w, seen)))
+
+    async def no_redial() -> Any:
+        raise AssertionError("stream-one must not open a second connection")
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        opts = XhttpOptions(path="/xh/", query="", host="xhttp.test", headers=(), mode="stream-one", http1=True)
+        stream = await open_xhttp1(await _connect(server.sockets[0].getsockname()[1]), opts, "stream-one", "xhttp.test", no_redial)
+        payload = random.Random(9).randbytes(200_000)
+
+        async def upload() -> None:
+            for i in range(0, len(payload), 5000):
+                await stream.write(payload[i : i + 5000])
+            await stream.write_eof()
+
+        async def download() -> bytes:
+            got = bytearray()
+            while chunk := await stream.read(65536):
+                got += chunk
+            return bytes(got)
+
+        _, got = await asyncio.wait_for(asyncio.gather(upload(), download()), 20)
+        assert got == payload  # and b"" at the chunked response's end: a clean end
+        await stream.aclose()
+    finally:
+        server.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+    assert not seen.problems, seen.problems
+    assert len(seen.requests) == 1
