@@ -1,4 +1,4 @@
-"""``tunray`` command line, shaped like Xray's (``run -c``, ``-confdir``, ``-test``, ``uuid``).
+"""``tunray`` command line, shaped like Xray's (``run -c``, ``-confdir``, ``-test``, ``uuid``, ``x25519``).
 
 User mistakes (config, plugins) print one line and exit non-zero without a
 traceback; anything else is a bug and keeps its traceback.
@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("plugins", help="list registered protocols, stacks and transports with their plugins")
     uid = sub.add_parser("uuid", help="generate a UUID, or map a string to Xray's UUIDv5")
     uid.add_argument("-i", dest="input", default=None, help="string to map")
+    x25519 = sub.add_parser("x25519", help="generate an X25519 key pair for REALITY (as xray x25519)")
+    x25519.add_argument("-i", dest="input", default=None, help="private key (base64url) to derive the public key of")
+    x25519.add_argument("--std-encoding", "-std-encoding", dest="std", action="store_true", help="standard base64")
     new = sub.add_parser("new-plugin", help="write a ready-to-build plugin distribution")
     new.add_argument("kind", choices=("inbound", "outbound", "stack", "transport", "security"))
     new.add_argument("name")
@@ -136,6 +139,17 @@ def _unsafe_files(args: argparse.Namespace, raw: dict[str, object]) -> list[str]
 
     files = list(args.config) + (confdir_files(args.confdir) if args.confdir else [])
     return unsafe_files(files, raw)
+
+
+def _x25519(text: str | None, std: bool) -> int:
+    from tunray.x25519 import render
+
+    try:
+        print(render(text, std))
+    except ValueError as exc:
+        print(f"tunray x25519: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -291,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _plugins()
         if args.command == "uuid":
             return _uuid(args.input)
+        if args.command == "x25519":
+            return _x25519(args.input, args.std)
         if args.command == "new-plugin":
             from tunray.scaffold import write_plugin
 
