@@ -254,14 +254,15 @@ async def test_localhost_uses_the_system_resolver() -> None:
 @pytest.mark.parametrize(
     ("raw", "path", "exc"),
     [
-        ({"servers": ["https://1.1.1.1/dns-query"]}, "dns.servers[0]", NotSupported),
-        ({"servers": ["tcp://1.1.1.1"]}, "dns.servers[0]", NotSupported),
-        ({"servers": ["fakedns"]}, "dns.servers[0]", NotSupported),
+        ({"servers": ["tls://1.1.1.1"]}, "dns.servers[0]", NotSupported),
+        ({"servers": ["quic+local://1.1.1.1"]}, "dns.servers[0]", NotSupported),
+        ({"servers": ["https://"]}, "dns.servers[0]", ConfigError),
         ({"servers": ["dns.google"]}, "dns.servers[0]", NotSupported),
         ({"servers": [{"port": 53}]}, "dns.servers[0].address", ConfigError),
         ({"servers": [{"address": "1.1.1.1", "domains": ["bad domain"]}]}, "dns.servers[0].domains[0]", ConfigError),
         ({"servers": [{"address": "1.1.1.1", "expectIPs": ["1.2.3.4/99"]}]}, "dns.servers[0].expectIPs[0]", ConfigError),
-        ({"servers": [{"address": "1.1.1.1", "clientIp": "1.2.3.4"}]}, "dns.servers[0].clientIp", NotSupported),
+        ({"servers": [{"address": "1.1.1.1", "clientIp": "1.2.3"}]}, "dns.servers[0].clientIp", ConfigError),
+        ({"cacheSize": 0}, "dns.cacheSize", ConfigError),
         ({"servers": "1.1.1.1"}, "dns.servers", ConfigError),
         ({"queryStrategy": "UseIPv5"}, "dns.queryStrategy", ConfigError),
         ({"queryStrategy": "UseSystem"}, "dns.queryStrategy", NotSupported),
@@ -280,15 +281,25 @@ def test_config_errors(raw: Any, path: str, exc: type[Exception]) -> None:
 
 def test_config_forms() -> None:
     r = Resolver.from_config(
-        {"servers": ["8.8.8.8", "udp://[2001:4860:4860::8888]:5353", {"address": "1.1.1.1", "port": 5300}, "localhost"],
+        {"servers": ["8.8.8.8", "udp://[2001:4860:4860::8888]:5353", {"address": "1.1.1.1", "port": 5300}, "localhost",
+                     "tcp://1.1.1.1", "tcp+local://1.1.1.1:5353", "https://1.1.1.1/dns-query",
+                     "https+local://dns.test:8443/q", "h2c://10.0.0.1", "fakedns"],
          "queryStrategy": "use_ipv6", "tag": "dns", "disableFallback": True},
         "dns",
     )  # fmt: skip
     assert [str(s) for s in r.servers] == [
         "udp://8.8.8.8:53",
-        "udp://2001:4860:4860::8888:5353",
+        "udp://[2001:4860:4860::8888]:5353",
         "udp://1.1.1.1:5300",
         "localhost",
+        "tcp://1.1.1.1:53",
+        "tcp+local://1.1.1.1:5353",
+        "https://1.1.1.1:443/dns-query",
+        "https+local://dns.test:8443/q",
+        "h2c://10.0.0.1:80/dns-query",
+        "fakedns",
     ]
+    assert [s.local for s in r.servers] == [False] * 5 + [True, False, True, False, False]
+    assert r.fakedns is not None and [p.version for p in r.fakedns.pools] == [6]  # queryStrategy keeps IPv6 only
     assert (r.want4, r.want6, r.disable_fallback) == (False, True, True)
     assert [str(s) for s in Resolver.from_config({"servers": []}, "dns").servers] == ["localhost"]
