@@ -56,6 +56,8 @@ class Runtime:
         self._policies: dict[int, LevelPolicy] = {}
         self.router: Any = plugins.make_router(config, self)
         self.dispatcher: Dispatcher = plugins.make_dispatcher(self)
+        if self.resolver is not None:
+            self.resolver.bind(self)  # queries not marked +local go through routing, as in Xray
         self.outbounds: dict[str, Outbound] = {}
         self.outbound_list: list[Outbound] = []
         for ob_cfg in config.outbounds:

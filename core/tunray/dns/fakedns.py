@@ -150,3 +150,36 @@ class FakeDNS:
         if want4 and want6:
             return cls([FakePool(DEFAULT_V4, 32768), FakePool(DEFAULT_V6, 32768)])
         return cls([FakePool(DEFAULT_V4 if want4 else DEFAULT_V6, 65535)])
+
+
+def restore_fake_domain(ctx: Any, sniffing: Any, resolver: Any) -> None:
+    """Sniffing's ``fakedns`` step: a flow to a fake address goes to its name instead.
+
+    As in Xray (app/dispatcher/default.go, fakednssniffer.go): the name comes from the
+    pool; if the pool no longer knows the address, a domain found by the content
+    sniffers (TLS SNI, HTTP Host, QUIC) is used instead; ``routeOnly`` does not apply
+    to fake addresses (the outbound must get the name, the address means nothing
+    upstream).  Where Xray would then pass the fake address on unchanged, tunray
+    refuses the flow (TCP reset, UDP dropped): dialing a fake address can only fail or
+    loop back into the TUN.  Raises ``FlowDropped`` for that.
+    """
+    fake: FakeDNS | None = getattr(resolver, "fakedns", None)
+    target = ctx.target
+    if fake is None or not fake.in_pool(target.ip):
+        return
+    from tunray.dispatcher import FlowDropped
+
+    domain = fake.domain_for(target.ip)
+    if domain is not None:
+        excluded = sniffing.domains_excluded
+        if excluded is not None and excluded.match(domain):
+            domain = None
+    elif ctx.sniffed_domain and ctx.protocol != "bittorrent":
+        domain = ctx.sniffed_domain
+    if not domain:
+        raise FlowDropped(f"{target.ip} is a FakeDNS address that no name holds now")
+    if not ctx.protocol:
+        ctx.protocol = "fakedns"
+    ctx.sniffed_domain = domain
+    ctx.target = target.with_host(domain)
+    ctx.route_target = None

@@ -186,10 +186,11 @@ def build_response(
     *,
     rcode: int = NOERROR,
     authority: Sequence[Record] = (),
+    authoritative: bool = False,
 ) -> bytes:
     """A response to *query*; names equal to the question name are compressed to a pointer."""
     qname = query.questions[0].name if query.questions else ""
-    flags = FLAG_QR | FLAG_RA | (query.flags & FLAG_RD) | (rcode & 0xF)
+    flags = FLAG_QR | FLAG_RA | (query.flags & FLAG_RD) | (rcode & 0xF) | (FLAG_AA if authoritative else 0)
     out = bytearray(_HEADER.pack(query.id, flags, len(query.questions), len(answers), len(authority), 0))
     for q in query.questions:
         out += encode_name(q.name) + struct.pack("!HH", q.qtype, q.qclass)
