@@ -240,10 +240,6 @@ class Resolver:
             server.upstream = server.make_upstream(routed[tag])
         self._connectors = list(routed.values())
 
-    def own_tags(self) -> set[str]:
-        """Inbound tags this resolver's routed queries carry (Xray's ``IsOwnLink``)."""
-        return {s.tag or self.tag for s in self.servers if s.dest is not None and not s.local}
-
     # -- lookups --------------------------------------------------------------------------
 
     async def lookup(self, domain: str, strategy: str = "UseIP") -> list[IPAddress]:

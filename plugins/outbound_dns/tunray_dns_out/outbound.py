@@ -9,8 +9,8 @@ forwarded to the upstream.  The upstream is the flow's own destination with
 lazily on the first forwarded query through the process dialer with this outbound's
 ``streamSettings.sockopt``; a TCP app may be forwarded over UDP and vice versa.
 
-Queries coming from tunray's own resolver (inbound tag of a routed DNS server, Xray's
-``IsOwnLink``) are always forwarded, so a rule sending port 53 here cannot loop.
+Queries coming from tunray's own resolver (flows opened by :mod:`tunray.dns.routed`,
+Xray's ``IsOwnLink``) are always forwarded, so a rule sending port 53 here cannot loop.
 
 Bounds: at most :data:`MAX_PENDING` resolver lookups per flow at once (more are
 dropped and counted in ``dropped``, as a full queue would); the resolver bounds
@@ -96,8 +96,7 @@ class DNSOutbound(Outbound):
 
     async def process(self, ctx: FlowContext, link: ByteLink | PacketLink) -> None:
         policy = self.runtime.policy(self.settings.userLevel or ctx.user.level)
-        resolver = self.runtime.resolver
-        own = bool(resolver is not None and ctx.inbound_tag and ctx.inbound_tag in resolver.own_tags())
+        own = ctx.inbound_protocol == "dns"  # a query of tunray's own resolver (tunray.dns.routed)
         session = _Session(self, ctx, link, self.upstream_for(ctx.target), policy, own)
         try:
             await session.run()
