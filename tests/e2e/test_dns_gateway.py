@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -53,7 +52,9 @@ WEB = "203.0.113.10"
 RESOLVER = "172.19.0.2"  # an address inside the TUN's range: queries to it enter the TUN
 VLESS_PORT = 10443
 USER_ID = "27848739-7e62-4138-9fd3-098a63964b6b"
-ZONE = Zone(a={"www.zone.test": [WEB], "web.cn.test": [WEB], "web.proxied.test": [WEB]}, txt={"txt.zone.test": "hi"})
+ZONE = Zone(
+    a={"www.zone.test": [WEB], "web.cn.test": [WEB], "web.proxied.test": [WEB]}, txt={"txt.zone.test": "hi"}
+)
 
 
 def _sing_box(topo: Topology, tmp: Path) -> None:
@@ -89,13 +90,28 @@ def world() -> Iterator[tuple[Topology, Path, dict[str, Any]]]:
     mp = pytest.MonkeyPatch()
     try:
         ns_exec(topo.server, "ip", "addr", "add", f"{WEB}/32", "dev", "lo")
-        ns_exec(topo.client, "ip", "route", "add", "default", "via", SERVER, "dev", topo.client_if, "metric", "100")
+        ns_exec(
+            topo.client,
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            SERVER,
+            "dev",
+            topo.client_if,
+            "metric",
+            "100",
+        )
         start_dnsmasq(topo, topo.server, SERVER, ZONE, tmp)
         _, cert = start_dnsdist(topo, topo.server, SERVER, SERVER, tmp)
         _sing_box(topo, tmp)
         (tmp / "www").mkdir()
         (tmp / "www" / "hello.txt").write_text("hello from the server namespace\n")
-        topo.spawn(topo.server, ["python3", "-m", "http.server", "8080", "--bind", WEB, "--directory", str(tmp / "www")])
+        topo.spawn(
+            topo.server,
+            ["python3", "-m", "http.server", "8080", "--bind", WEB, "--directory", str(tmp / "www")],
+        )
         _wait_port(topo, 8080, WEB)
         # `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf for the apps.
         netns_etc.mkdir(parents=True, exist_ok=True)
@@ -130,8 +146,12 @@ async def test_gateway_answers_every_lookup_and_routes_by_name() -> None:
             async with running(cfg, access_log=AccessLog(log)) as rt:
                 # dig to the resolver address: dns-out answers from the resolver, whose
                 # fallback server is DoH through the VLESS proxy to dnsdist.
-                assert (await app(topo, "dig", "+short", "+time=3", f"@{RESOLVER}", "www.zone.test")).split() == [WEB]
-                assert (await app(topo, "dig", "+short", "+tcp", f"@{RESOLVER}", "www.zone.test")).split() == [WEB]
+                assert (
+                    await app(topo, "dig", "+short", "+time=3", f"@{RESOLVER}", "www.zone.test")
+                ).split() == [WEB]
+                assert (
+                    await app(topo, "dig", "+short", "+tcp", f"@{RESOLVER}", "www.zone.test")
+                ).split() == [WEB]
                 # any resolver address is caught (port 53 -> dns-out), not only the configured one
                 assert (await app(topo, "dig", "+short", "@9.9.9.9", "web.cn.test")).split() == [WEB]
                 # getent uses the namespace's resolv.conf, i.e. the TUN
@@ -141,7 +161,9 @@ async def test_gateway_answers_every_lookup_and_routes_by_name() -> None:
                 assert len(fake) == 1 and fake[0].startswith("198.1"), fake
                 # curl resolves through the TUN, connects to the fake address, and the flow
                 # is routed by its restored name through the proxy to the real server.
-                body = await app(topo, "curl", "-sS", "--max-time", "10", "http://web.proxied.test:8080/hello.txt")
+                body = await app(
+                    topo, "curl", "-sS", "--max-time", "10", "http://web.proxied.test:8080/hello.txt"
+                )
                 assert body == "hello from the server namespace\n"
                 # a domestic name resolves for real (DoH +local) and goes direct
                 body = await app(topo, "curl", "-sS", "--max-time", "10", "http://web.cn.test:8080/hello.txt")
@@ -157,4 +179,4 @@ async def test_gateway_answers_every_lookup_and_routes_by_name() -> None:
     assert f"accepted tcp:{SERVER}:443 [dns-query -> proxy]" in text, text  # DoH through VLESS
     assert "accepted tcp:web.proxied.test:8080 [tun-in -> proxy]" in text, text  # FakeDNS, routed by name
     assert "accepted tcp:web.cn.test:8080 [tun-in -> direct]" in text, text
-    assert not os.path.exists(f"/etc/netns/{topo.client}")
+    assert not (Path("/etc/netns") / topo.client).exists()
