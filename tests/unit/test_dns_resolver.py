@@ -303,3 +303,30 @@ def test_config_forms() -> None:
     assert r.fakedns is not None and [p.version for p in r.fakedns.pools] == [6]  # queryStrategy keeps IPv6 only
     assert (r.want4, r.want6, r.disable_fallback) == (False, True, True)
     assert [str(s) for s in Resolver.from_config({"servers": []}, "dns").servers] == ["localhost"]
+
+
+@pytest.mark.parametrize("outbound", ["direct", "block"])
+async def test_queries_not_marked_local_go_through_routing_with_the_dns_tag(outbound: str) -> None:
+    import io
+
+    from tunray.log import AccessLog
+    from tunray.testing.harness import running
+
+    server, port = await Responder.start(ZONE)
+    log = io.StringIO()
+    cfg = {
+        "log": {"loglevel": "none"},
+        "dns": {"tag": "dns-q", "servers": [{"address": "127.0.0.1", "port": port, "timeoutMs": 400}]},
+        "outbounds": [{"protocol": "blackhole", "tag": "block"}, {"protocol": "freedom", "tag": "direct"}],
+        "routing": {"rules": [{"inboundTag": ["dns-q"], "outboundTag": outbound}]},
+    }
+    try:
+        async with running(cfg, access_log=AccessLog(log)) as rt:
+            got = await rt.resolver.lookup("v4only.test", "UseIPv4")
+    finally:
+        server.close()
+    assert f"accepted udp:127.0.0.1:{port} [dns-q -> {outbound}]" in log.getvalue(), log.getvalue()
+    if outbound == "direct":
+        assert got == ips("192.0.2.99") and server.queries == [("v4only.test", A)]
+    else:  # routing sent the query into a blackhole: no answer, and the responder never saw it
+        assert got == [] and server.queries == []

@@ -128,6 +128,8 @@ class UDPUpstream(Upstream):
                     async with asyncio.timeout(timeout / attempts):
                         while True:
                             data = await loop.sock_recv(sock, MAX_MESSAGE)
+                            if not data and sock.family == socket.AF_UNIX:
+                                raise ConnectionResetError("the routed DNS flow ended")
                             msg = check_reply(data, qid, name, qtype)
                             if msg is not None:
                                 return msg
