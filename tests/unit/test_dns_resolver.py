@@ -300,7 +300,8 @@ def test_config_forms() -> None:
         "fakedns",
     ]
     assert [s.local for s in r.servers] == [False] * 5 + [True, False, True, False, False]
-    assert r.fakedns is not None and [p.version for p in r.fakedns.pools] == [6]  # queryStrategy keeps IPv6 only
+    # queryStrategy keeps IPv6 only, so the default FakeDNS pool is the IPv6 one
+    assert r.fakedns is not None and [p.version for p in r.fakedns.pools] == [6]
     assert (r.want4, r.want6, r.disable_fallback) == (False, True, True)
     assert [str(s) for s in Resolver.from_config({"servers": []}, "dns").servers] == ["localhost"]
 
