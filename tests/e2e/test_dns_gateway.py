@@ -156,6 +156,10 @@ async def test_gateway_answers_every_lookup_and_routes_by_name() -> None:
                 assert (await app(topo, "dig", "+short", "@9.9.9.9", "web.cn.test")).split() == [WEB]
                 # getent uses the namespace's resolv.conf, i.e. the TUN
                 assert (await app(topo, "getent", "ahostsv4", "router.lan")).split()[0] == "192.168.1.1"
+                assert (await app(topo, "getent", "ahostsv4", "www.zone.test")).split()[0] == WEB
+                # queryStrategy UseIPv4: AAAA gets an empty answer, not an error
+                out = await app(topo, "dig", f"@{RESOLVER}", "www.zone.test", "AAAA")
+                assert "status: NOERROR" in out and "ANSWER: 0" in out, out
                 # foreign names get FakeDNS addresses
                 fake = (await app(topo, "dig", "+short", f"@{RESOLVER}", "web.proxied.test")).split()
                 assert len(fake) == 1 and fake[0].startswith("198.1"), fake
