@@ -178,7 +178,6 @@ _FAILED = Answer([], 0, -1)
 class Resolver:
     __slots__ = (
         "_cache",
-        "_connectors",
         "_in_flight",
         "_pending",
         "disable_fallback",
@@ -218,7 +217,6 @@ class Resolver:
         self._cache: TTLCache[tuple[int, str, int], tuple[list[IPAddress], int, float]] = TTLCache(cache_size)
         self._pending: dict[tuple[int, str, int], asyncio.Future[tuple[list[IPAddress], int, int]]] = {}
         self._in_flight = 0
-        self._connectors: list[Any] = []
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -238,7 +236,6 @@ class Resolver:
             if tag not in routed:
                 routed[tag] = RoutedConnector(runtime, tag)
             server.upstream = server.make_upstream(routed[tag])
-        self._connectors = list(routed.values())
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -393,10 +390,8 @@ class Resolver:
         return len(self._cache)
 
     async def aclose(self) -> None:
-        """Drop cached answers and end routed query flows.  Idempotent."""
+        """Drop cached answers (routed query flows belong to the dispatcher).  Idempotent."""
         self._cache.clear()
-        for connector in self._connectors:
-            await connector.aclose()
 
     # -- config ---------------------------------------------------------------------------
 

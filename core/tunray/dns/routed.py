@@ -9,7 +9,7 @@ else the ``dns`` section's ``tag``), so rules such as ``{"inboundTag": ["dns"],
 hands one end to the resolver's wire code and wraps the other as the app side of a
 flow (a :class:`~tunray.link.ByteLink` for TCP, a :class:`~tunray.link.PacketLink`
 over a ``SOCK_SEQPACKET`` pair for UDP, which keeps datagram boundaries and reports
-the near end closing), then runs ``dispatcher.dispatch_link`` for it in a task.
+the near end closing), then starts it with ``dispatcher.spawn``.
 Closing the resolver's end ends the flow.  :class:`LocalConnector` dials directly
 through the process dialer, so ``autoOutboundsInterface`` binds these sockets too.
 """
@@ -118,18 +118,18 @@ class _SeqPacketLink(PacketLink):
 
 
 class RoutedConnector:
-    """Opens each connection as a flow with inbound tag *tag* through *runtime*'s dispatcher."""
+    """Opens each connection as a flow with inbound tag *tag* through *runtime*'s dispatcher.
+
+    The dispatcher owns the flow tasks (``Dispatcher.spawn``) and drains them at shutdown.
+    """
 
     def __init__(self, runtime: Runtime, tag: str) -> None:
         self.runtime = runtime
         self.tag = tag
-        self.tasks: set[asyncio.Task[None]] = set()
 
     def _dispatch(self, dest: Destination, link: ByteLink | PacketLink) -> None:
         ctx = FlowContext(self.tag, "dns", Destination(dest.network, _NOWHERE, 0), dest)
-        task = asyncio.get_running_loop().create_task(self.runtime.dispatcher.dispatch_link(ctx, dest, link))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.runtime.dispatcher.spawn(ctx, dest, link)
 
     async def tcp(self, dest: Destination, timeout: float) -> socket.socket:
         near, far = socket.socketpair()
@@ -150,9 +150,3 @@ class RoutedConnector:
         far.setblocking(False)
         self._dispatch(Destination(Network.UDP, dest.host, dest.port), _SeqPacketLink(far, dest))
         return near
-
-    async def aclose(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-        if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=1.0)
