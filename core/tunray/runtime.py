@@ -120,6 +120,11 @@ class Runtime:
             except Exception as exc:
                 errors.append(exc)
                 logger.error("inbound {!r} stopping accepting: {}", ib.tag, exc)
+        if self.resolver is not None:  # kept DoH connections are flows too: end them before draining
+            try:
+                await self.resolver.aclose()
+            except Exception as exc:
+                errors.append(exc)
         await self.dispatcher.drain(drain_timeout)
         for ib in reversed(self.inbounds):
             try:

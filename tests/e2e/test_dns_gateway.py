@@ -52,9 +52,8 @@ WEB = "203.0.113.10"
 RESOLVER = "172.19.0.2"  # an address inside the TUN's range: queries to it enter the TUN
 VLESS_PORT = 10443
 USER_ID = "27848739-7e62-4138-9fd3-098a63964b6b"
-ZONE = Zone(
-    a={"www.zone.test": [WEB], "web.cn.test": [WEB], "web.proxied.test": [WEB]}, txt={"txt.zone.test": "hi"}
-)
+NAMES = ("www.zone.test", "a.zone.test", "b.zone.test", "web.cn.test", "web.proxied.test")
+ZONE = Zone(a={name: [WEB] for name in NAMES}, txt={"txt.zone.test": "hi"})
 
 
 def _sing_box(topo: Topology, tmp: Path) -> None:
@@ -152,6 +151,8 @@ async def test_gateway_answers_every_lookup_and_routes_by_name() -> None:
                 assert (
                     await app(topo, "dig", "+short", "+tcp", f"@{RESOLVER}", "www.zone.test")
                 ).split() == [WEB]
+                for name in ("a.zone.test", "b.zone.test"):  # more DoH queries, same proxied connection
+                    assert (await app(topo, "dig", "+short", f"@{RESOLVER}", name)).split() == [WEB]
                 # any resolver address is caught (port 53 -> dns-out), not only the configured one
                 assert (await app(topo, "dig", "+short", "@9.9.9.9", "web.cn.test")).split() == [WEB]
                 # getent uses the namespace's resolv.conf, i.e. the TUN
@@ -180,7 +181,8 @@ async def test_gateway_answers_every_lookup_and_routes_by_name() -> None:
     assert f"accepted udp:{RESOLVER}:53 [tun-in -> dns-out]" in text, text
     assert f"accepted tcp:{RESOLVER}:53 [tun-in -> dns-out]" in text, text
     assert "accepted udp:9.9.9.9:53 [tun-in -> dns-out]" in text, text
-    assert f"accepted tcp:{SERVER}:443 [dns-query -> proxy]" in text, text  # DoH through VLESS
+    # DoH through VLESS, every query on one kept HTTP/2 connection
+    assert text.count(f"accepted tcp:{SERVER}:443 [dns-query -> proxy]") == 1, text
     assert "accepted tcp:web.proxied.test:8080 [tun-in -> proxy]" in text, text  # FakeDNS, routed by name
     assert "accepted tcp:web.cn.test:8080 [tun-in -> direct]" in text, text
     assert not (Path("/etc/netns") / topo.client).exists()

@@ -46,9 +46,10 @@ from loguru import logger
 
 from tunray.config.errors import ConfigError, NotSupported, join
 from tunray.dns.cache import MAX_ENTRIES, TTLCache
+from tunray.dns.doh import DoHUpstream
 from tunray.dns.fakedns import FAKE_TTL, FakeDNS
 from tunray.dns.message import AAAA, NOERROR, NXDOMAIN, A, addresses
-from tunray.dns.upstream import Connector, DoHUpstream, TCPUpstream, UDPUpstream, Upstream
+from tunray.dns.upstream import Connector, TCPUpstream, UDPUpstream, Upstream
 from tunray.net.address import Destination, IPAddress, Network, parse_host
 from tunray.routing.domain import DomainMatcher
 from tunray.routing.geodata import GeoAssets
@@ -180,6 +181,7 @@ class Resolver:
         "_cache",
         "_in_flight",
         "_pending",
+        "_routed",
         "disable_fallback",
         "disable_fallback_if_match",
         "fakedns",
@@ -215,6 +217,7 @@ class Resolver:
         self.max_in_flight = max_in_flight
         self.fakedns = fakedns
         self._cache: TTLCache[tuple[int, str, int], tuple[list[IPAddress], int, float]] = TTLCache(cache_size)
+        self._routed: list[Any] = []
         self._pending: dict[tuple[int, str, int], asyncio.Future[tuple[list[IPAddress], int, int]]] = {}
         self._in_flight = 0
 
@@ -236,6 +239,7 @@ class Resolver:
             if tag not in routed:
                 routed[tag] = RoutedConnector(runtime, tag)
             server.upstream = server.make_upstream(routed[tag])
+        self._routed = list(routed.values())
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -390,8 +394,13 @@ class Resolver:
         return len(self._cache)
 
     async def aclose(self) -> None:
-        """Drop cached answers (routed query flows belong to the dispatcher).  Idempotent."""
+        """Drop cached answers, close kept DoH connections and end routed query flows.  Idempotent."""
         self._cache.clear()
+        for server in self.servers:
+            if server.upstream is not None:
+                await server.upstream.aclose()
+        for connector in self._routed:
+            connector.abort_all()
 
     # -- config ---------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import weakref
 from typing import TYPE_CHECKING
 
 from tunray.link import ByteLink, LinkClosed, Packet, PacketLink
@@ -53,13 +54,17 @@ class LocalConnector:
 
 
 class _StreamLink(ByteLink):
-    __slots__ = ("_stream",)
+    __slots__ = ("__weakref__", "_aborted", "_stream")
 
     def __init__(self, stream: SocketStream) -> None:
         self._stream = stream
+        self._aborted = False
 
     async def read(self, max_bytes: int = 65536) -> bytes:
-        return await self._stream.read(max_bytes)
+        data = await self._stream.read(max_bytes)
+        if self._aborted:  # ended by the resolver: an error, not the app's clean end
+            raise LinkClosed("the resolver closed this DNS connection")
+        return data
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         try:
@@ -74,6 +79,7 @@ class _StreamLink(ByteLink):
         return None
 
     def abort(self) -> None:
+        self._aborted = True
         self._stream.abort()
 
     async def aclose(self) -> None:
@@ -81,7 +87,7 @@ class _StreamLink(ByteLink):
 
 
 class _SeqPacketLink(PacketLink):
-    __slots__ = ("_closed", "_dest", "_sock")
+    __slots__ = ("__weakref__", "_closed", "_dest", "_sock")
 
     def __init__(self, sock: socket.socket, dest: Destination) -> None:
         self._sock = sock
@@ -126,10 +132,17 @@ class RoutedConnector:
     def __init__(self, runtime: Runtime, tag: str) -> None:
         self.runtime = runtime
         self.tag = tag
+        self.links: weakref.WeakSet[ByteLink | PacketLink] = weakref.WeakSet()
 
     def _dispatch(self, dest: Destination, link: ByteLink | PacketLink) -> None:
         ctx = FlowContext(self.tag, "dns", Destination(dest.network, _NOWHERE, 0), dest)
+        self.links.add(link)
         self.runtime.dispatcher.spawn(ctx, dest, link)
+
+    def abort_all(self) -> None:
+        """End every flow this connector opened (shutdown), as errors so they stop at once."""
+        for link in list(self.links):
+            link.abort()
 
     async def tcp(self, dest: Destination, timeout: float) -> socket.socket:
         near, far = socket.socketpair()

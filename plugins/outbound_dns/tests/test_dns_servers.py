@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 from tunray.dns import Resolver
+from tunray.dns.doh import DoHUpstream
 from tunray.dns.message import AAAA, NOERROR, NXDOMAIN, REFUSED, TXT, A, Message, build_query, parse_message
 from tunray.dns.routed import LocalConnector
-from tunray.dns.upstream import DoHUpstream
 from tunray.log import AccessLog
 from tunray.net.address import Destination, Network
 from tunray.runtime import Runtime
@@ -98,6 +98,9 @@ async def test_server_kinds_answer_from_the_real_zone(server: str) -> None:
                 assert await r.lookup("two.zone.test", "UseIPv4") == ips("192.0.2.1", "192.0.2.2")
                 answer = await r.resolve("missing.zone.test", True, False)
                 assert (answer.ips, answer.rcode) == ([], NXDOMAIN)
+                upstream = r.servers[0].upstream
+                if isinstance(upstream, DoHUpstream):  # every query was a stream on one HTTP/2 connection
+                    assert upstream.connections == 1
             finally:
                 await r.aclose()
 
