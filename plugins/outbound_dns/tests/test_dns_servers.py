@@ -269,3 +269,20 @@ async def test_flood_of_random_names_keeps_every_table_bounded() -> None:
                 assert answered >= 500  # most got through; the rest were dropped, not queued
                 fake_ips = [ip for p in resolver.fakedns.pools for ip in p._by_ip]
                 assert len(set(fake_ips)) == len(fake_ips)
+
+
+async def test_malformed_messages_are_dropped_and_counted() -> None:
+    """Garbage, responses and question-less messages are dropped; the flow keeps answering (hosts only)."""
+    cfg = _cfg({}, {"hosts": {"h.test": "192.0.2.7"}})
+    async with runtime(cfg) as rt:
+        app, _task = driver_of(rt).open_udp("10.0.0.5:5353", f"{SERVER}:53")
+        to = Destination.parse(f"{SERVER}:53", Network.UDP)
+        response = bytearray(build_query(9, "h.test", A))
+        response[2] |= 0x80
+        junk = [b"", b"\x00", b"\xff" * 40, bytes(response), build_query(10, "h.test", A)[:12] + b"\x00\x00"]
+        junk.append(b"\x00\x0b\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01")  # pointer loop
+        for data in junk:
+            app.send(data, to)
+        got = await ask_udp(app, "h.test", A)
+        assert got is not None and [r.data for r in got.answers] == ips("192.0.2.7")
+        assert rt.outbounds["dns-out"].malformed == len(junk)

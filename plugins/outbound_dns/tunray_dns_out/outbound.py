@@ -83,6 +83,8 @@ class DNSOutbound(Outbound):
         self.sockopt: Settings | None = stream.settings.sockopt if stream is not None else None
         #: Queries dropped because a flow had MAX_PENDING lookups outstanding.
         self.dropped = 0
+        #: Messages dropped because they were not a parseable DNS query.
+        self.malformed = 0
 
     def upstream_for(self, target: Destination) -> Destination:
         dest = target
@@ -190,9 +192,10 @@ class _Session:
         try:
             query = parse_message(data)
         except ValueError:
-            logger.debug("{}: dns: unparseable query dropped", self.ctx)
-            return
-        if query.is_response or not query.questions:
+            query = None
+        if query is None or query.is_response or not query.questions:
+            self.outbound.malformed += 1
+            logger.debug("{}: dns: malformed query dropped", self.ctx)
             return
         q = query.questions[0]
         action, rcode = decide(self.outbound.rules, q.qtype, q.name)
