@@ -4,9 +4,11 @@ Theory of operation
 -------------------
 A :class:`FakePool` owns one CIDR and at most ``size`` live names.  ``address_for``
 returns the name's address if it has one (refreshing its recency), else takes the
-next free address: the scan starts at a point derived from the clock (as Xray does,
-so a restart does not hand the same addresses to different names straight away)
-and walks forward past addresses that are still bound.  When the pool is full the
+next free address: a cursor that starts at a point derived from the clock (as Xray's
+scan does, so a restart does not hand the same addresses to different names straight
+away) and walks forward, wrapping, past addresses that are still bound.  Xray restarts
+the scan from the clock on every allocation, which probes through every address
+allocated in the same millisecond; the cursor makes an allocation O(1) in practice.  When the pool is full the
 least recently used name is forgotten first, so one address is never bound to two
 live names: the map ``name -> address`` and its inverse are kept in step.
 
@@ -41,7 +43,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class FakePool:
-    __slots__ = ("_by_ip", "_by_name", "_first", "_span", "network", "size")
+    __slots__ = ("_by_ip", "_by_name", "_cursor", "_first", "_span", "network", "size")
 
     def __init__(self, cidr: str, size: int) -> None:
         self.network: Network = ipaddress.ip_network(cidr, strict=False)
@@ -55,6 +57,7 @@ class FakePool:
         self._span = self.network.num_addresses
         self._by_name: OrderedDict[str, IPAddress] = OrderedDict()
         self._by_ip: dict[IPAddress, str] = {}
+        self._cursor = int(time.time() * 1000) % self._span
 
     @property
     def version(self) -> int:
@@ -74,12 +77,13 @@ class FakePool:
         if len(self._by_name) >= self.size:
             _old_name, old_ip = self._by_name.popitem(last=False)
             del self._by_ip[old_ip]
-        offset = int(time.time() * 1000) % self._span
+        offset = self._cursor
         while True:
             ip = ipaddress.ip_address(self._first + offset)
+            offset = (offset + 1) % self._span
             if ip not in self._by_ip:
                 break
-            offset = (offset + 1) % self._span
+        self._cursor = offset
         self._by_name[name] = ip
         self._by_ip[ip] = name
         return ip
