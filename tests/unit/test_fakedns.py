@@ -105,3 +105,15 @@ async def test_flow_to_a_forgotten_fake_address_is_reset() -> None:
     text = log.getvalue()
     assert "rejected tcp:198.18.7.7:80" in text and "no name holds now" in text, text
     assert "rejected udp:198.18.7.8:53" in text, text
+
+
+async def test_the_fake_domain_wins_over_a_sniffed_host() -> None:
+    cfg = _config()
+    cfg["inbounds"][0]["sniffing"]["destOverride"] = ["fakedns", "http"]  # type: ignore[index]
+    log = io.StringIO()
+    async with running(cfg, access_log=AccessLog(log)) as rt:
+        (ip,) = (await rt.resolver.resolve("www.wanted.test", True, False, fake=True)).ips
+        app, task = driver_of(rt).open_tcp("10.0.0.9:40000", f"{ip}:80")
+        await app.send(b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n")
+        await task
+    assert "accepted tcp:www.wanted.test:80 [in -> named]" in log.getvalue(), log.getvalue()

@@ -160,7 +160,8 @@ def restore_fake_domain(ctx: Any, sniffing: Any, resolver: Any) -> None:
     """Sniffing's ``fakedns`` step: a flow to a fake address goes to its name instead.
 
     As in Xray (app/dispatcher/default.go, fakednssniffer.go): the name comes from the
-    pool; if the pool no longer knows the address, a domain found by the content
+    pool, and wins over a name the content sniffers found (TLS SNI, HTTP Host); if the
+    pool no longer knows the address, a domain found by the content
     sniffers (TLS SNI, HTTP Host, QUIC) is used instead; ``routeOnly`` does not apply
     to fake addresses (the outbound must get the name, the address means nothing
     upstream).  Where Xray would then pass the fake address on unchanged, tunray
@@ -168,12 +169,12 @@ def restore_fake_domain(ctx: Any, sniffing: Any, resolver: Any) -> None:
     loop back into the TUN.  Raises ``FlowDropped`` for that.
     """
     fake: FakeDNS | None = getattr(resolver, "fakedns", None)
-    target = ctx.target
-    if fake is None or not fake.in_pool(target.ip):
+    original = ctx.original_target or ctx.target
+    if fake is None or not fake.in_pool(original.ip):
         return
     from tunray.dispatcher import FlowDropped
 
-    domain = fake.domain_for(target.ip)
+    domain = fake.domain_for(original.ip)
     if domain is not None:
         excluded = sniffing.domains_excluded
         if excluded is not None and excluded.match(domain):
@@ -181,9 +182,9 @@ def restore_fake_domain(ctx: Any, sniffing: Any, resolver: Any) -> None:
     elif ctx.sniffed_domain and ctx.protocol != "bittorrent":
         domain = ctx.sniffed_domain
     if not domain:
-        raise FlowDropped(f"{target.ip} is a FakeDNS address that no name holds now")
+        raise FlowDropped(f"{original.ip} is a FakeDNS address that no name holds now")
     if not ctx.protocol:
         ctx.protocol = "fakedns"
     ctx.sniffed_domain = domain
-    ctx.target = target.with_host(domain)
+    ctx.target = original.with_host(domain)
     ctx.route_target = None
