@@ -98,6 +98,10 @@ async def test_server_kinds_answer_from_the_real_zone(server: str) -> None:
                 assert await r.lookup("two.zone.test", "UseIPv4") == ips("192.0.2.1", "192.0.2.2")
                 answer = await r.resolve("missing.zone.test", True, False)
                 assert (answer.ips, answer.rcode) == ([], NXDOMAIN)
+                # concurrent lookups of distinct names (wildcard zone) all get their answer
+                names = [f"c{i}.wild.zone.test" for i in range(20)]
+                answers = await asyncio.gather(*(r.lookup(n, "UseIPv4") for n in names))
+                assert answers == [ips("10.77.0.1")] * 20
                 upstream = r.servers[0].upstream
                 if isinstance(upstream, DoHUpstream):  # every query was a stream on one HTTP/2 connection
                     assert upstream.connections == 1
