@@ -331,3 +331,39 @@ async def test_queries_not_marked_local_go_through_routing_with_the_dns_tag(outb
         assert got == ips("192.0.2.99") and server.queries == [("v4only.test", A)]
     else:  # routing sent the query into a blackhole: no answer, and the responder never saw it
         assert got == [] and server.queries == []
+
+
+@pytest.mark.timeout(10)
+async def test_parallel_query_takes_a_live_answer_without_waiting_for_a_dead_server() -> None:
+    dead, dead_port = await Responder.start(ZONE, drop_first=100)
+    live, live_port = await Responder.start(ZONE)
+    servers = [{"address": "127.0.0.1", "port": dead_port, "timeoutMs": 3000}, f"127.0.0.1:{live_port}"]
+    parallel = Resolver.from_config({"servers": servers, "enableParallelQuery": True}, "dns")
+    try:
+        assert await parallel.lookup("v4only.test", "UseIPv4") == ips("192.0.2.99")
+        # both were asked at once; the dead one has not even been retried (its retry is
+        # due after half its 3 s budget), so the answer did not wait for it
+        assert dead.queries == [("v4only.test", A)] and live.queries == [("v4only.test", A)]
+    finally:
+        await parallel.aclose()
+        dead.close()
+        live.close()
+
+
+async def test_parallel_query_groups_decide_in_config_order() -> None:
+    first_zone: dict[str, dict[str, Any]] = {"v4only.test": {"A": ["10.0.0.1"]}}
+    first, first_port = await Responder.start(first_zone)
+    second, second_port = await Responder.start(ZONE)
+    servers = [
+        {"address": "127.0.0.1", "port": second_port},  # group 1 ...
+        f"127.0.0.1:{first_port}",  # ... same policy (a plain entry): still group 1
+        {"address": "127.0.0.1", "port": first_port, "domains": ["domain:test"]},
+    ]
+    r = Resolver.from_config({"servers": servers, "enableParallelQuery": True, "disableCache": True}, "dns")
+    assert [s.policy for s in r.servers][:2] == [r.servers[0].policy] * 2 and r.servers[2].policy != r.servers[0].policy
+    try:
+        # the domains-matched server comes first in the order and is its own group: it wins
+        assert await r.lookup("v4only.test", "UseIPv4") == ips("10.0.0.1")
+    finally:
+        first.close()
+        second.close()

@@ -127,6 +127,8 @@ class NameServer:
     cache: bool = True
     tag: str = ""
     client_ip: IPAddress | None = None
+    #: Xray's policy key for ``enableParallelQuery`` grouping (adjacent equal keys = one group).
+    policy: str = ""
     upstream: Upstream | None = field(default=None, repr=False)
 
     @property
@@ -178,6 +180,7 @@ _FAILED = Answer([], 0, -1)
 
 class Resolver:
     __slots__ = (
+        "_background",
         "_cache",
         "_in_flight",
         "_pending",
@@ -187,6 +190,7 @@ class Resolver:
         "fakedns",
         "hosts",
         "max_in_flight",
+        "parallel",
         "servers",
         "tag",
         "want4",
@@ -206,7 +210,10 @@ class Resolver:
         cache_size: int = MAX_ENTRIES,
         max_in_flight: int = MAX_IN_FLIGHT,
         fakedns: FakeDNS | None = None,
+        parallel: bool = False,
     ) -> None:
+        self.parallel = parallel
+        self._background: set[asyncio.Task[Any]] = set()
         self.servers = servers or [NameServer("localhost")]
         self.hosts = hosts or []
         self.want4 = want4
@@ -271,29 +278,67 @@ class Resolver:
         else:
             logger.info("dns: hosts aliases for {} are nested too deeply", domain)
             return _FAILED
+        candidates = [
+            s
+            for s in self._servers_for(name)
+            if (fake or s.kind != "fakedns") and ((want4 and s.want4) or (want6 and s.want6))
+        ]
+        if self.parallel and len(candidates) > 1:
+            return await self._parallel(candidates, name, want4, want6)
         outcomes: list[int] = []
-        for server in self._servers_for(name):
-            if server.kind == "fakedns" and not fake:
-                continue
-            w4, w6 = want4 and server.want4, want6 and server.want6
-            if not (w4 or w6):
-                continue
-            try:
-                ips, ttl, rcode = await self._query(server, name, w4, w6)
-            except (OSError, ValueError) as exc:
-                logger.debug("dns: {} failed for {}: {}", server, name, exc or type(exc).__name__)
-                outcomes.append(-1)
-                continue
-            if server.expect is not None:
-                ips = [ip for ip in ips if server.expect.match(ip)]
+        for server in candidates:
+            ips, ttl, rcode = await self._ask_server(server, name, want4, want6)
             if ips:
                 return Answer(_filter(ips, want4, want6, False), ttl)
             outcomes.append(rcode)
-        if outcomes and all(r == NXDOMAIN for r in outcomes):
-            return Answer([], 0, NXDOMAIN)
-        if outcomes and all(r in (NOERROR, NXDOMAIN) for r in outcomes):
-            return Answer([])
-        return _FAILED
+        return _merge(outcomes)
+
+    async def _ask_server(
+        self, server: NameServer, name: str, want4: bool, want6: bool
+    ) -> tuple[list[IPAddress], int, int]:
+        """One server's answer after ``expectIPs``; rcode -1 when it failed."""
+        try:
+            ips, ttl, rcode = await self._query(server, name, want4 and server.want4, want6 and server.want6)
+        except (OSError, ValueError) as exc:
+            logger.debug("dns: {} failed for {}: {}", server, name, exc or type(exc).__name__)
+            return [], 0, -1
+        if server.expect is not None:
+            ips = [ip for ip in ips if server.expect.match(ip)]
+        return ips, ttl, rcode
+
+    async def _parallel(self, servers: list[NameServer], name: str, want4: bool, want6: bool) -> Answer:
+        """``enableParallelQuery``: ask every server at once; groups decide in order.
+
+        Xray (app/dns/dns.go parallelQuery): adjacent servers with the same policy
+        (``clientIp``, ``skipFallback``, ``queryStrategy``, ``tag``, ``domains``,
+        ``expectIPs``) form a group; the first group, in config order, with a
+        non-empty answer wins, and within it the first server in order that has
+        answered.  Queries still running are left to finish (and fill the cache).
+        """
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self._ask_server(s, name, want4, want6)) for s in servers]
+        for t in tasks:
+            self._background.add(t)
+            t.add_done_callback(self._background.discard)
+        outcomes: list[int] = []
+        start = 0
+        while start < len(servers):
+            end = start
+            while end + 1 < len(servers) and servers[end + 1].policy == servers[start].policy:
+                end += 1
+            group = tasks[start : end + 1]
+            while True:
+                for t in group:
+                    if t.done() and t.result()[0]:
+                        ips, ttl, _ = t.result()
+                        return Answer(_filter(ips, want4, want6, False), ttl)
+                waiting = [t for t in group if not t.done()]
+                if not waiting:
+                    break
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            outcomes += [t.result()[2] for t in group]
+            start = end + 1
+        return _merge(outcomes)
 
     def _host(self, name: str) -> _Host | None:
         for host in self.hosts:
@@ -396,6 +441,11 @@ class Resolver:
     async def aclose(self) -> None:
         """Drop cached answers, close kept DoH connections and end routed query flows.  Idempotent."""
         self._cache.clear()
+        background = list(self._background)
+        for task in background:
+            task.cancel()
+        if background:
+            await asyncio.gather(*background, return_exceptions=True)
         for server in self.servers:
             if server.upstream is not None:
                 await server.upstream.aclose()
@@ -451,10 +501,20 @@ class Resolver:
             cache_size=_count(fields, "cachesize", path, MAX_ENTRIES),
             max_in_flight=_count(fields, "maxconcurrentqueries", path, MAX_IN_FLIGHT),
             fakedns=fakedns,
+            parallel=_bool(fields, "enableparallelquery", path),
         )
 
     def __repr__(self) -> str:
         return f"<Resolver {', '.join(map(str, self.servers))}; {len(self.hosts)} hosts>"
+
+
+def _merge(outcomes: list[int]) -> Answer:
+    """No server had an address: NXDOMAIN if all said so, empty if all answered, else failed."""
+    if outcomes and all(r == NXDOMAIN for r in outcomes):
+        return Answer([], 0, NXDOMAIN)
+    if outcomes and all(r in (NOERROR, NXDOMAIN) for r in outcomes):
+        return Answer([])
+    return _FAILED
 
 
 def _filter(ips: list[IPAddress], want4: bool, want6: bool, v6_first: bool) -> list[IPAddress]:
@@ -574,6 +634,19 @@ def _parse_url(text: str, kind: str, local: bool, path: str) -> NameServer:
     return NameServer(kind, dest, host=url.hostname, path=url.path or "/dns-query", local=local)
 
 
+def _policy_key(fields: dict[str, tuple[str, Any]]) -> str:
+    """Xray's ``buildPolicyID`` inputs, normalised (infra/conf/dns.go)."""
+
+    def norm(name: str) -> Any:
+        value = fields.get(name, (name, None))[1]
+        if isinstance(value, list):
+            return sorted(str(v).strip().lower() for v in value)
+        return str(value).strip().lower() if value not in (None, False) else ""
+
+    keys = ("clientip", "skipfallback", "querystrategy", "tag", "domains", "expectedips", "expectips", "unexpectedips")
+    return repr([norm(k) for k in keys])
+
+
 def _client_ip(fields: dict[str, tuple[str, Any]], path: str) -> IPAddress | None:
     key, value = fields.get("clientip", ("clientIp", None))
     if value in (None, ""):
@@ -598,6 +671,7 @@ def _server(
 ) -> NameServer:
     if isinstance(raw, str):
         server = _parse_address(raw, None, path)
+        server.policy = _policy_key({})
         server.cache = server.cache and not disable_cache
         server.client_ip = client_ip
         return server
@@ -612,6 +686,7 @@ def _server(
         raise ConfigError(join(path, pkey), "expected a port number")
     server = _parse_address(address, port, join(path, key))
     server.client_ip = _client_ip(fields, path) or client_ip
+    server.policy = _policy_key(fields)
     tkey, tag = fields.get("tag", ("tag", ""))
     if tag is not None and not isinstance(tag, str):
         raise ConfigError(join(path, tkey), "expected a string")
