@@ -414,6 +414,13 @@ def build_config(raw: dict[str, Any], registry: Registry) -> Config:
     fakedns = FakeDNS.from_config(fake_raw, fake_key) if fake_raw else None
     dns_key, dns_raw = _get(raw, "dns")
     resolver = Resolver.from_config(dns_raw, dns_key, fakedns=fakedns)
+    if any(s.kind == "fakedns" for s in resolver.servers) and not any(
+        ib.sniffing.enabled and "fakedns" in ib.sniffing.destOverride for ib in inbounds
+    ):
+        from loguru import logger
+
+        # Xray warns the same: fake addresses handed out but never turned back into names
+        logger.warning("config: {}: a fakedns server without any inbound sniffing destOverride \"fakedns\"", dns_key)
     routing_key, routing_raw = _get(raw, "routing")
     router = Router.from_config(
         routing_raw, routing_key, outbound_tags=[o.tag for o in outbounds if o.tag], resolver=resolver
