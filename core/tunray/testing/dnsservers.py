@@ -5,7 +5,7 @@
 answer; local answers carry TTL 300) on
 ``listen`` port 53, UDP and TCP, authoritative for ``.test`` (other names there are
 NXDOMAIN; nothing is forwarded anywhere).  ``start_dnsdist(...)`` puts DNS over HTTPS
-(HTTP/2 and HTTP/1.1, RFC 8484) in front of a backend with a self-signed certificate
+(HTTP/2 and HTTP/1.1, RFC 8484; also cleartext on port 80) in front of a backend with a self-signed certificate
 from :mod:`tunray.testing.certs`.  Both are Debian packages (see ``scripts/install``)
 and are stopped with the topology.
 """
@@ -77,7 +77,7 @@ def start_dnsmasq(topo: Topology, ns: str, listen: str, zone: Zone, tmp: Path) -
 def start_dnsdist(
     topo: Topology, ns: str, listen: str, backend: str, tmp: Path, *, names: tuple[str, ...] = ("doh.test",)
 ) -> tuple[subprocess.Popen[bytes], SelfSigned]:
-    """DoH on ``listen``:443 path ``/dns-query``, forwarding to ``backend``:53."""
+    """DoH on ``listen``:443 (TLS) and :80 (cleartext, for ``h2c``), path ``/dns-query``, forwarding to ``backend``:53."""
     cert = make_cert(tmp, names=names, ips=(listen,), stem="dnsdist")
     conf = tmp / "dnsdist.conf"
     conf.write_text(
@@ -86,6 +86,7 @@ def start_dnsdist(
                 'setSecurityPollSuffix("")',
                 f'newServer({{address="{backend}:53", healthCheckMode="up"}})',
                 f'addDOHLocal("{listen}:443", "{cert.cert_file}", "{cert.key_file}", "/dns-query")',
+                f'addDOHLocal("{listen}:80")',  # cleartext: HTTP/2 with prior knowledge (h2c) and HTTP/1.1
                 "",
             ]
         )

@@ -87,10 +87,11 @@ def ips(*texts: str) -> list[Any]:
         f"tcp+local://{SERVER}",
         f"tcp://{SERVER}:53",
         f"https+local://{SERVER}/dns-query",
+        f"h2c+local://{SERVER}/dns-query",
     ],
 )
 async def test_server_kinds_answer_from_the_real_zone(server: str) -> None:
-    with world(doh=server.startswith("https")) as (topo, _):
+    with world(doh=server.startswith(("https", "h2c"))) as (topo, _):
         with topo.enter(topo.client):
             r = Resolver.from_config({"servers": [server]}, "dns")
             try:
