@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from tunray.link import ByteLink, LinkClosed, Packet, PacketLink
 from tunray.net.address import Destination, Network
+from tunray.net.applink import SocketByteLink
 from tunray.net.dialer import Dialer
 from tunray.net.stream import SocketStream, open_stream
 from tunray.session import FlowContext
@@ -53,37 +54,28 @@ class LocalConnector:
         return sock
 
 
-class _StreamLink(ByteLink):
-    __slots__ = ("__weakref__", "_aborted", "_stream")
+class _StreamLink(SocketByteLink):
+    """The dispatcher's side of a routed TCP query connection.
+
+    Aborted by the resolver (shutdown), its reads raise instead of returning a clean
+    end, so the outbound resets its upstream at once instead of waiting for it to close.
+    """
+
+    __slots__ = ("__weakref__", "_aborted")
 
     def __init__(self, stream: SocketStream) -> None:
-        self._stream = stream
+        super().__init__(stream)
         self._aborted = False
 
     async def read(self, max_bytes: int = 65536) -> bytes:
-        data = await self._stream.read(max_bytes)
-        if self._aborted:  # ended by the resolver: an error, not the app's clean end
+        data = await super().read(max_bytes)
+        if self._aborted:
             raise LinkClosed("the resolver closed this DNS connection")
         return data
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        try:
-            await self._stream.write(data)
-        except ConnectionError as exc:
-            raise LinkClosed(str(exc)) from None
-
-    async def write_eof(self) -> None:
-        await self._stream.write_eof()
-
-    async def accept(self) -> None:
-        return None
-
     def abort(self) -> None:
         self._aborted = True
-        self._stream.abort()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
+        super().abort()
 
 
 class _SeqPacketLink(PacketLink):
