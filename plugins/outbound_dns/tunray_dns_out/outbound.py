@@ -27,10 +27,11 @@ import struct
 from typing import Any
 
 from loguru import logger
+from tunray.bytestream import StreamClosed, StreamReset
 from tunray.config.errors import ConfigError
 from tunray.config.schema import AnyValue, Enum, Field, Int, Schema, Settings, Str
 from tunray.dns.message import AAAA, A, Message, Record, build_response, parse_message
-from tunray.link import ByteLink, LinkClosed, PacketLink
+from tunray.link import ByteLink, PacketLink
 from tunray.net.address import Destination, Network, parse_host
 from tunray.net.stream import SocketStream, open_stream
 from tunray.outbound import Outbound
@@ -182,8 +183,8 @@ class _Session:
             return
         try:
             await link.write(struct.pack("!H", len(data)) + data)
-        except LinkClosed:
-            pass
+        except (StreamReset, StreamClosed):
+            pass  # the app is gone; its read side ends the flow
 
     async def _query(self, data: bytes, peer: Destination) -> None:
         if self.own:
@@ -273,6 +274,12 @@ class _Session:
             await self.reply(data, self.peer)
 
     async def _read_tcp(self, stream: SocketStream) -> None:
+        try:
+            await self._relay_tcp(stream)
+        except OSError as exc:  # StreamReset included: the upstream went away
+            logger.info("{}: dns: upstream {} ended: {}", self.ctx, self.dest, exc)
+
+    async def _relay_tcp(self, stream: SocketStream) -> None:
         buf = bytearray()
         while chunk := await stream.read(65536):
             buf += chunk
