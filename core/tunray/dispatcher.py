@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
+from tunray.dns.fakedns import restore_fake_domain
 from tunray.link import ByteLink, Packet, PacketLink, PrefixedByteLink
 from tunray.net.address import Destination, Network, parse_host
 from tunray.sniffing import SniffConfig, sniff_packets, sniff_stream
@@ -89,6 +90,8 @@ class Dispatcher:
             sniffing: SniffConfig | None = getattr(ctx, "sniffing", None)
             if sniffing is not None and not sniffing.metadata_only:
                 link = await self._sniff(ctx, sniffing, link)
+            if sniffing is not None and "fakedns" in sniffing.dest_override:
+                restore_fake_domain(ctx, sniffing, rt.resolver)
             outbound = await self._route(ctx)
             if observers:
                 rt.plugins.flow_routed(ctx, ctx.outbound_tag)

@@ -65,6 +65,8 @@ class Runtime:
         self._policies: dict[int, LevelPolicy] = {}
         self.router: Any = plugins.make_router(config, self)
         self.dispatcher: Dispatcher = plugins.make_dispatcher(self)
+        if self.resolver is not None:
+            self.resolver.bind(self)  # queries not marked +local go through routing, as in Xray
         self.outbounds: dict[str, Outbound] = {}
         self.outbound_list: list[Outbound] = []
         self.default_outbound_tag = ""
@@ -235,6 +237,11 @@ class Runtime:
             except Exception as exc:
                 errors.append(exc)
                 logger.error("inbound {!r} stopping accepting: {}", ib.tag, exc)
+        if self.resolver is not None:  # kept DoH connections are flows too: end them before draining
+            try:
+                await self.resolver.aclose()
+            except Exception as exc:
+                errors.append(exc)
         await self.dispatcher.drain(drain_timeout)
         for ib in reversed(self.inbounds):
             try:

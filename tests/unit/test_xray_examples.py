@@ -77,7 +77,7 @@ EXPECTED: dict[str, Expect] = {
     "ReverseProxy/VLESS-TCP-XTLS-WS/client_ws.jsonc": OK,
     "ReverseProxy/Vmess-TCP/bridge.jsonc": refused("reverse"),
     "ReverseProxy/Vmess-TCP/client.jsonc": refused(PROTOCOL),
-    "Serverless-for-Iran/serverless_for_Iran.jsonc": refused("fakedns"),
+    "Serverless-for-Iran/serverless_for_Iran.jsonc": refused("inbounds[0].streamSettings.sockopt.tcpKeepAliveIdle"),
     "Serverless-for-Iran/serverless_with_mitm_for_Iran.jsonc": refused("inbounds[2].streamSettings.tlsSettings.certificates[0].usage"),
     "Shadowsocks-TCP/client.jsonc": refused(PROTOCOL),
     "Socks5-TLS/config_client.jsonc": refused(PROTOCOL),  # a socks *outbound*

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -185,11 +186,15 @@ def test_cli_test_mode_reports_a_bad_stack(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("tun*.json")))
-def test_shipped_configs_validate(name: str) -> None:
+def test_shipped_configs_validate(name: str, tmp_path: Path) -> None:
+    from tunray.testing.geo import write_test_geodata
+
+    env = {**os.environ, "TUNRAY_LOCATION_ASSET": str(write_test_geodata(tmp_path))}  # geosite:/geoip: codes
     res = subprocess.run(
         [sys.executable, "-m", "tunray", "run", "-test", "-c", str(REPO / "configs" / name)],
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
     assert res.returncode == 0, res.stderr
