@@ -38,8 +38,14 @@ def mask(value: Any) -> str:
 
 
 def mask_quoted(message: str) -> str:
-    """*message* with every quoted literal replaced by :func:`mask` of it."""
-    return _QUOTED.sub(lambda m: mask(m.group(0)[1:-1]), message)
+    """*message* with every quoted literal replaced by :func:`mask` of it, except the
+    names of credential keys themselves (advice like 'use "shortId"' stays readable)."""
+
+    def one(m: re.Match[str]) -> str:
+        inner = m.group(0)[1:-1]
+        return m.group(0) if inner.lower() in SECRET_KEYS else mask(inner)
+
+    return _QUOTED.sub(one, message)
 
 
 class ConfigError(Exception):

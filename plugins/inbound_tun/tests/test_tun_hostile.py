@@ -87,6 +87,12 @@ def test_a_deleted_tun_stops_its_inbound_and_the_process(tmp_path: Path) -> None
         assert not any("Traceback" in ln or "Exception in callback" in ln for ln in tr.lines), tr.text
 
 
+def sh_out(ns: str, *cmd: str) -> str:
+    from tunray.testing.netns import ns_exec
+
+    return ns_exec(ns, *cmd).stdout
+
+
 def _flood(topo: Topology, count: int, port: int) -> None:
     """*count* SYNs from as many spoofed LAN sources into the TUN (AF_PACKET), as fast as we can."""
     import socket
@@ -124,10 +130,14 @@ async def test_a_spoofed_syn_flood_does_not_lock_out_a_real_app() -> None:
 
                 assert await asyncio.to_thread(app) == 5 * 4096
                 stats = tun_of(rt).stats()
+                # SYNs the kernel dropped because its TUN queue was full never reached the stack
+                shown = json.loads(sh_out(topo.client, "ip", "-s", "-j", "link", "show", "dev", TUN))
+                dropped = int(shown[0]["stats64"]["tx"]["dropped"])
         dials = log.getvalue().count("accepted")
         assert dials <= 32 + 5, f"{dials} upstream dials for a budget of 32"
         assert stats["tcp_connections"] <= 32 + 5, stats  # state (and a dial) for the budget only
-        assert stats["tcp_syn_cookies_sent"] >= 1000, stats  # the rest of the flood got cookies
+        # every flood SYN that reached the stack beyond the budget got a cookie, not state
+        assert stats["tcp_syn_cookies_sent"] >= 3000 - dropped - 32, (dropped, stats)
         assert stats.get("tcp_syn_cookies_accepted", 0) + stats["tcp_connections"] >= 5, stats
 
 
