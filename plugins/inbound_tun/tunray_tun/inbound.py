@@ -63,6 +63,9 @@ class TunInbound(Inbound):
         """``stack`` must name an installed stack, ``stackSettings`` fit its schema, and
         ``handshake``/``offload`` ask only for what the stack's capabilities declare."""
         settings.parse_stack_settings(registry.stacks, s, path)
+        if inherited_fd() is None:
+            settings.stack_class(registry.stacks, s.stack, join(path, "stack")).check_link(
+                list(s.gateway), join(path, "gateway"))
 
     def __init__(self, config: InboundConfig, runtime: Runtime) -> None:
         super().__init__(config, runtime)
@@ -79,6 +82,7 @@ class TunInbound(Inbound):
                 "tun: settings.dns only applies on Windows; point the system resolver at it yourself"
             )
         self.ifname = s.name
+        self.mtu = settings.effective_mtu(self.stack_cls, s)
         self.device: FdDevice | None = None
         self.stack: Stack | None = None
         self.adopted = False
@@ -107,7 +111,7 @@ class TunInbound(Inbound):
         self._worker = worker = netconf.NetlinkWorker()
         fd = inherited_fd()
         if fd is not None:
-            self.device, self.ifname = adopt_tun(fd, expect_name=s.name, mtu=s.mtu)
+            self.device, self.ifname = adopt_tun(fd, expect_name=s.name, mtu=self.mtu)
             self.adopted = True
             if s.gateway or s.autoSystemRoutingTable:
                 logger.warning(
@@ -116,7 +120,7 @@ class TunInbound(Inbound):
         else:
             existed = bool(s.name) and await worker.call(netconf.link_index, s.name) is not None
             offload = settings.effective_offload(self.stack_cls, s)
-            self.device, self.ifname = open_tun(s.name or "tun%d", offload=offload, mtu=s.mtu)
+            self.device, self.ifname = open_tun(s.name or "tun%d", offload=offload, mtu=self.mtu)
             self._created = not existed
         index = await worker.call(netconf.link_index, self.ifname)
         if self.uplink_mode:
@@ -126,10 +130,10 @@ class TunInbound(Inbound):
             if index is None:
                 raise TunError(0, f"TUN {self.ifname} vanished right after it was opened")
             self._setup = netconf.LinkSetup(index)
-            await worker.call(self._setup.apply, s.mtu, list(s.gateway), list(s.autoSystemRoutingTable))
+            await worker.call(self._setup.apply, self.mtu, list(s.gateway), list(s.autoSystemRoutingTable))
         policy = self.runtime.policy(self.user_level)
         options = StackOptions(
-            mtu=s.mtu,
+            mtu=self.mtu,
             handshake=settings.effective_handshake(self.stack_cls, s),
             tcp_idle_timeout=policy.conn_idle,
             udp_idle_timeout=float(s.udpTimeout),
@@ -137,6 +141,7 @@ class TunInbound(Inbound):
             max_flows=s.maxFlows,
             tcp_buffer=s.tcpBufferSize * 1024,
             settings=self.stack_settings,
+            stacks=self.runtime.registry.stacks,
         )
         self.stack = self.stack_cls(options)
         await self.stack.attach(self.device)

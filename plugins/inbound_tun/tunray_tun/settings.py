@@ -44,7 +44,8 @@ DEFAULT_STACK = "python"
 
 FIELDS: tuple[Field, ...] = (
     Field("name", Str(pattern=IFNAME), default="", doc="interface name; empty = the kernel's next free tunN"),
-    Field("mtu", Int(min=576, max=65535), default=1500, doc="link MTU, also the stack's MTU"),
+    Field("mtu", Int(min=576, max=65535), default=1500,
+          doc="link MTU, also the stack's MTU (left out: the stack's default_mtu, e.g. 65535 for system)"),
     Field(
         "gateway", ListOf(InterfaceAddress), default=[], doc="addresses (with prefix) put on the interface"
     ),
@@ -139,6 +140,14 @@ def effective_handshake(stack_cls: type[Stack], s: Settings) -> str:
 def effective_offload(stack_cls: type[Stack], s: Settings) -> bool:
     """``settings.offload``, or off when it was left out and the stack cannot read vnet headers."""
     return bool(s.offload) and stack_cls.capabilities.vnet_hdr
+
+
+def effective_mtu(stack_cls: type[Stack], s: Settings) -> int:
+    """``settings.mtu``, or the stack's :attr:`~tunray.stack.Stack.default_mtu` when it was left out."""
+    mtu: int = s.mtu
+    if not _given(s, "mtu") and stack_cls.default_mtu is not None:
+        return stack_cls.default_mtu
+    return mtu
 
 
 def uplink_mode(s: Settings) -> str:
