@@ -30,6 +30,7 @@ import tun_app
 import tun_helpers
 from tun_helpers import sh, topology, tun_config
 from tunray.log import AccessLog
+from tunray.plugin.manager import PluginManager
 from tunray.testing.harness import running
 from tunray.testing.netns import Topology, ns_exec
 
@@ -42,6 +43,7 @@ HOST6 = "2001:db8:10::10"
 PROXY4 = "198.51.100.1"  # where a redirecting outbound goes ("the proxy server")
 ECHO = 7000
 APP_SCRIPT = Path(tun_app.__file__).read_text()
+STACKS = sorted(PluginManager().registry.stacks)  # the protocol tests run on every installed stack
 
 
 def _world(topo: Topology, *, default_metric: int = 100) -> None:
@@ -288,19 +290,21 @@ async def test_without_a_recipe_the_dial_loops_and_fails() -> None:
 # --- protocols and behaviours ------------------------------------------------------------------------
 
 
-async def test_ipv6_tcp_and_udp() -> None:
+@pytest.mark.parametrize("stack", STACKS)
+async def test_ipv6_tcp_and_udp(stack: str) -> None:
     with topology() as topo:
         _world(topo)
-        settings = _settings(["2001:db8:10::/48"])
+        settings = _settings(["2001:db8:10::/48"], stack=stack)
         del settings["autoOutboundsInterface"]
         await _through_tun(topo, tun_config(settings, _freedom()), HOST6)
 
 
+@pytest.mark.parametrize("stack", STACKS)
 @pytest.mark.parametrize("host", [HOST4, HOST6])
-async def test_refused_upstream_resets_the_app_quickly(host: str) -> None:
+async def test_refused_upstream_resets_the_app_quickly(host: str, stack: str) -> None:
     with topology() as topo:
         _world(topo)
-        settings = _settings(["203.0.113.0/24", "2001:db8:10::/48"], handshake="lazy")
+        settings = _settings(["203.0.113.0/24", "2001:db8:10::/48"], handshake="lazy", stack=stack)
         del settings["autoOutboundsInterface"]
         with topo.enter(topo.client):
             async with running(tun_config(settings, _freedom()), extra=[tun_helpers]):
@@ -309,12 +313,13 @@ async def test_refused_upstream_resets_the_app_quickly(host: str) -> None:
         assert elapsed < 1.0, f"the app waited {elapsed:.2f}s for the refusal"
 
 
+@pytest.mark.parametrize("stack", STACKS)
 @pytest.mark.parametrize("host", ["203.0.113.99", "2001:db8:10::99"])
-async def test_ping_is_answered_locally(host: str) -> None:
+async def test_ping_is_answered_locally(host: str, stack: str) -> None:
     with topology() as topo:
         _world(topo)
         # neither address exists anywhere: only the stack can answer
-        settings = _settings(["203.0.113.0/24", "2001:db8:10::/48"])
+        settings = _settings(["203.0.113.0/24", "2001:db8:10::/48"], stack=stack)
         with topo.enter(topo.client):
             async with running(tun_config(settings, _freedom()), extra=[tun_helpers]):
                 source, rtt = await _in_client(topo, tun_app.ping, host)

@@ -84,16 +84,22 @@ def _netns_fd(fd: int) -> int | None:
     return nsfd
 
 
-def _run_in(nsfd: int, fn: Callable[[], T]) -> T:
-    libc = ctypes.CDLL(None, use_errno=True)
+def _run_in(nsfd: int | None, fn: Callable[[], T]) -> T:
+    """Run *fn* in a fresh thread, in the namespace *nsfd* (None: the calling thread's).
+
+    A thread because pyroute2 runs an event loop of its own, which cannot nest in ours; a
+    fresh one because it inherits the calling thread's namespace, or ends in another one
+    and must never be reused.
+    """
 
     def enter() -> T:
-        if libc.setns(nsfd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns into the TUN's namespace: {os.strerror(err)}")
+        if nsfd is not None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.setns(nsfd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns into the TUN's namespace: {os.strerror(err)}")
         return fn()
 
-    # a fresh thread each time: it ends in the other namespace and is never reused
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tunray-netns") as pool:
         return pool.submit(enter).result()
 
@@ -159,9 +165,8 @@ def open_listeners(fd: int) -> tuple[dict[int, Side], dict[int, socket.socket]]:
         return sides, socks
 
     nsfd = _netns_fd(fd)
-    if nsfd is None:
-        return work()
     try:
         return _run_in(nsfd, work)
     finally:
-        os.close(nsfd)
+        if nsfd is not None:
+            os.close(nsfd)
