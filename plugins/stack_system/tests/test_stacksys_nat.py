@@ -16,7 +16,6 @@ from tunray.config.errors import ConfigError
 from tunray.net.packet import VNET_F_NEEDS_CSUM, VNET_LEN, pseudo_sum, sum_of, vnet_header
 from tunray.stackcore import TcpOpened, TcpReset
 from tunray.testing.stackclient import checksum, ipv4, ipv6, pseudo, tcp
-
 from tunray_stack_system.core import SystemConfig, SystemCore
 from tunray_stack_system.kernel import next_address, usable
 from tunray_stack_system.nat import LINGER, PORT_FIRST, Side, TcpNat
@@ -256,3 +255,28 @@ def test_check_link_names_the_gateway_entry() -> None:
         SystemStack.check_link([], "inbounds[0].settings.gateway")
     SystemStack.check_link(gw[:1], "inbounds[0].settings.gateway")
     assert set(usable(gw)) == {4}
+
+
+def test_tun_config_refuses_a_gateway_without_room_and_defaults_the_mtu() -> None:
+    from tunray.config.model import build_config
+    from tunray.plugin.manager import PluginManager
+    from tunray_tun.settings import effective_mtu
+
+    registry = PluginManager().registry
+
+    def config(settings: dict[str, object]) -> object:
+        return build_config({"inbounds": [{"protocol": "tun", "settings": settings}],
+                             "outbounds": [{"protocol": "freedom"}]}, registry)
+
+    with pytest.raises(ConfigError) as err:
+        config({"stack": "system", "gateway": ["10.0.0.1/32"]})
+    assert "inbounds[0].settings.gateway[0]" in str(err.value)
+    with pytest.raises(ConfigError, match=r"inbounds\[0\]\.settings\.gateway"):
+        config({"stack": "mixed"})
+    ok = config({"stack": "system", "gateway": ["10.0.0.1/30"]})
+    s = ok.inbounds[0].settings  # type: ignore[attr-defined]
+    assert effective_mtu(SystemStack, s) == 65535, "no user MTU: the system stack's 65535"
+    s9000 = config({"stack": "system", "gateway": ["10.0.0.1/30"], "mtu": 9000}).inbounds[0].settings  # type: ignore[attr-defined]
+    assert effective_mtu(SystemStack, s9000) == 9000
+    python = config({"gateway": ["10.0.0.1/32"]}).inbounds[0].settings  # type: ignore[attr-defined]
+    assert effective_mtu(registry.stacks["python"], python) == 1500, "other stacks keep the inbound's 1500"
