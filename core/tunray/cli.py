@@ -107,7 +107,42 @@ def _run(args: argparse.Namespace) -> int:
     from tunray.runtime import Runtime
 
     runtime = Runtime(config, pm)
-    return _serve(runtime, args.drain)
+    count = 1
+    try:
+        for ib in runtime.inbounds:
+            wanted = ib.prepare_workers()
+            if wanted > 1 and count > 1:
+                raise ConfigError(ib.config.path, "only one inbound may run worker processes")
+            count = max(count, wanted)
+    except BaseException:
+        for ib in runtime.inbounds:
+            ib.leave_workers()
+        raise
+    if count == 1:
+        return _serve(runtime, args.drain)
+    return _serve_workers(runtime, count, args.drain)
+
+
+def _serve_workers(runtime: object, count: int, drain: float | None) -> int:
+    """Fork *count* workers, each serving the runtime with its own loop (see :mod:`tunray.workers`)."""
+    from tunray.runtime import DRAIN_TIMEOUT, Runtime
+    from tunray.workers import KILL_AFTER, SharedCounters, run_workers
+
+    assert isinstance(runtime, Runtime)
+    shared = SharedCounters(runtime.stat_keys(), count)
+    inbounds = list(runtime.inbounds)
+
+    def child(k: int) -> int:
+        runtime.inbounds = [ib for ib in inbounds if ib.enter_worker(k, count)]
+        runtime.stats = shared.for_worker(k)
+        return _serve(runtime, drain)
+
+    def release() -> None:
+        for ib in inbounds:
+            ib.leave_workers()
+
+    drain_timeout = DRAIN_TIMEOUT if drain is None else max(drain, 0.0)
+    return run_workers(count, child, release, kill_after=min(drain_timeout + 1.0, KILL_AFTER))
 
 
 def _serve(runtime: object, drain: float | None = None) -> int:

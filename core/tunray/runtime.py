@@ -11,6 +11,7 @@ rest of the shutdown.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any
 
 from loguru import logger
@@ -41,7 +42,7 @@ class Runtime:
         self.access_log = access_log if access_log is not None else AccessLog.from_settings(config.log)
         #: Xray-named traffic counters (``inbound>>>TAG>>>traffic>>>uplink`` ...), kept when the
         #: config has a ``stats`` section and the matching ``policy.system`` flags are on.
-        self.stats: dict[str, int] = {}
+        self.stats: MutableMapping[str, int] = {}
         system = config.policy.system
         self.stats_flags: tuple[bool, bool, bool, bool] = (
             (
@@ -76,6 +77,16 @@ class Runtime:
         config = build_config(raw, plugins.registry)
         plugins.configure(config)
         return cls(config, plugins, **kwargs)
+
+    def stat_keys(self) -> list[str]:
+        """Every counter name :meth:`count_traffic` may use (tags x directions), for shared counters."""
+        keys = []
+        for kind, tags in (("inbound", [ib.tag for ib in self.config.inbounds]),
+                           ("outbound", [ob.tag for ob in self.config.outbounds])):
+            for tag in tags:
+                if tag:
+                    keys += [f"{kind}>>>{tag}>>>traffic>>>uplink", f"{kind}>>>{tag}>>>traffic>>>downlink"]
+        return keys
 
     def count_traffic(self, ctx: FlowContext) -> None:
         """Add a finished flow's bytes to the enabled counters (once per flow)."""

@@ -66,6 +66,9 @@ class StackOptions:
     settings: Settings = field(default_factory=lambda: EMPTY.parse({}, ""))
     stacks: Mapping[str, type[Stack]] = field(default_factory=dict)
     """The registry's stacks (name -> class), for a stack built on another (``mixed``); may be empty."""
+    queue: tuple[int, int] | None = None
+    """In a worker process: (this worker's TUN queue, number of queues), steered by
+    :func:`tunray.net.steering.queue_for`; ``None`` in a single process."""
 
 
 class Stack(ABC):

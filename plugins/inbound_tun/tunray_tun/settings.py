@@ -19,6 +19,7 @@ asked for explicitly from a stack that cannot, they are a config error naming th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -79,6 +80,8 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "maxFlows", Int(min=1), default=4096, doc="open flows at most; the stack refuses new ones beyond it"
     ),
+    Field("workers", Int(min=1, max=256), default=None,
+          doc="worker processes, one TUN queue each (tunray run only); absent = the number of CPUs"),
     Field("udpTimeout", Int(min=1), default=60, doc="seconds a UDP flow may sit idle before it is closed"),
     Field("tcpBufferSize", Int(min=16), default=4096, doc="per-TCP-flow buffer in KiB (receive window cap)"),
 )
@@ -148,6 +151,12 @@ def effective_mtu(stack_cls: type[Stack], s: Settings) -> int:
     if not _given(s, "mtu") and stack_cls.default_mtu is not None:
         return stack_cls.default_mtu
     return mtu
+
+
+def worker_count(s: Settings) -> int:
+    """``settings.workers``, or the number of CPUs when it was left out."""
+    n: int | None = s.workers
+    return n if n is not None else (os.cpu_count() or 1)
 
 
 def uplink_mode(s: Settings) -> str:

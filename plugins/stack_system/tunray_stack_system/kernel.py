@@ -25,6 +25,8 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from tunray.net.steering import queue_for
+
 from tunray_stack_system.nat import Side
 
 T = TypeVar("T")
@@ -120,7 +122,22 @@ def link_addresses(ifname: str) -> list[Interface]:
     return out
 
 
-def listen(address: Address) -> socket.socket:
+def listen(address: Address, queue: tuple[int, int] | None = None) -> socket.socket:
+    """A listener on *address*, on a port the TUN steers to *queue* ``(index, count)`` if given.
+
+    With worker processes the kernel's replies from ``address:port`` must come back to the
+    worker that owns this listener; the steering program picks the queue from the source
+    endpoint (:func:`tunray.net.steering.queue_for`), so try random ports until one maps here.
+    """
+    for _ in range(64 * (queue[1] if queue else 1)):
+        sock = _listen_once(address)
+        if queue is None or queue_for(address.packed, sock.getsockname()[1], queue[1]) == queue[0]:
+            return sock
+        sock.close()
+    raise OSError(0, f"no listen port on {address} steers to TUN queue {queue}")
+
+
+def _listen_once(address: Address) -> socket.socket:
     family = socket.AF_INET if address.version == 4 else socket.AF_INET6
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -139,7 +156,7 @@ def listen(address: Address) -> socket.socket:
     return sock
 
 
-def open_listeners(fd: int) -> tuple[dict[int, Side], dict[int, socket.socket]]:
+def open_listeners(fd: int, queue: tuple[int, int] | None = None) -> tuple[dict[int, Side], dict[int, socket.socket]]:
     """Find the TUN's addresses and listen on them, in the TUN's namespace.
 
     Raises :class:`OSError` when no family has an address with a partner in its prefix.
@@ -155,7 +172,7 @@ def open_listeners(fd: int) -> tuple[dict[int, Side], dict[int, socket.socket]]:
         socks: dict[int, socket.socket] = {}
         try:
             for version, (iface, peer) in pairs.items():
-                sock = listen(iface.ip)
+                sock = listen(iface.ip, queue)
                 socks[version] = sock
                 sides[version] = Side(iface.ip.packed, peer.packed, sock.getsockname()[1])
         except BaseException:

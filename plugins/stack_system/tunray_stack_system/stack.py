@@ -83,7 +83,7 @@ class SystemStack(StackDriver):
         return self._syscore
 
     async def attach(self, device: PacketDevice) -> None:
-        self._sides, self._listeners = open_listeners(device.fileno())
+        self._sides, self._listeners = open_listeners(device.fileno(), self.options.queue)
         try:
             await super().attach(device)
         except BaseException:
