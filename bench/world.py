@@ -11,6 +11,7 @@ namespaces; it runs in ``finally`` and is idempotent.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import socket
@@ -36,18 +37,20 @@ IPERF_PORT = 5201
 class Proxy:
     """One contender: how to configure and start it."""
 
-    key: str  # "tunray", "sb-gvisor", "sb-system"
+    key: str  # "tunray" (python stack), "tunray-lwip", "sb-gvisor", "sb-system"
     label: str
     tun: str
     fds_per_flow: int  # measured: open descriptors per held TCP flow
+    workers: int = 1  # tunray's TUN "workers" (bench/run.py --workers)
 
     def config(self, mtu: int, uplink: str, *, sniff: bool = False) -> dict[str, Any]:
         """The proxy's config; *sniff* turns on HTTP/TLS sniffing as nearly every Xray config has it."""
-        if self.key == "tunray":
+        if self.tunray:
             raw: dict[str, Any] = json.loads(TUNRAY_CONFIG.read_text())
             raw["log"] = {"loglevel": "warning", "access": "none"}
             tun = raw["inbounds"][0]["settings"]
-            tun.update(name=self.tun, mtu=mtu, autoOutboundsInterface=uplink, maxFlows=16384)
+            tun.update(name=self.tun, mtu=mtu, autoOutboundsInterface=uplink, maxFlows=16384,
+                       stack=self.key.split("@")[0].partition("-")[2] or "python", workers=self.workers)
             if sniff:
                 raw["inbounds"][0]["sniffing"] = {"enabled": True, "destOverride": ["http", "tls"]}
             return raw
@@ -72,14 +75,24 @@ class Proxy:
             "outbounds": [{"type": "direct", "tag": "direct", "bind_interface": uplink}],
         }
 
+    @property
+    def tunray(self) -> bool:
+        return self.key.startswith("tunray")
+
+    def with_workers(self, n: int) -> Proxy:
+        """This tunray proxy with *n* worker processes (a column of its own)."""
+        return dataclasses.replace(self, key=f"{self.key}@w{n}", label=f"{self.label}, {n} workers", workers=n)
+
     def argv(self, config_path: Path) -> list[str]:
-        if self.key == "tunray":
+        if self.tunray:
             return [sys.executable, "-m", "tunray", "run", "-c", str(config_path)]
         return [str(SING_BOX), "run", "-c", str(config_path), "--disable-color"]
 
 
 PROXIES = (
     Proxy("tunray", "tunray (python stack)", "tunray0", 1),
+    Proxy("tunray-system", "tunray (system stack)", "tunray0", 2),
+    Proxy("tunray-mixed", "tunray (mixed stack)", "tunray0", 2),
     Proxy("sb-gvisor", "sing-box gvisor", "sbtun0", 1),
     Proxy("sb-system", "sing-box system", "sbtun0", 6),
 )
@@ -127,7 +140,7 @@ class World:
             ["ip", "netns", "exec", self.client, *proxy.argv(cfg)], stdout=self._log, stderr=subprocess.STDOUT
         )
         end = time.monotonic() + timeout
-        routed = proxy.key == "tunray"  # tunray adds its routes; for sing-box we add them
+        routed = proxy.tunray  # tunray adds its routes; for sing-box we add them
         while time.monotonic() < end:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{proxy.label} exited ({self.proc.returncode}): {self.log_tail()}")
