@@ -18,7 +18,7 @@ from tunray.stackcore import TcpOpened, TcpReset
 from tunray.testing.stackclient import checksum, ipv4, ipv6, pseudo, tcp
 from tunray_stack_system.core import SystemConfig, SystemCore
 from tunray_stack_system.kernel import next_address, usable
-from tunray_stack_system.nat import LINGER, PORT_FIRST, Side, TcpNat
+from tunray_stack_system.nat import LINGER, PORT_FIRST, Side, TcpNat, nat_key
 from tunray_stack_system.stack import SystemStack
 
 TCP = 6
@@ -27,6 +27,10 @@ APP4, FAR4, TUN4, NEXT4 = (ipaddress.ip_address(a).packed for a in ("10.9.0.1", 
 APP6, FAR6, TUN6, NEXT6 = (ipaddress.ip_address(a).packed for a in ("fd09::1", "2001:db8::7", "fd09::1", "fd09::2"))
 LPORT = 40404
 SIDES = {4: Side(TUN4, NEXT4, LPORT), 6: Side(TUN6, NEXT6, LPORT)}
+
+
+def key(src: bytes, sport: int, dst: bytes, dport: int) -> bytes:
+    return nat_key(src, dst, struct.pack("!HH", sport, dport))
 
 
 def core(*, eager: bool = True, vnet: bool = False, max_flows: int = 100, idle: float = 300.0) -> SystemCore:
@@ -105,14 +109,14 @@ def test_a_partial_checksum_gets_only_the_address_delta(version: int) -> None:
 
 def test_nat_ports_skip_live_entries_and_wrap() -> None:
     nat = TcpNat(SIDES, max_entries=10, idle=300.0)
-    first = nat.open(4, (APP4, 1, FAR4, 80), 0.0)
+    first = nat.open(4, key(APP4, 1, FAR4, 80), 0.0)
     assert first is not None and first.port == PORT_FIRST
     nat._next[4] = 65535
-    last = nat.open(4, (APP4, 2, FAR4, 80), 0.0)
+    last = nat.open(4, key(APP4, 2, FAR4, 80), 0.0)
     assert last is not None and last.port == 65535
-    wrapped = nat.open(4, (APP4, 3, FAR4, 80), 0.0)
+    wrapped = nat.open(4, key(APP4, 3, FAR4, 80), 0.0)
     assert wrapped is not None and wrapped.port == PORT_FIRST + 1, "wrapped onto a live port"
-    six = nat.open(6, (APP6, 1, FAR6, 80), 0.0)
+    six = nat.open(6, key(APP6, 1, FAR6, 80), 0.0)
     assert six is not None and six.port == PORT_FIRST, "each family has its own ports"
     assert nat.lookup_port(4, PORT_FIRST) is first and nat.lookup_port(6, PORT_FIRST) is six
 
@@ -144,7 +148,7 @@ def test_lazy_syn_waits_for_accept_and_abort_answers_rst() -> None:
     [rst] = c.drain(3.1)
     assert fields(bytes(rst)) == (FAR4, APP4, 443, 6666, RST | ACK)
     assert struct.unpack_from("!I", rst, 28)[0] == 5001, "the RST must acknowledge the SYN"
-    assert (APP4, 6666, FAR4, 443) not in c.nat.by_key
+    assert key(APP4, 6666, FAR4, 443) not in c.nat.by_key
 
 
 def test_an_app_reset_while_pending_ends_the_handle() -> None:
@@ -159,7 +163,7 @@ def test_an_app_reset_while_pending_ends_the_handle() -> None:
 def test_fins_both_ways_free_the_entry_after_the_linger() -> None:
     c = core()
     c.feed(packet(4, APP4, FAR4, 5555, 443, SYN), 1.0)
-    entry = c.nat.by_key[(APP4, 5555, FAR4, 443)]
+    entry = c.nat.by_key[key(APP4, 5555, FAR4, 443)]
     c.feed(packet(4, APP4, FAR4, 5555, 443, FIN | ACK, seq=1001), 2.0)
     c.feed(packet(4, TUN4, NEXT4, LPORT, entry.port, FIN | ACK), 2.1)
     c.drain(2.1)
@@ -177,11 +181,11 @@ def test_fins_both_ways_free_the_entry_after_the_linger() -> None:
 def test_a_reset_frees_the_entry_and_a_new_syn_reuses_the_tuple() -> None:
     c = core()
     c.feed(packet(4, APP4, FAR4, 5555, 443, SYN), 1.0)
-    old = c.nat.by_key[(APP4, 5555, FAR4, 443)]
+    old = c.nat.by_key[key(APP4, 5555, FAR4, 443)]
     c.feed(packet(4, TUN4, NEXT4, LPORT, old.port, RST | ACK), 1.5)
     c.take_events()
     c.feed(packet(4, APP4, FAR4, 5555, 443, SYN, seq=99999), 1.6)  # same tuple, new connection
-    new = c.nat.by_key[(APP4, 5555, FAR4, 443)]
+    new = c.nat.by_key[key(APP4, 5555, FAR4, 443)]
     assert new is not old and new.port != old.port
     assert [type(e) for e in c.take_events()] == [TcpOpened]
 

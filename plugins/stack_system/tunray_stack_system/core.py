@@ -35,10 +35,23 @@ from tunray.net.packet import (
 )
 from tunray.stackcore import CoreEvent, StackCore, TcpOpened, TcpReset
 
-from tunray_stack_system.nat import ACK, FIN, RST, SYN, VERIFY_MAX, NatEntry, Side, TcpNat, rewrite, rst_for
+from tunray_stack_system.nat import (
+    ACK,
+    FIN,
+    RST,
+    SYN,
+    VERIFY_MAX,
+    NatEntry,
+    Side,
+    TcpNat,
+    nat_key,
+    rewrite,
+    rst_for,
+)
 from tunray_stack_system.udp import UdpCore
 
 _DROP_DST_V4 = (b"\x00", b"\x7f")  # "this network", loopback
+_FROM = int.from_bytes
 
 
 @dataclass(slots=True)
@@ -66,6 +79,10 @@ class SystemCore:
                            queue_packets=config.udp_queue_packets, max_flows=config.max_flows,
                            counters=self._counters, events=self.events, out=self.out)
         self._prefix = vnet_header() if config.vnet_hdr else b""
+        self._vnet = config.vnet_hdr
+        side4 = sides.get(4)
+        # what bytes 12..22 of an IPv4 packet from the kernel's listener start with (src, dst, sport)
+        self._reply4 = side4.local + side4.peer + side4.port.to_bytes(2, "big") if side4 is not None else b"-"
 
     def count(self, what: str, n: int = 1) -> None:
         self._counters[what] = self._counters.get(what, 0) + n
@@ -86,7 +103,7 @@ class SystemCore:
     def feed(self, packet: bytes, now: float) -> None:
         ip = 0
         partial = csum_ok = False
-        if self.config.vnet_hdr:
+        if self._vnet:
             if len(packet) < VNET_LEN:
                 self.count("vnet_truncated")
                 return
@@ -94,7 +111,9 @@ class SystemCore:
             partial = bool(flags & VNET_F_NEEDS_CSUM)
             csum_ok = bool(flags & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID))
             ip = VNET_LEN
-        parsed = parse_ip(packet, ip, self.config.vnet_hdr and packet[1] != 0)
+        if packet[ip] == 0x45 and packet[ip + 9] == PROTO_TCP and self._fast4(packet, ip, partial, csum_ok, now):
+            return
+        parsed = parse_ip(packet, ip, self._vnet and packet[1] != 0)
         if isinstance(parsed, str):
             self.count(parsed)
             return
@@ -109,6 +128,70 @@ class SystemCore:
             self.udp.icmp(version, src, dst, packet[l4:end])
         else:
             self.count("ip_unknown_protocol")
+
+    def _fast4(self, p: bytes, ip: int, partial: bool, csum_ok: bool, now: float) -> bool:
+        """IPv4 without options carrying TCP to or from a known entry: the common case, inlined.
+
+        Returns False, having changed nothing, for anything else (new connections, bad or
+        unusual packets): :meth:`_tcp` then handles (and counts) it.  Measured with
+        ``plugins/stack_system/bench_nat.py``: a short connection's 9 packets 99 -> 63 µs, a 64 KB
+        segment 9.2 -> 5.2 µs.
+        """
+        total = (p[ip + 2] << 8) | p[ip + 3]
+        if total < 40 or total > len(p) - ip or p[ip + 6] & 0x3F or p[ip + 7] \
+                or _FROM(p[ip:ip + 20], "big") % 0xFFFF:
+            return False
+        l4 = ip + 20
+        flags = p[l4 + 13]
+        hlen = (p[l4 + 12] >> 4) * 4
+        if hlen < 20 or hlen > total - 20:
+            return False
+        if not csum_ok and (total <= VERIFY_MAX + 20 or flags & 7):
+            seg = p[l4:ip + total]
+            value = _FROM(seg, "big")
+            if len(seg) & 1:
+                value <<= 8
+            if (_FROM(p[ip + 12:ip + 20], "big") + PROTO_TCP + total - 20 + value) % 0xFFFF:
+                return False
+        nat = self.nat
+        key = p[ip + 12:l4 + 4]
+        if key[:10] == self._reply4:
+            entry = nat.by_port.get((p[l4 + 2] << 8) | p[l4 + 3])
+            if entry is None:
+                return False
+            addr, ports, d_ip, d_l4 = entry.back_addr, entry.back_ports, entry.back_ip, entry.back_l4
+            if flags & (FIN | RST):
+                if flags & RST:
+                    nat.linger(entry, now)
+                else:
+                    entry.fin_kernel = True
+                    if entry.fin_app:
+                        nat.linger(entry, now)
+        else:
+            entry = nat.by_key.get(key)
+            if entry is None or entry.pending or (entry.linger_until and flags & (SYN | ACK) == SYN):
+                return False
+            addr, ports, d_ip, d_l4 = entry.fwd_addr, entry.fwd_ports, entry.fwd_ip, entry.fwd_l4
+            if flags & (FIN | RST):
+                if flags & RST:
+                    nat.linger(entry, now)
+                else:
+                    entry.fin_app = True
+                    if entry.fin_kernel:
+                        nat.linger(entry, now)
+        entry.last = now
+        buf = bytearray(p)
+        buf[ip + 12:ip + 20] = addr
+        c = 0xFFFF - ((0xFFFF - ((p[ip + 10] << 8) | p[ip + 11])) + d_ip) % 0xFFFF
+        buf[ip + 10] = c >> 8
+        buf[ip + 11] = c & 0xFF
+        buf[l4:l4 + 4] = ports
+        c = (p[l4 + 16] << 8) | p[l4 + 17]
+        c = ((c + d_ip) % 0xFFFF or 0xFFFF) if partial else 0xFFFF - ((0xFFFF - c) + d_l4) % 0xFFFF
+        buf[l4 + 16] = c >> 8
+        buf[l4 + 17] = c & 0xFF
+        self.out.append(buf)  # type: ignore[arg-type]
+        return True
 
     def _tcp(self, packet: bytes, ip: int, version: int, src: bytes, dst: bytes, l4: int, end: int,
              partial: bool, csum_ok: bool, now: float) -> None:
@@ -144,7 +227,7 @@ class SystemCore:
             self.out.append(rewrite(packet, ip, l4, version, entry.back_addr, entry.back_ports, entry.back_ip,
                                     entry.back_l4, partial))  # type: ignore[arg-type]
             return
-        key = (src, (packet[l4] << 8) | packet[l4 + 1], dst, (packet[l4 + 2] << 8) | packet[l4 + 3])
+        key = nat_key(src, dst, packet[l4:l4 + 4])
         entry = nat.by_key.get(key)
         if entry is not None and entry.linger_until and flags & (SYN | ACK) == SYN:
             nat.free(entry)  # the app reuses the 4-tuple for a new connection
@@ -174,8 +257,9 @@ class SystemCore:
         self.out.append(rewrite(packet, ip, l4, version, entry.fwd_addr, entry.fwd_ports, entry.fwd_ip,
                                 entry.fwd_l4, partial))  # type: ignore[arg-type]
 
-    def _open(self, packet: bytes, version: int, key: tuple[bytes, int, bytes, int], now: float) -> None:
-        dst = key[2]
+    def _open(self, packet: bytes, version: int, key: bytes, now: float) -> None:
+        alen = 4 if version == 4 else 16
+        dst = key[alen:2 * alen]
         if version == 4 and (dst[:1] in _DROP_DST_V4 or dst[0] >= 224):
             self.count("tcp_bad_destination")
             return
@@ -191,7 +275,8 @@ class SystemCore:
                 self._answer_rst(packet, VNET_LEN if self.config.vnet_hdr else 0, l4, end, version, src, d)
             return
         self.count("tcp_connections")
-        self.events.append(TcpOpened(entry.handle, key[0], key[1], key[2], key[3], not self.config.eager))
+        sport, dport = (key[2 * alen] << 8) | key[2 * alen + 1], (key[2 * alen + 2] << 8) | key[2 * alen + 3]
+        self.events.append(TcpOpened(entry.handle, key[:alen], sport, dst, dport, not self.config.eager))
         if self.config.eager:
             self._pass_syn(entry, packet)
         else:

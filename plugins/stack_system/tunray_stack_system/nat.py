@@ -63,16 +63,26 @@ def _delta(old: bytes, new: bytes) -> int:
     return (sum_of(new) + 0xFFFF - sum_of(old)) % 0xFFFF
 
 
+def nat_key(src: bytes, dst: bytes, ports: bytes) -> bytes:
+    """The table key of a connection: source and destination address, then both ports, as on the wire."""
+    return src + dst + ports
+
+
 class NatEntry:
-    """One NATed connection.  ``fwd_*``: what app -> kernel packets become; ``back_*`` the reverse."""
+    """One NATed connection.  ``fwd_*``: what app -> kernel packets become; ``back_*`` the reverse.
+
+    ``key`` is :func:`nat_key` of the app's packets (an IPv4 header's bytes 12..20 plus the
+    TCP ports, so the fast path slices it in one go).
+    """
 
     __slots__ = ("back_addr", "back_ip", "back_l4", "back_ports", "fin_app", "fin_kernel", "fwd_addr", "fwd_ip",
                  "fwd_l4", "fwd_ports", "handle", "key", "last", "linger_until", "pending", "port", "syn",
                  "version")
 
-    def __init__(self, handle: int, version: int, key: tuple[bytes, int, bytes, int], port: int, side: Side,
-                 now: float) -> None:
-        src, sport, dst, dport = key
+    def __init__(self, handle: int, version: int, key: bytes, port: int, side: Side, now: float) -> None:
+        alen = 4 if version == 4 else 16
+        src, dst = key[:alen], key[alen:2 * alen]
+        sport, dport = _PORTS.unpack_from(key, 2 * alen)
         self.handle = handle
         self.version = version
         self.key = key
@@ -81,9 +91,8 @@ class NatEntry:
         self.fwd_ports = _PORTS.pack(port, side.port)
         self.back_addr = dst + src
         self.back_ports = _PORTS.pack(dport, sport)
-        old_addr = src + dst
-        self.fwd_ip = _delta(old_addr, self.fwd_addr)
-        self.fwd_l4 = _delta(old_addr + _PORTS.pack(sport, dport), self.fwd_addr + self.fwd_ports)
+        self.fwd_ip = _delta(src + dst, self.fwd_addr)
+        self.fwd_l4 = _delta(key, self.fwd_addr + self.fwd_ports)
         self.back_ip = (0xFFFF - self.fwd_ip) % 0xFFFF
         self.back_l4 = (0xFFFF - self.fwd_l4) % 0xFFFF
         self.pending = False
@@ -147,7 +156,7 @@ class TcpNat:
         self.sides = sides
         self.max_entries = max_entries
         self.idle = idle
-        self.by_key: dict[tuple[bytes, int, bytes, int], NatEntry] = {}
+        self.by_key: dict[bytes, NatEntry] = {}
         self.by_port: dict[int, NatEntry] = {}  # port, +65536 for IPv6
         self.by_handle: dict[int, NatEntry] = {}
         self.lingering: dict[NatEntry, None] = {}
@@ -171,7 +180,7 @@ class TcpNat:
             port += 1
         return None
 
-    def open(self, version: int, key: tuple[bytes, int, bytes, int], now: float) -> NatEntry | None:
+    def open(self, version: int, key: bytes, now: float) -> NatEntry | None:
         """A new entry for *key*, or None when the table is full or the family has no addressing."""
         side = self.sides.get(version)
         if side is None or len(self.by_key) >= self.max_entries:
