@@ -129,6 +129,10 @@ def _serve_workers(runtime: object, count: int, drain: float | None) -> int:
     from tunray.workers import KILL_AFTER, SharedCounters, run_workers
 
     assert isinstance(runtime, Runtime)
+    try:  # what every worker imports anyway, imported once here so the pages are shared
+        import uvloop  # noqa: F401
+    except ImportError:  # pragma: no cover
+        pass
     shared = SharedCounters(runtime.stat_keys(), count)
     inbounds = list(runtime.inbounds)
 

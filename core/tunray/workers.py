@@ -30,6 +30,7 @@ row per worker in shared memory, summed when read.
 
 from __future__ import annotations
 
+import gc
 import mmap
 import os
 import signal
@@ -62,6 +63,10 @@ def run_workers(count: int, child: Callable[[int], int], release: Callable[[], N
 
     *release* runs in the supervisor after every worker is gone.  Returns the exit code.
     """
+    # Objects alive now are shared with every worker copy-on-write; the cyclic GC would write
+    # to (and so copy) every page it scans, so move them out of its sight first.
+    gc.collect()
+    gc.freeze()
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     pids: dict[int, int] = {}  # pid -> worker index
     started: dict[int, float] = {}
