@@ -106,6 +106,7 @@ def _run(args: argparse.Namespace) -> int:
     configure_error_log(config.log)
     from tunray.runtime import Runtime
 
+    _raise_nofile()
     runtime = Runtime(config, pm)
     count = 1
     try:
@@ -121,6 +122,19 @@ def _run(args: argparse.Namespace) -> int:
     if count == 1:
         return _serve(runtime, args.drain)
     return _serve_workers(runtime, count, args.drain)
+
+
+def _raise_nofile() -> None:
+    """Lift the soft descriptor limit to the hard one, as Go programs (sing-box) do at start:
+    a ``system`` stack flow holds two sockets (the accepted one and the outbound's)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def _serve_workers(runtime: object, count: int, drain: float | None) -> int:

@@ -284,3 +284,20 @@ def test_tun_config_refuses_a_gateway_without_room_and_defaults_the_mtu() -> Non
     assert effective_mtu(SystemStack, s9000) == 9000
     python = config({"gateway": ["10.0.0.1/32"]}).inbounds[0].settings  # type: ignore[attr-defined]
     assert effective_mtu(registry.stacks["python"], python) == 1500, "other stacks keep the inbound's 1500"
+
+
+@pytest.mark.parametrize("vnet", [False, True])
+def test_truncated_and_garbage_packets_are_counted_never_raised(vnet: bool) -> None:
+    import random
+
+    c = core(vnet=vnet)
+    prefix = vnet_header() if vnet else b""
+    rng = random.Random(5)
+    valid_syn = packet(4, APP4, FAR4, 5555, 443, SYN)
+    samples = [b"", b"\x45", b"\x45" * 9, b"\x60" * 30, valid_syn[:39], valid_syn[:20]]
+    samples += [bytes((0x45,)) + rng.randbytes(rng.randrange(0, 80)) for _ in range(300)]
+    samples += [bytes((0x60,)) + rng.randbytes(rng.randrange(0, 80)) for _ in range(300)]
+    for s in samples:
+        c.feed(prefix + s if vnet or s else s, 0.0)
+    assert sum(c.counters.values()) >= len(samples) - 5, c.counters
+    assert not c.nat.by_key

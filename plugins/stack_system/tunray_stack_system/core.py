@@ -111,7 +111,8 @@ class SystemCore:
             partial = bool(flags & VNET_F_NEEDS_CSUM)
             csum_ok = bool(flags & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID))
             ip = VNET_LEN
-        if packet[ip] == 0x45 and packet[ip + 9] == PROTO_TCP and self._fast4(packet, ip, partial, csum_ok, now):
+        if len(packet) >= ip + 40 and packet[ip] == 0x45 and packet[ip + 9] == PROTO_TCP \
+                and self._fast4(packet, ip, partial, csum_ok, now):
             return
         parsed = parse_ip(packet, ip, self._vnet and packet[1] != 0)
         if isinstance(parsed, str):
