@@ -17,6 +17,7 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
+from tunray.bytestream import ByteStream, RecordStream
 from tunray.config.model import STREAM_SCHEMA
 from tunray.net.address import Destination
 from tunray.net.stream import open_stream
@@ -310,15 +311,45 @@ async def test_grpc_request_shape_half_close_and_trailers(status: str) -> None:
     assert seen["body"] == b"abcdef"
 
 
-class FakeTls:
-    """An inner stream that reports a negotiated ALPN and records writes."""
+class FakeTls(RecordStream):
+    """An inner record stream that reports a negotiated ALPN and records writes."""
 
     def __init__(self, alpn: str) -> None:
-        self.alpn = alpn
+        self._alpn = alpn
         self.written: list[bytes] = []
 
-    async def write(self, data: bytes) -> None:
-        self.written.append(data)
+    @property
+    def alpn(self) -> str:
+        return self._alpn
+
+    @property
+    def tls_version(self) -> str:
+        return "TLSv1.3"
+
+    @property
+    def inner(self) -> ByteStream:
+        raise AssertionError("not used")
+
+    async def read_record(self, max_bytes: int = 65536) -> bytes:
+        raise AssertionError("nothing may be read before the ALPN check")
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        raise AssertionError("nothing may be read before the ALPN check")
+
+    def detach_raw(self) -> tuple[bytes, bytes, ByteStream]:
+        raise AssertionError("not used")
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    async def write_eof(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
 
 
 @pytest.mark.parametrize(("network", "alpn"), [("ws", "h2"), ("httpupgrade", "h2"), ("grpc", "http/1.1")])

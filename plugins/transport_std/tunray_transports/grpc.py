@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from typing import Any
 
 import h2.config
 import h2.connection
@@ -35,6 +34,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from tunray.bytestream import ByteStream
 
 from tunray_transports.grpcframe import GrpcFramingError, MessageReader, encode_hunks
 from tunray_transports.settings import GrpcOptions
@@ -77,7 +77,7 @@ def _status_error(headers: list[tuple[bytes, bytes]], trailers: bool) -> GrpcErr
     return None
 
 
-class GrpcStream:
+class GrpcStream(ByteStream):
     """SocketStream-shaped gRPC tunnel stream; build with :func:`open_grpc`."""
 
     __slots__ = (
@@ -99,7 +99,7 @@ class GrpcStream:
         "_wlock",
     )
 
-    def __init__(self, inner: Any, opts: GrpcOptions) -> None:
+    def __init__(self, inner: ByteStream, opts: GrpcOptions) -> None:
         self._inner = inner
         self._opts = opts
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
@@ -301,7 +301,7 @@ class GrpcStream:
         self._inner.abort()
 
 
-async def open_grpc(inner: Any, opts: GrpcOptions, authority: str) -> GrpcStream:
+async def open_grpc(inner: ByteStream, opts: GrpcOptions, authority: str) -> GrpcStream:
     stream = GrpcStream(inner, opts)
     await stream.start(authority)
     return stream

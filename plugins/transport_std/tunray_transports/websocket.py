@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from typing import Any
+
+from tunray.bytestream import ByteStream
 
 from tunray_transports.http1 import ResponseReader, ws_accept
 from tunray_transports.settings import HttpOptions
@@ -29,7 +30,7 @@ def early_data_header(early: bytes) -> str:
     return base64.urlsafe_b64encode(early).rstrip(b"=").decode()
 
 
-class WebSocketStream:
+class WebSocketStream(ByteStream):
     """SocketStream-shaped WebSocket client stream; build with :func:`open_websocket`."""
 
     __slots__ = (
@@ -46,7 +47,7 @@ class WebSocketStream:
         "_wlock",
     )
 
-    def __init__(self, inner: Any, opts: HttpOptions, host: str) -> None:
+    def __init__(self, inner: ByteStream, opts: HttpOptions, host: str) -> None:
         self._inner = inner
         self._opts = opts
         self._host = host
@@ -167,7 +168,7 @@ class WebSocketStream:
         self._inner.abort()
 
 
-async def open_websocket(inner: Any, opts: HttpOptions, host: str) -> WebSocketStream:
+async def open_websocket(inner: ByteStream, opts: HttpOptions, host: str) -> WebSocketStream:
     stream = WebSocketStream(inner, opts, host)
     if opts.early_data <= 0:
         await stream.handshake()
