@@ -110,7 +110,13 @@ class AppEnd:
 
     @property
     def reset(self) -> bool:
+        """True if the outbound reset the flow (the app would see a RST)."""
         return self._link.aborted
+
+    @property
+    def got_fin(self) -> bool:
+        """True if the outbound half-closed towards the app (the app would see a FIN)."""
+        return self._link.eof_sent
 
     @property
     def closed(self) -> bool:
@@ -127,6 +133,7 @@ class MemoryByteLink(ByteLink):
         self._accepted = not lazy
         self.aborted = False
         self.closed = False
+        self.eof_sent = False
         self.done = asyncio.Event()
 
     async def read(self, max_bytes: int = 65536) -> bytes:
@@ -140,6 +147,8 @@ class MemoryByteLink(ByteLink):
         await self.downlink.write(data)
 
     async def write_eof(self) -> None:
+        if not self.closed:
+            self.eof_sent = True
         self.downlink.feed_eof()
 
     async def accept(self) -> None:
