@@ -24,7 +24,6 @@ import socket
 import struct
 from collections.abc import Iterator
 
-
 RESET_PREFIX = b"0123456789abcdef"
 RESET_OFFSET = 4  # the reset server listens on P + 4
 _LINGER_RESET = struct.pack("ii", 1, 0)
