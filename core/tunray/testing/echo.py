@@ -6,6 +6,8 @@ On every address (IPv4 and IPv6) it serves:
 * ``P+1`` TCP source: reads an 8-byte big-endian size, sends that many bytes of a
   deterministic pattern (:func:`pattern`), closes.
 * ``P+2`` TCP sink: reads to EOF, answers the SHA-256 of everything read, closes.
+* ``P+5`` TCP counted sink: reads an 8-byte big-endian size and that many bytes, answers
+  their SHA-256, closes (an upload that needs no half-close from the client).
 * ``P+4`` TCP reset: sends :data:`RESET_PREFIX` (16 bytes), waits 100 ms for them to be
   acknowledged, then resets the connection (``SO_LINGER`` 0): a truncated download.
 * ``P``   UDP echo: replies to each datagram from the same port.
@@ -66,17 +68,31 @@ async def _source(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         writer.close()
 
 
-async def _sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, counted: bool = False) -> None:
+    """Hash what arrives (to EOF, or the 8-byte size announced first when *counted*), answer the digest."""
     h = hashlib.sha256()
     try:
-        while data := await reader.read(262144):
+        left = struct.unpack("!Q", await reader.readexactly(8))[0] if counted else -1
+        while left:
+            data = await reader.read(min(left, 262144) if left > 0 else 262144)
+            if not data:
+                if counted:
+                    return
+                break
             h.update(data)
+            left -= len(data) if counted else 0
         writer.write(h.digest())
+        if counted:
+            writer.write_eof()
         await writer.drain()
-    except ConnectionError:
+    except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
         writer.close()
+
+
+async def _counted_sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await _sink(reader, writer, counted=True)
 
 
 async def _reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -123,6 +139,7 @@ async def serve(port: int) -> None:
         await asyncio.start_server(_source, host=["0.0.0.0", "::"], port=port + 1, reuse_address=True),
         await asyncio.start_server(_sink, host=["0.0.0.0", "::"], port=port + 2, reuse_address=True),
         await asyncio.start_server(_reset, host=["0.0.0.0", "::"], port=port + RESET_OFFSET, reuse_address=True),
+        await asyncio.start_server(_counted_sink, host=["0.0.0.0", "::"], port=port + 5, reuse_address=True),
     ]
     await loop.create_datagram_endpoint(lambda: _UdpEcho(), sock=_dual_udp(port))
     other, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=_dual_udp(port + 3))
