@@ -308,6 +308,8 @@ class GrpcStream(ByteStream):
                 await self._pump
         try:
             if not self._wlock.locked() and self._error is None:
+                with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                    self._h2.end_stream(self._sid)  # the call's clean end (grpc-go's CloseSend)
                 self._h2.close_connection()
                 await self._flush()
         except (ConnectionError, h2.exceptions.ProtocolError):
