@@ -95,19 +95,21 @@ class ByteStream(ABC):
         """Close gracefully and release.  Idempotent."""
 
     def fileno(self) -> int | None:
-        """The kernel socket this stream *is* (no framing or encryption above it), else ``None``.
-
-        :func:`tunray.relay.relay` splices between two streams that both have one.  A
-        stream that returns a descriptor promises that every byte it buffered has been
-        returned by ``read`` (see :attr:`buffered`), so the relay may read the socket
-        directly from then on.
-        """
+        """The kernel socket this stream *is* (no framing or encryption above it), else ``None``."""
         return None
 
-    @property
-    def buffered(self) -> int:
-        """Bytes received and held by this stream that a ``read`` would return without waiting."""
-        return 0
+    def take_for_splice(self) -> bytes | None:
+        """Hand reading over to the relay, if this stream is a bare kernel socket (:meth:`fileno`).
+
+        Returns ``None`` (nothing changes) unless the stream is open both ways with no
+        write pending; otherwise the stream stops reading on its own and returns the
+        bytes it had received but not yet returned (often ``b""``), which the caller
+        now owns.  :func:`tunray.relay.relay` then moves bytes on the descriptor with
+        ``splice(2)``; the stream is closed as usual afterwards.  A later ``read``
+        resumes reading (the relay falls back to copying when the other end cannot
+        splice).
+        """
+        return None
 
 
 class RecordStream(ByteStream):

@@ -124,6 +124,9 @@ class SocketStream(ByteStream):
                 raise p._exc
             if p._eof:
                 return b""
+            if p._paused_reading and not p._closed:  # e.g. after splice_ready() then a copy after all
+                p._paused_reading = False
+                self._transport.resume_reading()
             p._read_waiter = asyncio.get_running_loop().create_future()
             try:
                 await p._read_waiter
@@ -190,9 +193,16 @@ class SocketStream(ByteStream):
     def fileno(self) -> int:
         return self._sock_fd
 
-    @property
-    def buffered(self) -> int:
-        return len(self._proto._buf)
+    def take_for_splice(self) -> bytes | None:
+        p = self._proto
+        if p._closed or p._local or p._eof or self._write_closed or self._transport.get_write_buffer_size():
+            return None
+        if not p._paused_reading:
+            p._paused_reading = True
+            self._transport.pause_reading()
+        data = bytes(p._buf)
+        p._buf.clear()
+        return data
 
     @property
     def transport(self) -> asyncio.Transport:
