@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tunray.bytestream import ByteStream
+from tunray.bytestream import ByteStream, StreamReset
 from tunray.link import ByteLink, LinkClosed, Packet, PacketLink
 from tunray.net.address import Destination
 
@@ -96,6 +96,12 @@ class AppEnd:
     def shutdown_write(self) -> None:
         self._link.uplink.feed_eof()
 
+    def reset_flow(self) -> None:
+        """The app resets the connection (a RST): the outbound's ``read`` raises after the bytes sent so far."""
+        self._link.app_reset = True
+        self._link.uplink.feed_eof()
+        self._link.downlink.close()
+
     async def recv(self, max_bytes: int = 65536) -> bytes:
         return await self._link.downlink.read(max_bytes)
 
@@ -135,16 +141,22 @@ class MemoryByteLink(ByteLink):
         self.aborted = False
         self.closed = False
         self.eof_sent = False
+        self.app_reset = False
         self.done = asyncio.Event()
 
     async def read(self, max_bytes: int = 65536) -> bytes:
         if self.closed:
             return b""
-        return await self.uplink.read(max_bytes)
+        data = await self.uplink.read(max_bytes)
+        if not data and self.app_reset and not self.closed:
+            raise LinkClosed("the app reset the connection")
+        return data
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.closed:
             raise LinkClosed("link closed")
+        if self.app_reset:
+            raise LinkClosed("the app reset the connection")
         await self.downlink.write(data)
 
     async def write_eof(self) -> None:
@@ -175,6 +187,36 @@ class MemoryByteLink(ByteLink):
     @property
     def accepted(self) -> bool:
         return self._accepted
+
+
+class AppStream(ByteStream):
+    """The app's end of a :class:`MemoryByteLink` as a :class:`ByteStream` (the peer in ``check_byte_stream``)."""
+
+    def __init__(self, app: AppEnd) -> None:
+        self.app = app
+        self._link = app._link
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        if self._link.app_reset:
+            return b""
+        data = await self.app.recv(max_bytes)
+        if not data and self._link.aborted:
+            raise StreamReset("the outbound reset the flow")
+        return data
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._link.aborted:
+            raise StreamReset("the outbound reset the flow")
+        await self.app.send(bytes(data))
+
+    async def write_eof(self) -> None:
+        self.app.shutdown_write()
+
+    def abort(self) -> None:
+        self.app.reset_flow()
+
+    async def aclose(self) -> None:
+        self.app.shutdown_write()
 
 
 class StreamByteLink(ByteLink):
