@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     uid = sub.add_parser("uuid", help="generate a UUID, or map a string to Xray's UUIDv5")
     uid.add_argument("-i", dest="input", default=None, help="string to map")
     new = sub.add_parser("new-plugin", help="write a ready-to-build plugin distribution")
-    new.add_argument("kind", choices=("inbound", "outbound", "stack", "transport"))
+    new.add_argument("kind", choices=("inbound", "outbound", "stack", "transport", "security"))
     new.add_argument("name")
     new.add_argument("-o", dest="out", default=".")
     return p

@@ -20,6 +20,11 @@ Both are idempotent, and an eager stack implements ``accept`` as a no-op.
 
 Closing.  ``aclose`` is idempotent and always releases the flow; ``abort`` resets it.
 After either, ``read`` returns ``b""`` and ``write`` raises :class:`LinkClosed`.
+
+A :class:`ByteLink` is a :class:`~tunray.bytestream.ByteStream` and follows its
+contract: the app's FIN is ``b""`` from ``read``, the app's RST raises
+:class:`~tunray.bytestream.StreamReset` (:class:`LinkClosed` is one) from ``read`` and
+``write``; ``abort`` sends the app a RST, ``write_eof`` a FIN.
 """
 
 from __future__ import annotations
@@ -27,21 +32,25 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from tunray.bytestream import ByteStream, StreamClosed, StreamReset
 from tunray.net.address import Destination
 
 
-class LinkClosed(ConnectionError):
-    """Raised by ``write``/``send`` when the app side is gone (closed or reset)."""
+class LinkClosed(StreamReset, StreamClosed):
+    """Raised by ``read``/``write``/``send`` when the app side is gone (reset, or closed here)."""
 
 
-class ByteLink(ABC):
+class ByteLink(ByteStream):
     """One TCP flow, app side."""
 
     __slots__ = ()
 
     @abstractmethod
     async def read(self, max_bytes: int = 65536) -> bytes:
-        """Return up to *max_bytes* the app sent; ``b""`` when the app half-closed or the link closed."""
+        """Return up to *max_bytes* the app sent; ``b""`` when the app half-closed or the link closed.
+
+        Raises :class:`~tunray.bytestream.StreamReset` (e.g. :class:`LinkClosed`) when the app reset.
+        """
 
     @abstractmethod
     async def write(self, data: bytes | bytearray | memoryview) -> None:

@@ -5,6 +5,11 @@ the downlink in one more task); each reads a chunk and awaits the write, so
 backpressure is end to end: a slow reader on one side stops the loop, which stops
 reading the other side, whose TCP window then closes.
 
+When both ends are bare kernel sockets (:meth:`~tunray.bytestream.ByteStream.take_for_splice`,
+e.g. ``freedom`` behind a ``system`` stack or a socket inbound), the two directions use
+``splice(2)`` instead (:mod:`tunray.splice`): the same ends, timers and counters,
+without copying the bytes through Python.
+
 Timeouts follow Xray's policy: the flow ends after ``connIdle`` seconds with no byte
 in either direction; once the app half-closes (uplink done) the downlink has
 ``downlinkOnly`` seconds; once upstream half-closes (downlink done) the uplink has
@@ -19,6 +24,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
+from tunray import splice
+from tunray.bytestream import ByteStream
 from tunray.policy import LevelPolicy
 
 
@@ -78,14 +85,56 @@ class _Watch:
         self.handle.cancel()
 
 
+def _take_for_splice(app: Stream, upstream: Stream) -> tuple[tuple[int, int] | None, bytes, bytes]:
+    """(both descriptors if splicing, bytes taken from the app, bytes taken from upstream)."""
+    if not splice.AVAILABLE or not isinstance(app, ByteStream) or not isinstance(upstream, ByteStream):
+        return None, b"", b""
+    a, u = app.fileno(), upstream.fileno()
+    if a is None or u is None:
+        return None, b"", b""
+    from_app = app.take_for_splice()
+    if from_app is None:
+        return None, b"", b""
+    from_up = upstream.take_for_splice()
+    if from_up is None:
+        return None, from_app, b""  # copy after all, starting with what was taken
+    return (a, u), from_app, from_up
+
+
 async def relay(app: Stream, upstream: Stream, policy: LevelPolicy, counter: Counter | None = None) -> None:
-    """Copy both ways until both directions end; raises :class:`IdleTimeout` on a policy timeout."""
+    """Copy both ways until both directions end; raises :class:`IdleTimeout` on a policy timeout.
+
+    A reset of either side (:class:`~tunray.bytestream.StreamReset`) is raised, so the
+    caller resets the other side.
+    """
     loop = asyncio.get_running_loop()
     this = asyncio.current_task()
     assert this is not None
     watch = _Watch(loop, this, policy.conn_idle)
+    fds, from_app, from_up = _take_for_splice(app, upstream)
+    dups: splice.Duplicates | None = None
+    if fds is not None:
+        dups = splice.Duplicates(*fds)
+        splice.stats.flows += 1
+
+    def up_bytes(n: int) -> None:
+        watch.last = time.monotonic()
+        if counter is not None:
+            counter.uplink_bytes += n
+
+    def down_bytes(n: int) -> None:
+        watch.last = time.monotonic()
+        if counter is not None:
+            counter.downlink_bytes += n
 
     async def uplink() -> None:
+        if dups is not None:
+            await splice.splice_one_way(dups.fds[0], dups.fds[1], up_bytes, from_app)
+            watch.tighten(policy.downlink_only)
+            return
+        if from_app:
+            up_bytes(len(from_app))
+            await upstream.write(from_app)
         while True:
             data = await app.read(CHUNK)
             if not data:
@@ -98,6 +147,10 @@ async def relay(app: Stream, upstream: Stream, policy: LevelPolicy, counter: Cou
         watch.tighten(policy.downlink_only)
 
     async def downlink() -> None:
+        if dups is not None:
+            await splice.splice_one_way(dups.fds[1], dups.fds[0], down_bytes, from_up)
+            watch.tighten(policy.uplink_only)
+            return
         while True:
             data = await upstream.read(CHUNK)
             if not data:
@@ -143,6 +196,8 @@ async def relay(app: Stream, upstream: Stream, policy: LevelPolicy, counter: Cou
         if not down.done():
             down.cancel()
             await asyncio.gather(down, return_exceptions=True)
+        if dups is not None:
+            dups.close()
 
 
 class Activity:

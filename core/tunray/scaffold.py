@@ -15,7 +15,7 @@ from string import Template
 from types import ModuleType
 
 from tunray.plugin.registry import PluginError
-from tunray.scaffold_templates import common, inbound, outbound, stack, transport
+from tunray.scaffold_templates import common, inbound, outbound, security, stack, transport
 
 KINDS: dict[str, tuple[ModuleType, str, str, str]] = {
     # kind: (template module, class suffix, registry method, registry table)
@@ -23,6 +23,7 @@ KINDS: dict[str, tuple[ModuleType, str, str, str]] = {
     "outbound": (outbound, "Outbound", "add_outbound", "outbounds"),
     "stack": (stack, "Stack", "add_stack", "stacks"),
     "transport": (transport, "Transport", "add_transport", "transports"),
+    "security": (security, "Security", "add_transport", "transports"),
 }
 
 NAME_RE = re.compile(r"[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*")
@@ -54,6 +55,7 @@ def names(kind: str, name: str) -> dict[str, str]:
         "add": add,
         "table": table,
         "type_imports": getattr(module, "TYPE_IMPORTS", ""),
+        "reg_name": f"security:{name}" if kind == "security" else name,  # the registry key
     }
 
 

@@ -1,4 +1,4 @@
-"""Transports and security layers under a protocol (Xray ``streamSettings``).
+r"""Transports and security layers under a protocol (Xray ``streamSettings``).
 
 A connection to a server is built bottom-up, as Xray builds it: the dialer's TCP
 socket (``sockopt`` applied), then the *security* layer named by
@@ -10,20 +10,25 @@ itself).  Each layer is a class registered by a plugin::
     registry.add_transport(TlsSecurity)             # name = "security:tls"
 
 so a third party adds a transport without touching any protocol's code.  A protocol
-outbound calls :func:`dial` and gets a :class:`~tunray.relay.Stream`-shaped object.
+outbound calls :meth:`Dialable.connect` and gets a :class:`~tunray.bytestream.ByteStream`.
 
 Layer contract: ``validate(stream_settings, path)`` is a classmethod run at config
 time (raise :class:`~tunray.config.ConfigError` naming the path);
 ``__init__(stream_settings)`` precomputes; ``await wrap(inner, dest)`` performs the
 layer's handshake over *inner* and returns the new stream, raising ``ConnectionError``
-(or a subclass) on failure; the returned stream owns *inner* and closes it.
+(or a subclass) on failure.  Both are :class:`~tunray.bytestream.ByteStream`\ s and the
+returned one follows that contract: it owns *inner* and closes it, a reset of *inner*
+is a reset of the new stream (never an EOF), and it implements ``write_eof`` as the
+transport's half-close (or sets ``half_close = False``).  A security layer whose
+records XTLS Vision can use returns a :class:`~tunray.bytestream.RecordStream`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
+from tunray.bytestream import ByteStream
 from tunray.config.schema import Settings
 from tunray.net.address import Destination
 from tunray.net.stream import open_stream
@@ -45,8 +50,8 @@ class Layer(ABC):
         self.stream = stream
 
     @abstractmethod
-    async def wrap(self, inner: Any, dest: Destination) -> Any:
-        """Handshake over *inner*; return the stream above it."""
+    async def wrap(self, inner: ByteStream, dest: Destination) -> ByteStream:
+        """Handshake over *inner*; return the stream above it (which owns *inner*)."""
 
 
 def _layers(cfg: StreamConfig | None) -> list[Layer]:
@@ -71,11 +76,11 @@ class Dialable:
         self._opts = cfg.settings.sockopt if cfg is not None else None
         self._send_through = send_through
 
-    async def connect(self, server: Destination, *, timeout: float, strategy: str = "AsIs") -> Any:
+    async def connect(self, server: Destination, *, timeout: float, strategy: str = "AsIs") -> ByteStream:
         sock = await self._runtime.dialer.connect_tcp(
             server, opts=self._opts, strategy=strategy, send_through=self._send_through, timeout=timeout
         )
-        stream: Any = await open_stream(sock)
+        stream: ByteStream = await open_stream(sock)
         try:
             for layer in self._layers:
                 stream = await layer.wrap(stream, server)

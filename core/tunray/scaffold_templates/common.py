@@ -95,6 +95,6 @@ from tunray.plugin.manager import PluginManager
 
 @pytest.fixture(scope="session", autouse=True)
 def _plugin_installed() -> None:
-    if "$name" not in PluginManager().registry.$table:
+    if "$reg_name" not in PluginManager().registry.$table:
         pytest.fail("$dist is not installed: run `pip install -e .` in its directory first", pytrace=False)
 '''

@@ -20,6 +20,7 @@ from typing import Any
 from tunray import hookimpl
 from tunray.config.schema import Bool, Field, Schema
 from tunray.inbound import Inbound
+from tunray.link import ByteLink
 from tunray.net.address import Destination, Network
 from tunray.testing.links import AppEnd, PacketAppEnd, byte_link_pair, packet_link_pair
 
@@ -61,6 +62,11 @@ class DriverInbound(Inbound):
     ) -> tuple[AppEnd, asyncio.Task[None]]:
         link, app = byte_link_pair(high_water, lazy=self.settings.lazy)
         return app, self._spawn(_dest(source, Network.TCP), _dest(target, Network.TCP), link)
+
+    def open_link(self, source: str | Destination, target: str | Destination, link: Any) -> asyncio.Task[None]:
+        """Dispatch a flow over a link the test built (e.g. a :class:`~tunray.testing.links.StreamByteLink`)."""
+        network = Network.TCP if isinstance(link, ByteLink) else Network.UDP
+        return self._spawn(_dest(source, network), _dest(target, network), link)
 
     def open_udp(
         self, source: str | Destination, first_target: str | Destination

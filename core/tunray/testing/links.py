@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
+from tunray.bytestream import ByteStream, StreamReset
 from tunray.link import ByteLink, LinkClosed, Packet, PacketLink
 from tunray.net.address import Destination
 
@@ -95,6 +96,12 @@ class AppEnd:
     def shutdown_write(self) -> None:
         self._link.uplink.feed_eof()
 
+    def reset_flow(self) -> None:
+        """The app resets the connection (a RST): the outbound's ``read`` raises after the bytes sent so far."""
+        self._link.app_reset = True
+        self._link.uplink.feed_eof()
+        self._link.downlink.close()
+
     async def recv(self, max_bytes: int = 65536) -> bytes:
         return await self._link.downlink.read(max_bytes)
 
@@ -110,7 +117,13 @@ class AppEnd:
 
     @property
     def reset(self) -> bool:
+        """True if the outbound reset the flow (the app would see a RST)."""
         return self._link.aborted
+
+    @property
+    def got_fin(self) -> bool:
+        """True if the outbound half-closed towards the app (the app would see a FIN)."""
+        return self._link.eof_sent
 
     @property
     def closed(self) -> bool:
@@ -127,19 +140,28 @@ class MemoryByteLink(ByteLink):
         self._accepted = not lazy
         self.aborted = False
         self.closed = False
+        self.eof_sent = False
+        self.app_reset = False
         self.done = asyncio.Event()
 
     async def read(self, max_bytes: int = 65536) -> bytes:
         if self.closed:
             return b""
-        return await self.uplink.read(max_bytes)
+        data = await self.uplink.read(max_bytes)
+        if not data and self.app_reset and not self.closed:
+            raise LinkClosed("the app reset the connection")
+        return data
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.closed:
             raise LinkClosed("link closed")
+        if self.app_reset:
+            raise LinkClosed("the app reset the connection")
         await self.downlink.write(data)
 
     async def write_eof(self) -> None:
+        if not self.closed:
+            self.eof_sent = True
         self.downlink.feed_eof()
 
     async def accept(self) -> None:
@@ -165,6 +187,73 @@ class MemoryByteLink(ByteLink):
     @property
     def accepted(self) -> bool:
         return self._accepted
+
+
+class AppStream(ByteStream):
+    """The app's end of a :class:`MemoryByteLink` as a :class:`ByteStream` (the peer in ``check_byte_stream``)."""
+
+    def __init__(self, app: AppEnd) -> None:
+        self.app = app
+        self._link = app._link
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        if self._link.app_reset:
+            return b""
+        data = await self.app.recv(max_bytes)
+        if not data and self._link.aborted:
+            raise StreamReset("the outbound reset the flow")
+        return data
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._link.aborted:
+            raise StreamReset("the outbound reset the flow")
+        await self.app.send(bytes(data))
+
+    async def write_eof(self) -> None:
+        self.app.shutdown_write()
+
+    def abort(self) -> None:
+        self.app.reset_flow()
+
+    async def aclose(self) -> None:
+        self.app.shutdown_write()
+
+
+class StreamByteLink(ByteLink):
+    """A :class:`ByteLink` over a connected :class:`~tunray.bytestream.ByteStream` (eager handshake).
+
+    Over a :class:`~tunray.net.stream.SocketStream` it is what a socket-based inbound
+    or a ``system`` stack hands an outbound: a bare kernel socket the relay may splice.
+    """
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: ByteStream) -> None:
+        self._stream = stream
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        return await self._stream.read(max_bytes)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.write(data)
+
+    async def write_eof(self) -> None:
+        await self._stream.write_eof()
+
+    async def accept(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        self._stream.abort()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    def fileno(self) -> int | None:
+        return self._stream.fileno()
+
+    def take_for_splice(self) -> bytes | None:
+        return self._stream.take_for_splice()
 
 
 def byte_link_pair(high_water: int = 256 * 1024, *, lazy: bool = True) -> tuple[MemoryByteLink, AppEnd]:

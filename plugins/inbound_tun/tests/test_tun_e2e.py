@@ -325,3 +325,28 @@ async def test_ping_is_answered_locally(host: str, stack: str) -> None:
                 source, rtt = await _in_client(topo, tun_app.ping, host)
         assert source == host
         assert rtt < 1.0
+
+
+# --- how a flow ends: an upstream reset is a RST for the app, a clean end a FIN ----------------
+
+
+@pytest.mark.parametrize("handshake", ["lazy", "eager"])
+async def test_upstream_reset_reaches_the_app_as_econnreset(handshake: str) -> None:
+    """The server sends 16 bytes then resets: the app reads exactly them, then ECONNRESET, at once."""
+    from tunray.testing.echo import RESET_OFFSET, RESET_PREFIX, pattern
+
+    with topology() as topo:
+        _world(topo)
+        cfg = tun_config(
+            _settings(["203.0.113.0/24"], handshake=handshake), _freedom(sockopt={"interface": topo.client_if})
+        )
+        cfg["policy"]["levels"]["0"].update(uplinkOnly=2, downlinkOnly=2)
+        with topo.enter(topo.client):
+            async with running(cfg, extra=[tun_helpers]):
+                got, end, took = await _in_client(topo, tun_app.tcp_until_end, HOST4, ECHO + RESET_OFFSET)
+                assert (got, end) == (RESET_PREFIX, "reset"), (got, end)
+                assert took < 1.5, f"the reset reached the app after {took:.2f} s (uplinkOnly is 2 s)"
+                # the counterpart: 1 MiB then the server's FIN is every byte, then a FIN
+                size = (1 << 20).to_bytes(8, "big")
+                got, end, _ = await _in_client(topo, tun_app.tcp_until_end, HOST4, ECHO + 1, size)
+                assert end == "fin" and got == pattern(1 << 20), (len(got), end)

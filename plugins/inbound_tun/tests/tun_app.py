@@ -34,6 +34,23 @@ def tcp_echo(host: str, port: int, size: int = 256 * 1024, timeout: float = 10.0
     return len(got)
 
 
+def tcp_until_end(host: str, port: int, request: bytes = b"", timeout: float = 10.0) -> tuple[bytes, str, float]:
+    """Connect, send *request*, read until the end; return (bytes, "fin" or "reset", seconds to the end)."""
+    start = time.monotonic()
+    got = bytearray()
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect((host, port))
+        if request:
+            s.sendall(request)
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+        except ConnectionResetError:
+            return bytes(got), "reset", time.monotonic() - start
+    return bytes(got), "fin", time.monotonic() - start
+
+
 def udp_echo(host: str, port: int, count: int = 3, timeout: float = 3.0, check_source: bool = True) -> int:
     """Send *count* datagrams to a UDP echo server; each must come back (from (host, port))."""
     with socket.socket(_family(host), socket.SOCK_DGRAM) as s:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from tunray.config.errors import ConfigError
@@ -10,6 +11,7 @@ from tunray.config.model import build_config
 from tunray.net.address import Destination, Network, parse_host
 from tunray.plugin.manager import PluginManager
 from tunray.testing.conformance import check_outbound
+from tunray.testing.echo import RESET_OFFSET, RESET_PREFIX
 from tunray.testing.harness import driver_of, running
 from tunray.testing.netns import Topology, ns_exec
 
@@ -148,3 +150,35 @@ async def test_udp_redirect_applies_to_each_packet() -> None:
     finally:
         one.close()
         two.close()
+
+
+@pytest.mark.parametrize("lazy", [True, False], ids=["lazy", "eager"])
+async def test_upstream_reset_reaches_the_app_as_a_reset(loopback_echo: int, lazy: bool) -> None:
+    """The server sends 16 bytes then resets: the app gets exactly them, then a RST (no FIN first)."""
+    cfg = _cfg({})
+    cfg["inbounds"] = [{"protocol": "driver", "settings": {"lazy": lazy}}]
+    async with running(cfg) as rt:
+        started = time.monotonic()
+        app, task = driver_of(rt).open_tcp("10.0.0.2:1234", f"tcp:127.0.0.1:{loopback_echo + RESET_OFFSET}")
+        got = await asyncio.wait_for(app.recv_all(), 5)
+        await asyncio.wait_for(task, 5)
+        elapsed = time.monotonic() - started
+    assert got == RESET_PREFIX
+    assert app.reset, "the upstream reset reached the app as a clean end"
+    assert not app.got_fin, "the app saw a FIN before the reset"
+    assert elapsed < 1.0, f"the reset took {elapsed:.2f} s (uplinkOnly is 2 s)"
+
+
+async def test_upstream_clean_end_reaches_the_app_as_a_fin(loopback_echo: int) -> None:
+    """The source server sends 1 MiB then FIN: every byte, then a FIN, never a reset."""
+    from tunray.testing.echo import pattern
+
+    async with running(_cfg({})) as rt:
+        app, task = driver_of(rt).open_tcp("10.0.0.2:1235", f"tcp:127.0.0.1:{loopback_echo + 1}")
+        await app.send((1 << 20).to_bytes(8, "big"))
+        got = await asyncio.wait_for(app.recv_all(), 5)
+        assert app.got_fin and not app.reset
+        app.shutdown_write()
+        await asyncio.wait_for(task, 5)
+    assert got == pattern(1 << 20)
+    assert not app.reset

@@ -1,9 +1,11 @@
-"""The ``vless`` outbound against real servers on loopback: sing-box and v2ray 4.34.
+"""The ``vless`` outbound against real servers: sing-box and v2ray 4.34 on loopback, Xray-core in a namespace.
 
-The matrix runs over every server configuration in :data:`vless_servers.KINDS`
-(raw, TLS, Vision, WebSocket+TLS, HTTPUpgrade, gRPC+TLS on sing-box; raw and
-WebSocket+TLS on v2ray): bulk each way with SHA-256, 100 concurrent flows plus an
-IPv6 and a server-resolved domain destination, UDP over XUDP.  The plain UDP framing
+The matrix runs over every server configuration in :data:`vless_servers.MATRIX`
+(raw, TLS, Vision, WebSocket+TLS, HTTPUpgrade, gRPC+TLS on sing-box and on Xray; raw
+and WebSocket+TLS on v2ray): 20 MiB each way at once, a 20 MiB download the server
+ends and a 20 MiB upload answered after it (every byte, then a FIN, never a reset),
+a reset of the VLESS connection (a RST for the app, never a FIN), 100 concurrent flows
+plus an IPv6 and a server-resolved domain destination, UDP over XUDP.  The plain UDP framing
 (ports 53/443) runs over the same table in ``test_vless_netns.py``.  Flows are opened
 with the driver inbound through a whole runtime; the servers' direct/freedom outbound
 reaches a :mod:`tunray.testing.echo` server on loopback.
@@ -27,9 +29,10 @@ from loguru import logger
 from tunray.net.address import Destination, Network, parse_host
 from tunray.testing.certs import SelfSigned, make_cert
 from tunray.testing.conformance import check_outbound
+from tunray.testing.echo import RESET_OFFSET, RESET_PREFIX, pattern
 from tunray.testing.harness import driver_of, running
 from tunray.testing.links import AppEnd
-from vless_servers import KINDS, RunningServer, free_port, serve, vless_outbound
+from vless_servers import MATRIX, ResettingRelay, RunningServer, free_port, serve, vless_outbound
 
 POLICY = {"levels": {"0": {"handshake": 2, "connIdle": 30, "uplinkOnly": 2, "downlinkOnly": 2}}}
 
@@ -70,17 +73,105 @@ async def _echo_bulk(drv: Any, target: Destination, size: int, source_port: int,
     assert digest.digest() == hashlib.sha256(payload).digest(), "echoed bytes differ"
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+BULK = 20 << 20
+
+
+async def _download(drv: Any, echo_port: int, size: int) -> None:
+    """The source server sends *size* bytes then closes: all of them, then a FIN, no reset."""
+    app, task = drv.open_tcp("10.0.0.2:40010", _tcp("127.0.0.1", echo_port + 1))
+    await app.send(size.to_bytes(8, "big"))
+    digest, received = hashlib.sha256(), 0
+    while chunk := await app.recv(1 << 20):
+        digest.update(chunk)
+        received += len(chunk)
+    assert received == size, f"downloaded {received} of {size} bytes"
+    block = pattern(1 << 20)  # the source repeats one 1 MiB block
+    expected = (block * (size // len(block) + 1))[:size]
+    assert digest.digest() == hashlib.sha256(expected).digest(), "downloaded bytes differ"
+    assert app.got_fin and not app.reset, "the server's clean end did not reach the app as a FIN"
+    app.shutdown_write()
+    await asyncio.wait_for(task, 5)
+    assert not app.reset, "the flow was reset after the app's own half-close"
+
+
+async def _upload(drv: Any, echo_port: int, size: int) -> None:
+    """Send *size* bytes to the counted sink and wait for its SHA-256 reply, then a FIN, no reset."""
+    app, task = drv.open_tcp("10.0.0.2:40011", _tcp("127.0.0.1", echo_port + 5))
+    payload = os.urandom(size)
+    await app.send(size.to_bytes(8, "big"))
+    for i in range(0, size, 1 << 18):
+        await app.send(payload[i : i + (1 << 18)])
+    reply = await asyncio.wait_for(app.recv_all(), 30)
+    assert reply == hashlib.sha256(payload).digest(), f"sink replied {reply.hex()}"
+    assert app.got_fin and not app.reset, "the server's clean end did not reach the app as a FIN"
+    app.shutdown_write()
+    await asyncio.wait_for(task, 5)
+    assert not app.reset
+
+
+@pytest.mark.parametrize("kind", list(MATRIX))
 @pytest.mark.timeout(120)
-async def test_bulk_50_mib_each_way(kind: str, tmp_path: Path, echo_port: int) -> None:
-    with serve(kind, tmp_path) as (_srv, ob, _cert):
+async def test_bulk_20_mib_each_way_download_and_upload(kind: str, tmp_path: Path, echo_port: int) -> None:
+    with serve(kind, tmp_path, echo_port) as (_srv, ob, _cert):
         async with running(_config(ob)) as rt:
-            await _echo_bulk(driver_of(rt), _tcp("127.0.0.1", echo_port), 50 << 20, 40000)
+            drv = driver_of(rt)
+            await _echo_bulk(drv, _tcp("127.0.0.1", echo_port), BULK, 40000)
+            await _download(drv, echo_port, BULK)
+            await _upload(drv, echo_port, BULK)
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", list(MATRIX))
+@pytest.mark.timeout(60)
+async def test_reset_of_the_server_connection_is_a_reset_for_the_app(
+    kind: str, tmp_path: Path, echo_port: int
+) -> None:
+    """A RST on the VLESS connection mid-download reaches the app as a RST at once, never as a FIN."""
+    with serve(kind, tmp_path, echo_port) as (srv, ob, _cert):
+        async with ResettingRelay(srv.host, srv.port) as relay:
+            ob["settings"].update(address="127.0.0.1", port=relay.listen_port)
+            async with running(_config(ob)) as rt:
+                app, task = driver_of(rt).open_tcp("10.0.0.2:40012", _tcp("127.0.0.1", echo_port + 1))
+                await app.send((1 << 30).to_bytes(8, "big"))
+                received = 0
+                while received < 1 << 20:
+                    chunk = await asyncio.wait_for(app.recv(1 << 20), 10)
+                    assert chunk, "EOF before the reset"
+                    received += len(chunk)
+                assert relay.reset() == 1
+                started = time.monotonic()
+                while chunk := await asyncio.wait_for(app.recv(1 << 20), 5):
+                    received += len(chunk)
+                await asyncio.wait_for(task, 5)
+                took = time.monotonic() - started
+    assert app.reset, "the reset reached the app as a clean end"
+    assert not app.got_fin, "the app saw a FIN before the reset"
+    assert received < 1 << 30
+    assert took < 1.0, f"the reset took {took:.2f} s to reach the app"
+
+
+@pytest.mark.parametrize("kind", list(MATRIX))
+async def test_target_reset_ends_the_flow_as_the_server_ends_it(kind: str, tmp_path: Path, echo_port: int) -> None:
+    """The target sends 16 bytes then resets.  A VLESS server closes its client connection
+    cleanly when the target resets (Xray: ``conn.Close()`` once the copy fails; sing-box and
+    v2ray alike; the protocol has no way to say "reset"), so the app gets exactly the 16
+    bytes and then a FIN, at once (not after ``uplinkOnly``)."""
+    with serve(kind, tmp_path, echo_port) as (_srv, ob, _cert):
+        async with running(_config(ob)) as rt:
+            started = time.monotonic()
+            app, task = driver_of(rt).open_tcp("10.0.0.2:40013", _tcp("127.0.0.1", echo_port + RESET_OFFSET))
+            got = await asyncio.wait_for(app.recv_all(), 5)
+            took = time.monotonic() - started
+            assert got == RESET_PREFIX
+            assert app.got_fin and not app.reset, (app.got_fin, app.reset)
+            assert took < 1.5, f"the end reached the app after {took:.2f} s"
+            app.shutdown_write()
+            await asyncio.wait_for(task, 5)
+            assert not app.reset
+
+
+@pytest.mark.parametrize("kind", list(MATRIX))
 async def test_100_concurrent_flows_ipv6_and_domain(kind: str, tmp_path: Path, echo_port: int) -> None:
-    with serve(kind, tmp_path) as (_srv, ob, _cert):
+    with serve(kind, tmp_path, echo_port) as (_srv, ob, _cert):
         async with running(_config(ob)) as rt:
             drv = driver_of(rt)
             # at once: over WebSocket each flow ends by the downlinkOnly timer (no half-close)
@@ -99,10 +190,10 @@ async def test_check_outbound_conformance(kind: str, tmp_path: Path, echo_port: 
         await check_outbound(ob, "127.0.0.1", port=echo_port, remote_dial=True)
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", list(MATRIX))
 async def test_udp_xudp_echo_and_full_cone(kind: str, tmp_path: Path, echo_port: int) -> None:
     """Ports other than 53/443 go over XUDP: per-packet addresses and replies from any source."""
-    with serve(kind, tmp_path) as (_srv, ob, _cert):
+    with serve(kind, tmp_path, echo_port) as (_srv, ob, _cert):
         async with running(_config(ob)) as rt:
             drv = driver_of(rt)
             target = Destination(Network.UDP, parse_host("127.0.0.1"), echo_port)
@@ -114,7 +205,7 @@ async def test_udp_xudp_echo_and_full_cone(kind: str, tmp_path: Path, echo_port:
                 app.send(b"x%d" % i, target)
             got = {(await asyncio.wait_for(app.recv(), 5)).data for _ in range(20)}
             assert got == {b"x%d" % i for i in range(20)}
-            if KINDS[kind].xudp_cone:
+            if MATRIX[kind].xudp_cone:
                 # v2ray 4.34 predates XUDP's per-packet addresses: one destination per flow
                 probe = target.with_port(echo_port + 1)
                 app.send(b"cone", probe)

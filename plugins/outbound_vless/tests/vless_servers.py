@@ -1,4 +1,4 @@
-"""Real VLESS servers for interop tests: sing-box and Debian's v2ray 4.34, as subprocesses.
+"""Real VLESS servers for interop tests: sing-box, Debian's v2ray 4.34 and Xray-core.
 
 Each server listens on loopback (or wherever *listen* says, e.g. inside a namespace
 through ``prefix``), sends what it receives to its ``direct``/``freedom`` outbound,
@@ -8,6 +8,12 @@ and is killed by :meth:`RunningServer.stop`.
 Vision, WebSocket+TLS, HTTPUpgrade, gRPC+TLS; sing-box and v2ray); :func:`start_kind`
 starts one and :func:`kind_outbound` builds the matching tunray ``vless`` outbound, so
 every test module parametrizes over the same table instead of repeating server configs.
+
+:data:`XRAY_KINDS` are the same configurations on Xray-core (the pinned test peer of
+:mod:`tunray.testing.xray`): Xray runs as nobody inside a
+:class:`~tunray.testing.peerhost.PeerHost` namespace, with its own echo servers on the
+same port numbers as the test's, so a target ``127.0.0.1:P`` means the same service
+to every server.  :data:`MATRIX` is both tables; :func:`serve` starts either kind.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from tunray.testing.certs import SelfSigned, make_cert
+from tunray.testing.peerhost import PeerHost
+from tunray.testing.xray import start_xray, vless_server
 
 USER_ID = "27848739-7e62-4138-9fd3-098a63964b6b"
 V2RAY = shutil.which("v2ray") or "/usr/bin/v2ray"
@@ -39,7 +47,7 @@ class Kind:
     """One server configuration of the interop matrix."""
 
     name: str
-    server: str  # "sing-box" or "v2ray"
+    server: str  # "sing-box", "v2ray" or "xray"
     tls: bool = False
     flow: str = ""
     network: str = "raw"  # raw, ws, httpupgrade, grpc
@@ -62,6 +70,21 @@ KINDS: dict[str, Kind] = {
         Kind("v2ray-ws-tls", "v2ray", tls=True, network="ws", xudp_cone=False, half_close=False),
     )
 }
+
+XRAY_KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind("xray-raw", "xray"),
+        Kind("xray-tls", "xray", tls=True),
+        Kind("xray-vision", "xray", tls=True, flow=VISION),
+        Kind("xray-ws-tls", "xray", tls=True, network="ws", half_close=False),
+        Kind("xray-httpupgrade", "xray", network="httpupgrade"),
+        Kind("xray-grpc-tls", "xray", tls=True, network="grpc"),
+    )
+}
+
+MATRIX: dict[str, Kind] = KINDS | XRAY_KINDS
+XRAY_PORT = 4433
 
 
 def sing_box_transport(network: str, *, early_data: int = 0) -> dict[str, Any] | None:
@@ -87,6 +110,21 @@ def client_stream(network: str) -> dict[str, Any]:
     if network == "grpc":
         return {"network": "grpc", "grpcSettings": {"serviceName": GRPC_SERVICE}}
     return {"network": "raw"}
+
+
+def xray_stream(kind: Kind) -> dict[str, Any]:
+    """Xray's inbound ``streamSettings`` for *kind* (certificates as ``@server.crt``/``@server.key``)."""
+    stream: dict[str, Any] = {"network": kind.network}
+    if kind.network == "ws":
+        stream["wsSettings"] = {"path": WS_PATH}
+    elif kind.network == "httpupgrade":
+        stream["httpupgradeSettings"] = {"path": UPGRADE_PATH}
+    elif kind.network == "grpc":
+        stream["grpcSettings"] = {"serviceName": GRPC_SERVICE}
+    if kind.tls:
+        certificate = {"certificateFile": "@server.crt", "keyFile": "@server.key"}
+        stream.update(security="tls", tlsSettings={"certificates": [certificate]})
+    return stream
 
 
 def sing_box_path() -> str:
@@ -293,15 +331,108 @@ def kind_outbound(kind: Kind, server: RunningServer, cert: SelfSigned, *, user_i
 
 
 @contextmanager
-def serve(name: str, directory: Path) -> Iterator[tuple[RunningServer, dict[str, Any], SelfSigned]]:
-    """Start kind *name* on loopback; yield (server, tunray outbound, certificate); stop it after."""
-    kind = KINDS[name]
+def serve(
+    name: str, directory: Path, echo_port: int | None = None
+) -> Iterator[tuple[RunningServer, dict[str, Any], SelfSigned]]:
+    """Start kind *name*; yield (server, tunray outbound, certificate); stop it after.
+
+    sing-box and v2ray listen on loopback.  Xray listens in a fresh namespace that also
+    runs the echo servers on *echo_port* (required for Xray kinds).
+    """
+    kind = MATRIX[name]
     cert = make_cert(directory)
-    srv = start_kind(kind, directory, cert)
+    if kind.server != "xray":
+        srv = start_kind(kind, directory, cert)
+        try:
+            yield srv, kind_outbound(kind, srv, cert), cert
+        finally:
+            srv.stop()
+        return
+    if echo_port is None:
+        raise ValueError("Xray kinds need echo_port (the echo servers run beside Xray)")
+    host = PeerHost.create()
     try:
-        yield srv, kind_outbound(kind, srv, cert), cert
+        host.start_echo(echo_port)
+        files: dict[str, str | bytes] = {"server.crt": cert.cert_pem, "server.key": cert.key_pem}
+        config = vless_server(XRAY_PORT, USER_ID, flow=kind.flow, stream=xray_stream(kind))
+        xray = start_xray(host, config, port=XRAY_PORT, files=files)
+        srv = RunningServer(xray.proc, host.v4, XRAY_PORT, xray.workdir / "config.json", xray.log_path)
+        try:
+            yield srv, kind_outbound(kind, srv, cert), cert
+        finally:
+            xray.stop()
     finally:
-        srv.stop()
+        host.remove()
+
+
+class ResettingRelay:
+    """A TCP relay on loopback in front of a server; :meth:`reset` resets every client connection.
+
+    It stands for a network or server that resets the VLESS connection: the client's side
+    gets a RST (``SO_LINGER`` 0), the server's side is closed.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.listen_port = 0
+        self._server: Any = None
+        self._conns: list[tuple[Any, Any]] = []
+        self._tasks: set[Any] = set()
+
+    async def __aenter__(self) -> ResettingRelay:
+        import asyncio
+
+        async def pump(reader: Any, writer: Any) -> None:
+            try:
+                while data := await reader.read(1 << 18):
+                    writer.write(data)
+                    await writer.drain()
+                if writer.can_write_eof():
+                    writer.write_eof()
+            except (ConnectionError, OSError, RuntimeError):  # uvloop: RuntimeError once reset() closed it
+                pass
+
+        async def handle(cr: Any, cw: Any) -> None:
+            try:
+                ur, uw = await asyncio.open_connection(self.host, self.port)
+            except OSError:
+                cw.close()
+                return
+            self._conns.append((cw, uw))
+            await asyncio.gather(pump(cr, uw), pump(ur, cw))
+
+        def track(cr: Any, cw: Any) -> None:
+            task = asyncio.ensure_future(handle(cr, cw))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        self._server = await asyncio.start_server(track, "127.0.0.1", 0)
+        self.listen_port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def reset(self) -> int:
+        """Reset every relayed connection towards the client; returns how many."""
+        import struct
+
+        for cw, uw in self._conns:
+            sock = cw.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            cw.transport.abort()
+            uw.transport.abort()
+        n = len(self._conns)
+        self._conns.clear()
+        return n
+
+    async def __aexit__(self, *exc: object) -> None:
+        import asyncio
+
+        self.reset()
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
 
 
 async def until(predicate: Callable[[], bool], seconds: float = 5.0) -> None:

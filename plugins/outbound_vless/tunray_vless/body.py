@@ -18,16 +18,19 @@ it is read one TLS record at a time (``read_record``), so that when the
 :class:`~tunray_vless.codec.DirectSwitch` appears no byte after the block has been
 given to the TLS layer.  Then ``detach_raw()`` hands over the TLS stream's unread
 plaintext, its undecrypted bytes and the socket stream, and reading continues on the
-socket.  The TLS stream is duck-typed (``read_record``, ``detach_raw``, ``tls_version``;
-see the ``tunray-security-tls`` plugin).
+socket.  The TLS stream is a :class:`tunray.bytestream.RecordStream` (the core
+protocol ``security:tls`` and REALITY implement), checked once per flow.
+
+Ends.  A reset of the server connection (any layer) is raised by ``read``/``write``
+as :class:`~tunray.bytestream.StreamReset`; the relay then resets the app's flow.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any
 
 from loguru import logger
+from tunray.bytestream import ByteStream, RecordStream
 
 from tunray_vless.codec import DirectSwitch, ResponseParser, TrafficState, VisionPadder, VisionUnpadder
 from tunray_vless.settings import ServerSpec
@@ -41,11 +44,11 @@ class VisionUnavailable(ConnectionError):
     """Vision asked for over a stream that is not TLS 1.3 directly on a socket."""
 
 
-def check_vision_stream(stream: Any) -> None:
-    """Raise :class:`VisionUnavailable` unless *stream* offers the raw-switch protocol over TLS 1.3."""
-    if not (hasattr(stream, "detach_raw") and hasattr(stream, "read_record")):
+def check_vision_stream(stream: ByteStream) -> None:
+    """Raise :class:`VisionUnavailable` unless *stream* is a record stream (TLS, REALITY) with TLS 1.3."""
+    if not isinstance(stream, RecordStream):
         raise VisionUnavailable("XTLS Vision needs TLS (or REALITY) directly over raw TCP, as in Xray")
-    version = getattr(stream, "tls_version", "")
+    version = stream.tls_version
     if version != "TLSv1.3":
         raise VisionUnavailable(f"XTLS Vision needs the outer TLS to be TLS 1.3, found {version or 'unknown'}")
 
@@ -53,11 +56,11 @@ def check_vision_stream(stream: Any) -> None:
 class Body:
     __slots__ = ("_header", "_padder", "_pending", "_raw", "_stream", "_unpadder", "switched")
 
-    def __init__(self, stream: Any, spec: ServerSpec, rng: random.Random | None = None) -> None:
+    def __init__(self, stream: ByteStream, spec: ServerSpec, rng: random.Random | None = None) -> None:
         self._stream = stream
         self._header: ResponseParser | None = ResponseParser()
         self._pending: list[bytes] = []
-        self._raw: Any = None
+        self._raw: ByteStream | None = None
         self.switched = False
         if spec.vision:
             state = TrafficState(spec.user_id)
@@ -88,19 +91,17 @@ class Body:
 
     async def _read_upstream(self, max_bytes: int) -> bytes:
         unpadder = self._unpadder
-        if unpadder is not None and unpadder.padded:
-            data: bytes = await self._stream.read_record(max_bytes)
-        else:
-            data = await self._stream.read(max_bytes)
-        return data
+        stream = self._stream
+        if unpadder is not None and unpadder.padded and isinstance(stream, RecordStream):
+            return await stream.read_record(max_bytes)
+        return await stream.read(max_bytes)
 
     async def read(self, max_bytes: int = 65536) -> bytes:
         while True:
             if self._pending:
                 return self._pending.pop(0)
             if self._raw is not None:
-                raw: bytes = await self._raw.read(max_bytes)
-                return raw
+                return await self._raw.read(max_bytes)
             data = await self._read_upstream(max_bytes)
             header = self._header
             if header is not None:
@@ -126,7 +127,9 @@ class Body:
                 self._switch()
 
     def _switch(self) -> None:
-        plain, raw, inner = self._stream.detach_raw()
+        stream = self._stream
+        assert isinstance(stream, RecordStream)  # check_vision_stream ran before any Vision read
+        plain, raw, inner = stream.detach_raw()
         self._raw = inner
         self.switched = True
         for chunk in (plain, raw):

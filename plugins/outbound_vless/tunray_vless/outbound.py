@@ -23,6 +23,7 @@ import secrets
 from typing import Any
 
 from loguru import logger
+from tunray.bytestream import ByteStream
 from tunray.config.errors import ConfigError, join
 from tunray.link import ByteLink, PacketLink
 from tunray.net.address import Destination, Network
@@ -97,7 +98,7 @@ class VlessOutbound(Outbound):
         sockopt = stream.settings.sockopt if stream is not None else None
         self.strategy: str = sockopt.domainStrategy if sockopt is not None else "AsIs"
 
-    async def _connect(self, policy: LevelPolicy) -> Any:
+    async def _connect(self, policy: LevelPolicy) -> ByteStream:
         server = self.spec.server
         try:
             async with asyncio.timeout(policy.handshake):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import ssl
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from cryptography import x509
 from loguru import logger
+from tunray.bytestream import ByteStream
 from tunray.config.errors import ConfigError, join
 from tunray.config.schema import Settings
 from tunray.net.address import Destination
@@ -75,7 +76,7 @@ class TlsSecurity(Layer):
                 self.options.fingerprint,
             )
 
-    async def wrap(self, inner: Any, dest: Destination) -> TlsStream:
+    async def wrap(self, inner: ByteStream, dest: Destination) -> TlsStream:
         opts = self.options
         name = opts.server_name or dest.host_text
         try:

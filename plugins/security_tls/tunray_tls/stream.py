@@ -21,15 +21,18 @@ through TLS stays possible: a Vision client may keep its uplink inside TLS).
 :meth:`TlsStream.read_record` returns at most one record's plaintext so a caller can
 stop exactly at a boundary; :meth:`TlsStream.read` gathers several records.
 
-Duck-typed protocol offered to protocols (no core type): ``tls_version: str``
-(``"TLSv1.3"``), ``alpn: str | None``, ``async read_record(n) -> bytes``,
-``detach_raw() -> (plaintext: bytes, raw: bytes, inner)``, ``inner``.
+:class:`TlsStream` is a :class:`tunray.bytestream.RecordStream` (``tls_version``,
+``alpn``, ``read_record``, ``detach_raw``, ``inner``), the core protocol XTLS Vision
+uses.  Ends: ``close_notify`` (or, as Go peers do, a bare FIN) is EOF; a reset of the
+inner stream is raised as :class:`~tunray.bytestream.StreamReset`; a record-layer
+failure is :class:`TlsError`.
 """
 
 from __future__ import annotations
 
 import ssl
-from typing import Any
+
+from tunray.bytestream import ByteStream, RecordStream, StreamClosed
 
 CHUNK = 256 * 1024
 _RECORD = 16 * 1024 + 256
@@ -39,34 +42,46 @@ class TlsError(ConnectionError):
     """A TLS handshake or record-layer failure; the message says what and with whom."""
 
 
-class TlsStream:
+class TlsStream(RecordStream):
     """See the module docstring.  Create with :func:`handshake`."""
 
     __slots__ = (
+        "_alpn",
         "_close_notify_due",
+        "_closed",
         "_detached",
         "_in",
         "_inner",
         "_obj",
         "_out",
+        "_version",
         "_write_closed",
-        "alpn",
-        "tls_version",
     )
 
-    def __init__(self, inner: Any, obj: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> None:
+    def __init__(
+        self, inner: ByteStream, obj: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO
+    ) -> None:
         self._inner = inner
         self._obj = obj
         self._in = incoming
         self._out = outgoing
         self._detached = False
         self._write_closed = False
+        self._closed = False
         self._close_notify_due = False
-        self.tls_version: str = obj.version() or ""
-        self.alpn: str | None = obj.selected_alpn_protocol()
+        self._version: str = obj.version() or ""
+        self._alpn: str | None = obj.selected_alpn_protocol()
 
     @property
-    def inner(self) -> Any:
+    def tls_version(self) -> str:
+        return self._version
+
+    @property
+    def alpn(self) -> str | None:
+        return self._alpn
+
+    @property
+    def inner(self) -> ByteStream:
         """The stream under TLS (after :meth:`detach_raw`, the caller reads it directly)."""
         return self._inner
 
@@ -88,6 +103,8 @@ class TlsStream:
         """Plaintext from at most one TLS record; ``b""`` at the end of the stream."""
         if self._detached:
             raise RuntimeError("TLS reading was detached (detach_raw)")
+        if self._closed:
+            return b""
         obj = self._obj
         while True:
             try:
@@ -131,8 +148,8 @@ class TlsStream:
         return b"".join(parts)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._write_closed:
-            raise ConnectionResetError("TLS write side closed")
+        if self._write_closed or self._closed:
+            raise StreamClosed("TLS write side closed")
         try:
             self._obj.write(data)
         except ssl.SSLError as exc:
@@ -167,7 +184,7 @@ class TlsStream:
         except ssl.SSLError:
             pass
 
-    def detach_raw(self) -> tuple[bytes, bytes, Any]:
+    def detach_raw(self) -> tuple[bytes, bytes, ByteStream]:
         """End TLS reading; return (decrypted unread plaintext, undecrypted raw bytes, inner stream)."""
         if self._detached:
             raise RuntimeError("already detached")
@@ -183,20 +200,26 @@ class TlsStream:
         return b"".join(parts), raw, self._inner
 
     def abort(self) -> None:
+        self._closed = True
         self._inner.abort()
 
     async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         await self._inner.aclose()
 
-    def fileno(self) -> int | None:
-        return None
 
+async def handshake(
+    inner: ByteStream, ctx: ssl.SSLContext, server_name: str | None, *, server_side: bool = False
+) -> TlsStream:
+    """Run the handshake over *inner*; raise :class:`TlsError` (a ``ConnectionError``).
 
-async def handshake(inner: Any, ctx: ssl.SSLContext, server_name: str | None) -> TlsStream:
-    """Run the client handshake over *inner*; raise :class:`TlsError` (a ``ConnectionError``)."""
+    ``server_side=True`` runs the server's side (test peers; tunray itself is a client).
+    """
     incoming = ssl.MemoryBIO()
     outgoing = ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_side=False, server_hostname=server_name or None)
+    obj = ctx.wrap_bio(incoming, outgoing, server_side=server_side, server_hostname=server_name or None)
     while True:
         try:
             obj.do_handshake()

@@ -17,10 +17,10 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
+from tunray.bytestream import ByteStream, RecordStream, StreamReset
 from tunray.config.model import STREAM_SCHEMA
 from tunray.net.address import Destination
 from tunray.net.stream import open_stream
-from tunray_transports.grpc import GrpcError
 from tunray_transports.grpcframe import MessageReader, encode_hunk
 from tunray_transports.http1 import HandshakeError, ws_accept
 from tunray_transports.layers import GrpcTransport, HttpUpgradeTransport, WebSocketTransport
@@ -249,7 +249,9 @@ async def test_httpupgrade_0rtt_pipelines_data_before_the_101() -> None:
 # gRPC against h2 in server mode -------------------------------------------------------
 
 
-def grpc_server(trailer_status: str, seen: dict[str, Any]) -> Handler:
+def grpc_server(trailer_status: str, seen: dict[str, Any], *, end: bool = True, rst: int | None = None) -> Handler:
+    """Answers the first 6 payload bytes reversed; then trailers + END_STREAM (if *end*), then RST_STREAM *rst*."""
+
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
@@ -272,21 +274,35 @@ def grpc_server(trailer_status: str, seen: dict[str, Any]) -> Handler:
                 elif isinstance(ev, h2.events.DataReceived):
                     conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                     body += b"".join(messages.feed(ev.data))
-                elif isinstance(ev, h2.events.StreamEnded):
-                    seen["body"] = body
-                    conn.send_data(ev.stream_id, encode_hunk(body[::-1]))
-                    conn.send_headers(ev.stream_id, [("grpc-status", trailer_status)], end_stream=True)
-                    done = True
+                    if len(body) >= 6 and not done:
+                        seen["body"] = body
+                        conn.send_data(ev.stream_id, encode_hunk(body[::-1]))
+                        if end:
+                            conn.send_headers(ev.stream_id, [("grpc-status", trailer_status)], end_stream=True)
+                        if rst is not None:
+                            conn.reset_stream(ev.stream_id, rst)
+                        done = True
             w.write(conn.data_to_send())
             await w.drain()
+        seen["client_ended"] = await r.read(65536)  # waits for the client to close
 
     return handler
 
 
-@pytest.mark.parametrize("status", ["0", "14"])
-async def test_grpc_request_shape_half_close_and_trailers(status: str) -> None:
+@pytest.mark.parametrize(
+    ("status", "end", "rst", "outcome"),
+    [
+        ("0", True, None, "eof"),
+        ("14", True, None, "reset"),
+        ("0", True, 0, "eof"),  # END_STREAM then RST_STREAM NO_ERROR: grpc-go's orderly end
+        ("0", True, 8, "reset"),  # RST_STREAM CANCEL
+        ("0", False, 0, "reset"),  # NO_ERROR before the server finished
+    ],
+    ids=["trailers-ok", "status-14", "end-then-rst-no-error", "rst-cancel", "rst-before-end"],
+)
+async def test_grpc_request_shape_and_how_the_server_ends(status: str, end: bool, rst: int | None, outcome: str) -> None:
     seen: dict[str, Any] = {}
-    server, port, errors = await serve_once(grpc_server(status, seen))
+    server, port, errors = await serve_once(grpc_server(status, seen, end=end, rst=rst))
     async with server:
         settings = {
             "network": "grpc",
@@ -295,12 +311,13 @@ async def test_grpc_request_shape_half_close_and_trailers(status: str) -> None:
         stream = await connect(GrpcTransport(stream_settings(settings)), port)
         await stream.write(b"abc")
         await stream.write(b"def")
-        await stream.write_eof()
+        await stream.write_eof()  # no half-close over gRPC: nothing is sent
         assert await stream.read() == b"fedcba"
-        if status == "0":
+        if outcome == "eof":
+            assert await stream.read() == b""
             assert await stream.read() == b""
         else:
-            with pytest.raises(GrpcError, match="status 14"):
+            with pytest.raises(StreamReset):
                 await stream.read()
         await stream.aclose()
     await errors.check()
@@ -310,15 +327,45 @@ async def test_grpc_request_shape_half_close_and_trailers(status: str) -> None:
     assert seen["body"] == b"abcdef"
 
 
-class FakeTls:
-    """An inner stream that reports a negotiated ALPN and records writes."""
+class FakeTls(RecordStream):
+    """An inner record stream that reports a negotiated ALPN and records writes."""
 
     def __init__(self, alpn: str) -> None:
-        self.alpn = alpn
+        self._alpn = alpn
         self.written: list[bytes] = []
 
-    async def write(self, data: bytes) -> None:
-        self.written.append(data)
+    @property
+    def alpn(self) -> str:
+        return self._alpn
+
+    @property
+    def tls_version(self) -> str:
+        return "TLSv1.3"
+
+    @property
+    def inner(self) -> ByteStream:
+        raise AssertionError("not used")
+
+    async def read_record(self, max_bytes: int = 65536) -> bytes:
+        raise AssertionError("nothing may be read before the ALPN check")
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        raise AssertionError("nothing may be read before the ALPN check")
+
+    def detach_raw(self) -> tuple[bytes, bytes, ByteStream]:
+        raise AssertionError("not used")
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    async def write_eof(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
 
 
 @pytest.mark.parametrize(("network", "alpn"), [("ws", "h2"), ("httpupgrade", "h2"), ("grpc", "http/1.1")])

@@ -13,8 +13,22 @@ Every write to the inner stream takes ``data_to_send()`` and writes it under one
 so frames keep ``h2``'s order.  Flow control: writers wait while the stream's send
 window is empty; received bytes are acknowledged only when the application reads
 them, so the server can never have more than one window (default 1 MiB) buffered
-here.  ``write_eof`` ends the request stream (END_STREAM, a real half-close);
-``aclose`` sends GOAWAY and closes the inner stream; ``abort`` drops it.
+here.  ``write_eof`` sends nothing (``half_close = False``), as Xray's client: Xray's
+gRPC server ends the whole tunnel when the request stream ends (END_STREAM), dropping
+the response still to come, so a half-closing app would lose its reply; the flow ends
+when the downlink ends or by the relay's timers, as over WebSocket.  ``aclose`` sends
+GOAWAY and closes the inner stream; ``abort`` drops it.
+
+Ends (the :class:`~tunray.bytestream.ByteStream` contract).  The server ending its
+response (DATA, then END_STREAM, with trailers ``grpc-status: 0``) is EOF: every byte
+is read, then ``b""``.  A server that ends first commonly follows with RST_STREAM
+NO_ERROR ("stop sending", RFC 9113 §8.1; grpc-go does it): after END_STREAM that is
+still an orderly end, and only a later ``write`` fails, as a TCP peer that closed
+would answer more data with a RST.  A reset is: RST_STREAM with an error code, or
+NO_ERROR before END_STREAM; ``grpc-status`` other than 0; a GOAWAY that drops the
+stream; the connection closing or resetting under an unfinished stream.  Bytes that
+arrived before a reset are read first, then :class:`GrpcError` (a
+:class:`~tunray.bytestream.StreamReset`) is raised.
 
 With ``idle_timeout`` the pump sends a PING after that many idle seconds and fails the
 stream if nothing arrives within ``health_check_timeout`` (default 20 s), like grpc-go's
@@ -27,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from typing import Any
 
 import h2.config
 import h2.connection
@@ -35,6 +48,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from tunray.bytestream import ByteStream, StreamClosed, StreamReset
 
 from tunray_transports.grpcframe import GrpcFramingError, MessageReader, encode_hunks
 from tunray_transports.settings import GrpcOptions
@@ -43,7 +57,7 @@ READ_CHUNK = 256 * 1024
 DEFAULT_HEALTH_TIMEOUT = 20
 
 
-class GrpcError(ConnectionResetError):
+class GrpcError(StreamReset):
     """The gRPC call failed (HTTP status, grpc-status, RST_STREAM or GOAWAY)."""
 
 
@@ -77,8 +91,10 @@ def _status_error(headers: list[tuple[bytes, bytes]], trailers: bool) -> GrpcErr
     return None
 
 
-class GrpcStream:
-    """SocketStream-shaped gRPC tunnel stream; build with :func:`open_grpc`."""
+class GrpcStream(ByteStream):
+    """gRPC tunnel stream; build with :func:`open_grpc`."""
+
+    half_close = False
 
     __slots__ = (
         "_closed",
@@ -92,14 +108,14 @@ class GrpcStream:
         "_rbuf",
         "_readable",
         "_reader",
-        "_sent_eof",
+        "_remote_ended",
         "_sid",
         "_unacked",
         "_window",
         "_wlock",
     )
 
-    def __init__(self, inner: Any, opts: GrpcOptions) -> None:
+    def __init__(self, inner: ByteStream, opts: GrpcOptions) -> None:
         self._inner = inner
         self._opts = opts
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
@@ -111,7 +127,7 @@ class GrpcStream:
         self._eof = False
         self._end_error: BaseException | None = None  # raised once the buffer is drained
         self._error: BaseException | None = None  # raised at once
-        self._sent_eof = False
+        self._remote_ended = False  # END_STREAM received: the response is complete
         self._closed = False
         self._readable = asyncio.Event()
         self._window = asyncio.Event()
@@ -157,7 +173,7 @@ class GrpcStream:
             while True:
                 data = await self._next_chunk()
                 if not data:
-                    if not self._eof:
+                    if not self._remote_ended and self._end_error is None:
                         self._error = GrpcError("connection closed in the middle of the gRPC stream")
                     break
                 self._handle(self._h2.receive_data(data))
@@ -166,8 +182,12 @@ class GrpcStream:
             raise
         except (h2.exceptions.ProtocolError, GrpcFramingError) as exc:
             self._error = GrpcError(f"gRPC/HTTP2 protocol error: {exc}")
+        except StreamReset as exc:
+            if not self._remote_ended:
+                self._error = GrpcError(f"the connection under the gRPC stream was reset: {exc}")
         except (ConnectionError, OSError) as exc:
-            self._error = exc
+            if not self._remote_ended:
+                self._error = GrpcError(f"the connection under the gRPC stream failed: {exc}")
         finally:
             self._eof = True
             self._readable.set()
@@ -193,9 +213,11 @@ class GrpcStream:
                     self._readable.set()
             elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
                 self._eof = True
+                self._remote_ended = True
                 self._readable.set()
             elif isinstance(ev, h2.events.StreamReset) and ev.stream_id == sid:
-                self._error = GrpcError(f"gRPC stream reset by the server (code {ev.error_code})")
+                if not (self._remote_ended and ev.error_code == h2.errors.ErrorCodes.NO_ERROR):
+                    self._error = GrpcError(f"gRPC stream reset by the server (code {ev.error_code})")
                 self._readable.set()
                 self._window.set()
             elif isinstance(ev, h2.events.ConnectionTerminated):
@@ -216,7 +238,11 @@ class GrpcStream:
 
     async def read(self, max_bytes: int = 65536) -> bytes:
         rbuf = self._rbuf
+        if self._closed:
+            return b""
         while not rbuf:
+            if self._closed:
+                return b""
             if self._error is not None:
                 raise self._error
             if self._eof:
@@ -240,8 +266,8 @@ class GrpcStream:
         return out
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closed or self._sent_eof:
-            raise ConnectionResetError("gRPC stream closed for writing")
+        if self._closed:
+            raise StreamClosed("gRPC stream closed for writing")
         payload = encode_hunks(data)
         view = memoryview(payload)
         pos, total = 0, len(payload)
@@ -268,25 +294,22 @@ class GrpcStream:
             await self._flush()
 
     async def write_eof(self) -> None:
-        if self._sent_eof or self._closed or self._error is not None:
-            return
-        self._sent_eof = True
-        try:
-            self._h2.end_stream(self._sid)
-        except h2.exceptions.StreamClosedError:
-            return
-        await self._flush()
+        """No half-close over gRPC (see the module docstring); later writes still go out."""
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._readable.set()
+        self._window.set()
         if self._pump is not None:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
         try:
             if not self._wlock.locked() and self._error is None:
+                with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                    self._h2.end_stream(self._sid)  # the call's clean end (grpc-go's CloseSend)
                 self._h2.close_connection()
                 await self._flush()
         except (ConnectionError, h2.exceptions.ProtocolError):
@@ -298,10 +321,12 @@ class GrpcStream:
         self._closed = True
         if self._pump is not None:
             self._pump.cancel()
+        self._readable.set()
+        self._window.set()
         self._inner.abort()
 
 
-async def open_grpc(inner: Any, opts: GrpcOptions, authority: str) -> GrpcStream:
+async def open_grpc(inner: ByteStream, opts: GrpcOptions, authority: str) -> GrpcStream:
     stream = GrpcStream(inner, opts)
     await stream.start(authority)
     return stream

@@ -8,8 +8,7 @@ handshake over the stream below (TCP, or TLS over TCP) for each flow.
 
 from __future__ import annotations
 
-from typing import Any
-
+from tunray.bytestream import ByteStream, RecordStream
 from tunray.config.schema import Settings
 from tunray.net.address import Destination
 from tunray.transport import Layer
@@ -23,14 +22,14 @@ from tunray_transports.websocket import WebSocketStream, open_websocket
 STREAM_PATH = "streamSettings"
 
 
-def check_alpn(inner: Any, want: str) -> None:
+def check_alpn(inner: ByteStream, want: str) -> None:
     """Fail clearly when TLS below negotiated an ALPN protocol this transport cannot speak.
 
     Xray offers only ``http/1.1`` under ws/httpupgrade and only ``h2`` under grpc when
     ``tlsSettings.alpn`` is unset; a TLS layer that offers both lets the server choose.
     """
-    alpn = getattr(inner, "alpn", None)
-    if isinstance(alpn, str) and alpn and alpn != want:
+    alpn = inner.alpn if isinstance(inner, RecordStream) else None
+    if alpn and alpn != want:
         raise HandshakeError(
             f"TLS negotiated ALPN {alpn!r} but this transport needs {want!r} "
             f'(set streamSettings.tlsSettings.alpn to ["{want}"])'
@@ -49,7 +48,7 @@ class WebSocketTransport(Layer):
         super().__init__(stream)
         self.options = ws_options(stream, STREAM_PATH)
 
-    async def wrap(self, inner: Any, dest: Destination) -> WebSocketStream:
+    async def wrap(self, inner: ByteStream, dest: Destination) -> WebSocketStream:
         check_alpn(inner, "http/1.1")
         return await open_websocket(inner, self.options, self.options.host_for(dest))
 
@@ -65,7 +64,7 @@ class HttpUpgradeTransport(Layer):
         super().__init__(stream)
         self.options = httpupgrade_options(stream, STREAM_PATH)
 
-    async def wrap(self, inner: Any, dest: Destination) -> UpgradedStream:
+    async def wrap(self, inner: ByteStream, dest: Destination) -> UpgradedStream:
         check_alpn(inner, "http/1.1")
         return await open_httpupgrade(inner, self.options, self.options.host_for(dest))
 
@@ -82,6 +81,6 @@ class GrpcTransport(Layer):
         super().__init__(stream)
         self.options = grpc_options(stream, STREAM_PATH)
 
-    async def wrap(self, inner: Any, dest: Destination) -> GrpcStream:
+    async def wrap(self, inner: ByteStream, dest: Destination) -> GrpcStream:
         check_alpn(inner, "h2")
         return await open_grpc(inner, self.options, self.options.authority_for(dest))

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
+
+from tunray.bytestream import ByteStream
 
 from tunray_transports.http1 import HandshakeError, ResponseReader, build_request, check_upgrade, ws_key
 from tunray_transports.settings import HttpOptions
 
 
-async def read_head(inner: Any, reader: ResponseReader, accept: str | None) -> bytes:
+async def read_head(inner: ByteStream, reader: ResponseReader, accept: str | None) -> bytes:
     """Read the response head from *inner*; check it; return the bytes after it."""
     while True:
         data = await inner.read(65536)
@@ -44,12 +45,12 @@ def upgrade_request(
     return build_request(opts.path, host, headers), key
 
 
-class UpgradedStream:
+class UpgradedStream(ByteStream):
     """The raw stream after an HTTP upgrade; SocketStream-shaped."""
 
     __slots__ = ("_inner", "_leftover", "_pending", "_read_lock")
 
-    def __init__(self, inner: Any, leftover: bytes, pending: ResponseReader | None) -> None:
+    def __init__(self, inner: ByteStream, leftover: bytes, pending: ResponseReader | None) -> None:
         self._inner = inner
         self._leftover = leftover
         self._pending = pending  # response still to be read (early-data mode)
@@ -80,7 +81,7 @@ class UpgradedStream:
         self._inner.abort()
 
 
-async def open_httpupgrade(inner: Any, opts: HttpOptions, host: str) -> UpgradedStream:
+async def open_httpupgrade(inner: ByteStream, opts: HttpOptions, host: str) -> UpgradedStream:
     request, _ = upgrade_request(opts, host, websocket=False)
     await inner.write(request)
     reader = ResponseReader()

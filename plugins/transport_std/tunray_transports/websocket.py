@@ -7,34 +7,46 @@ the rest follows as frames once the ``101`` is in; a ``read`` issued earlier wai
 that handshake.  Reads decode frames as they arrive and answer Pings and Close from
 the read path; every write to the inner stream (data, Pong, Close) goes through one
 lock, so frames never interleave.  WebSocket has no half-close, so ``write_eof`` keeps
-the connection open (as Xray does: the flow ends when the downlink ends); ``aclose``
-sends a Close frame when it can and closes the inner stream.
+the connection open (as Xray does: the flow ends when the downlink ends;
+``half_close = False``); ``aclose`` sends a Close frame when it can and closes the
+inner stream.
+
+Ends (the :class:`~tunray.bytestream.ByteStream` contract).  A Close frame with code
+1000 (normal), 1001 (going away) or none, or the TCP connection ending without a Close
+frame (what Go servers often do), is EOF.  A Close frame with any other code, a
+protocol error, or a reset of the connection underneath is raised as
+:class:`~tunray.bytestream.StreamReset` once the bytes received before it are read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-from typing import Any
+
+from tunray.bytestream import ByteStream, StreamClosed, StreamReset
 
 from tunray_transports.http1 import ResponseReader, ws_accept
 from tunray_transports.settings import HttpOptions
 from tunray_transports.upgrade import read_head, upgrade_request
-from tunray_transports.wsframe import Close, Data, ProtocolError, State, WebSocketConnection
+from tunray_transports.wsframe import Close, CloseCode, Data, ProtocolError, State, WebSocketConnection
 
 READ_CHUNK = 256 * 1024
+CLEAN_CLOSE = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.NO_STATUS})
 
 
 def early_data_header(early: bytes) -> str:
     return base64.urlsafe_b64encode(early).rstrip(b"=").decode()
 
 
-class WebSocketStream:
-    """SocketStream-shaped WebSocket client stream; build with :func:`open_websocket`."""
+class WebSocketStream(ByteStream):
+    """WebSocket client stream; build with :func:`open_websocket`."""
+
+    half_close = False
 
     __slots__ = (
         "_closed",
         "_conn",
+        "_end_error",
         "_eof",
         "_error",
         "_host",
@@ -46,13 +58,14 @@ class WebSocketStream:
         "_wlock",
     )
 
-    def __init__(self, inner: Any, opts: HttpOptions, host: str) -> None:
+    def __init__(self, inner: ByteStream, opts: HttpOptions, host: str) -> None:
         self._inner = inner
         self._opts = opts
         self._host = host
         self._conn = WebSocketConnection()
         self._ready = asyncio.Event()
         self._error: BaseException | None = None
+        self._end_error: StreamReset | None = None  # raised once the buffered bytes are read
         self._leftover = b""
         self._rbuf = bytearray()
         self._eof = False
@@ -73,17 +86,27 @@ class WebSocketStream:
 
     def _check(self) -> None:
         if self._error is not None:
-            raise ConnectionResetError(f"WebSocket failed: {self._error}") from self._error
+            if isinstance(self._error, StreamReset):
+                raise self._error
+            raise StreamReset(f"WebSocket failed: {self._error}") from self._error
 
     async def read(self, max_bytes: int = 65536) -> bytes:
         if not self._ready.is_set():
             await self._ready.wait()
         rbuf = self._rbuf
         while not rbuf:
+            if self._closed:
+                return b""
             self._check()
             if self._eof:
+                if self._end_error is not None:
+                    raise self._end_error
                 return b""
-            data = self._leftover or await self._inner.read(READ_CHUNK)
+            try:
+                data = self._leftover or await self._inner.read(READ_CHUNK)
+            except StreamReset as exc:
+                self._error = exc
+                raise
             self._leftover = b""
             if not data:
                 self._eof = True  # TCP closed without a Close frame: end of stream
@@ -93,7 +116,7 @@ class WebSocketStream:
             except ProtocolError as exc:
                 self._error = exc
                 await self._send(self._conn.close(exc.code))
-                raise
+                raise StreamReset(f"WebSocket protocol error: {exc}") from exc
             for ev in events:
                 if isinstance(ev, Data):
                     if not rbuf and len(ev.payload) <= max_bytes and len(events) == 1:
@@ -104,6 +127,8 @@ class WebSocketStream:
                     rbuf += ev.payload
                 elif isinstance(ev, Close):
                     self._eof = True
+                    if ev.code not in CLEAN_CLOSE:
+                        self._end_error = StreamReset(f"WebSocket closed by the server with code {ev.code} {ev.reason!r}")
             reply = self._conn.data_to_send()
             if reply:
                 await self._send(reply)
@@ -127,7 +152,7 @@ class WebSocketStream:
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
-            raise ConnectionResetError("WebSocket stream is closed")
+            raise StreamClosed("WebSocket stream is closed")
         async with self._wlock:
             if not self._ready.is_set():
                 ed = self._opts.early_data
@@ -167,7 +192,7 @@ class WebSocketStream:
         self._inner.abort()
 
 
-async def open_websocket(inner: Any, opts: HttpOptions, host: str) -> WebSocketStream:
+async def open_websocket(inner: ByteStream, opts: HttpOptions, host: str) -> WebSocketStream:
     stream = WebSocketStream(inner, opts, host)
     if opts.early_data <= 0:
         await stream.handshake()

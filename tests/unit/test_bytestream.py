@@ -1,0 +1,53 @@
+"""``check_byte_stream`` on the core's streams: socket streams and the ByteLinks of the test kit and sniffing."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+from tunray.bytestream import ByteStream
+from tunray.link import PrefixedByteLink
+from tunray.testing.bytestream import check_byte_stream, tcp_stream_pair
+from tunray.testing.links import AppStream, StreamByteLink, byte_link_pair
+
+
+@pytest.mark.timeout(60)
+async def test_socket_stream_conforms() -> None:
+    await check_byte_stream(tcp_stream_pair, backpressure_limit=24 << 20)
+
+
+@pytest.mark.timeout(60)
+async def test_memory_byte_link_conforms() -> None:
+    """The test kit's in-memory ByteLink (what outbound tests hand an outbound) against its app end."""
+
+    @contextlib.asynccontextmanager
+    async def pair() -> AsyncIterator[tuple[ByteStream, ByteStream]]:
+        link, app = byte_link_pair(lazy=False)
+        yield link, AppStream(app)
+
+    await check_byte_stream(pair, backpressure_limit=1 << 20)
+
+
+@pytest.mark.timeout(60)
+async def test_socket_byte_link_conforms() -> None:
+    """A ByteLink over a socket stream (a socket inbound's link) against the app's socket."""
+
+    @contextlib.asynccontextmanager
+    async def pair() -> AsyncIterator[tuple[ByteStream, ByteStream]]:
+        async with tcp_stream_pair() as (app, proxy_side):
+            yield StreamByteLink(proxy_side), app
+
+    await check_byte_stream(pair, backpressure_limit=24 << 20)
+
+
+@pytest.mark.timeout(60)
+async def test_prefixed_byte_link_conforms() -> None:
+    """The link sniffing hands on (bytes already read are replayed first)."""
+
+    @contextlib.asynccontextmanager
+    async def pair() -> AsyncIterator[tuple[ByteStream, ByteStream]]:
+        link, app = byte_link_pair(lazy=False)
+        yield PrefixedByteLink(link, b""), AppStream(app)
+
+    await check_byte_stream(pair, backpressure_limit=1 << 20)
