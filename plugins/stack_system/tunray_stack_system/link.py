@@ -4,8 +4,10 @@ The link is made when the app's SYN arrives (so routing and the outbound's dial 
 while the SYN is held), and paired with its socket when the listener accepts the
 connection.  Until then ``read``/``write`` wait for the socket; ``accept`` lets the held
 SYN through and waits for the socket (at most ``handshake_timeout`` seconds).  Once
-paired, every operation is the socket's (:class:`~tunray.net.stream.SocketStream`) and
-:meth:`fileno` names it, so a relay may splice it to another socket.
+paired, every operation is the socket's (:class:`~tunray.net.stream.SocketStream`, with its
+EOF/:class:`~tunray.bytestream.StreamReset` semantics) and :meth:`fileno` /
+:meth:`take_for_splice` hand it to :func:`tunray.relay.relay`, which splices it to the
+outbound's socket when that one is a bare socket too (``freedom``).
 
 ``abort`` resets: a held SYN is answered with RST by the core; a socket is closed with
 ``SO_LINGER {1, 0}``, which makes the kernel send RST, whether it is paired already or
@@ -177,3 +179,8 @@ class KernelByteLink(ByteLink):
     def fileno(self) -> int | None:
         stream = self._stream
         return stream.fileno() if stream is not None and not self._closed else None
+
+    def take_for_splice(self) -> bytes | None:
+        """The paired socket's :meth:`~tunray.net.stream.SocketStream.take_for_splice` (None before pairing)."""
+        stream = self._stream
+        return stream.take_for_splice() if stream is not None and not self._closed else None
