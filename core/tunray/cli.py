@@ -109,6 +109,9 @@ def _run(args: argparse.Namespace) -> int:
     _raise_nofile()
     runtime = Runtime(config, pm)
     count = 1
+    # SIGTERM waits while an inbound sets up what worker processes share (a TUN's routes):
+    # the supervisor then handles it; a single process gets it back before its loop starts.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
         for ib in runtime.inbounds:
             wanted = ib.prepare_workers()
@@ -118,10 +121,12 @@ def _run(args: argparse.Namespace) -> int:
     except BaseException:
         for ib in runtime.inbounds:
             ib.leave_workers()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         raise
     if count == 1:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return _serve(runtime, args.drain)
-    return _serve_workers(runtime, count, args.drain)
+    return _serve_workers(runtime, count, args.drain, mask)
 
 
 def _raise_nofile() -> None:
@@ -137,7 +142,7 @@ def _raise_nofile() -> None:
             pass
 
 
-def _serve_workers(runtime: object, count: int, drain: float | None) -> int:
+def _serve_workers(runtime: object, count: int, drain: float | None, mask: set[int | signal.Signals]) -> int:
     """Fork *count* workers, each serving the runtime with its own loop (see :mod:`tunray.workers`)."""
     from tunray.runtime import DRAIN_TIMEOUT, Runtime
     from tunray.workers import KILL_AFTER, SharedCounters, run_workers
@@ -160,7 +165,7 @@ def _serve_workers(runtime: object, count: int, drain: float | None) -> int:
             ib.leave_workers()
 
     drain_timeout = DRAIN_TIMEOUT if drain is None else max(drain, 0.0)
-    return run_workers(count, child, release, kill_after=min(drain_timeout + 1.0, KILL_AFTER))
+    return run_workers(count, child, release, kill_after=min(drain_timeout + 1.0, KILL_AFTER), mask=mask)
 
 
 def _serve(runtime: object, drain: float | None = None) -> int:
@@ -172,16 +177,28 @@ def _serve(runtime: object, drain: float | None = None) -> int:
     drain_timeout = DRAIN_TIMEOUT if drain is None else max(drain, 0.0)
 
     async def main() -> None:
+        from tunray import workers
+
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        release = asyncio.Event()
+        if workers.in_worker():
+            loop.add_signal_handler(workers.RELEASE, release.set)
         await runtime.start()
         logger.warning("tunray {} started", __version__)
         await stop.wait()
         logger.warning("tunray stopping")
         try:
             async with asyncio.timeout(drain_timeout + 2.0):
+                if workers.in_worker():
+                    # drain, then keep refusing new flows until every worker has drained
+                    # (tunray.workers): a SYN steered to this queue still gets its RST
+                    await runtime.stop_accepting()
+                    await runtime.dispatcher.drain(drain_timeout)
+                    workers.drained()
+                    await release.wait()
                 await runtime.stop(drain_timeout=drain_timeout)
         except TimeoutError:
             logger.error("shutdown took longer than {:g} s; exiting anyway", drain_timeout + 2.0)

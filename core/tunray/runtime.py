@@ -120,7 +120,8 @@ class Runtime:
         self._started = True
         self.plugins.startup(self)
 
-    async def stop(self, drain_timeout: float = DRAIN_TIMEOUT) -> list[BaseException]:
+    async def stop_accepting(self) -> list[BaseException]:
+        """The first step of :meth:`stop`: the dispatcher and every inbound refuse new flows."""
         errors: list[BaseException] = []
         self.dispatcher.stop_accepting()
         for ib in reversed(self.inbounds):
@@ -129,6 +130,10 @@ class Runtime:
             except Exception as exc:
                 errors.append(exc)
                 logger.error("inbound {!r} stopping accepting: {}", ib.tag, exc)
+        return errors
+
+    async def stop(self, drain_timeout: float = DRAIN_TIMEOUT) -> list[BaseException]:
+        errors = await self.stop_accepting()
         await self.dispatcher.drain(drain_timeout)
         for ib in reversed(self.inbounds):
             try:

@@ -17,10 +17,14 @@ with ``sigtimedwait``:
 * a worker that dies is logged (exit code or signal) and forked again; its flows are
   lost, the others continue.  A worker dying within :data:`FLAPPING` seconds of its
   start :data:`MAX_FLAPS` times in a row stops everything (a broken config or host);
-* SIGTERM/SIGINT is passed on to every worker, which drains (``-drain``) and exits;
-  whatever is still alive :data:`KILL_AFTER` seconds later is killed, then the inbounds
-  release what the supervisor holds (:meth:`~tunray.inbound.Inbound.leave_workers`), so
-  the whole stop stays within 5 s.
+* SIGTERM/SIGINT is passed on to every worker, which stops accepting (new flows get a
+  RST) and drains (``-drain``), then reports through a pipe (:func:`drained`) and waits.
+  Once every worker has drained the supervisor releases them all (:data:`RELEASE`) and
+  they stop their inbounds and exit: until then no queue is left without a reader, so a
+  SYN steered to an idle worker is still refused rather than lost.  Whatever is still
+  alive :data:`KILL_AFTER` seconds after the signal is killed, then the inbounds release
+  what the supervisor holds (:meth:`~tunray.inbound.Inbound.leave_workers`), so the whole
+  stop stays within 5 s.
 
 Shared state.  The access log is one file opened with ``O_APPEND`` (or the inherited
 stdout): every line is one ``write(2)``, so lines from different workers never
@@ -37,9 +41,13 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 
 from loguru import logger
+
+#: In a worker: (index, the pipe's write end to the supervisor); None in the supervisor.
+_worker: tuple[int, int] | None = None
+RELEASE = signal.SIGUSR1  # supervisor -> workers: every worker has drained, finish stopping
 
 KILL_AFTER = 4.5  # seconds from SIGTERM to SIGKILL, at most (the link is released after)
 FLAPPING = 2.0
@@ -58,16 +66,24 @@ def _describe(status: int) -> str:
 
 
 def run_workers(count: int, child: Callable[[int], int], release: Callable[[], None],
-                kill_after: float = KILL_AFTER) -> int:
+                kill_after: float = KILL_AFTER, mask: Iterable[int] | None = None) -> int:
     """Fork *count* workers running ``child(k)`` and supervise them; see the module docstring.
 
-    *release* runs in the supervisor after every worker is gone.  Returns the exit code.
+    *release* runs in the supervisor after every worker is gone.  *mask*: the signal mask
+    workers run with (and the caller gets back), when the caller blocked SIGTERM already
+    (while the link was set up); default: the mask at the call.  Returns the exit code.
     """
     # Objects alive now are shared with every worker copy-on-write; the cyclic GC would write
     # to (and so copy) every page it scans, so move them out of its sight first.
     gc.collect()
     gc.freeze()
+    report_r, report_w = os.pipe()
+    os.set_blocking(report_r, False)
+    drained_set: set[int] = set()
+    released = False
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    if mask is not None:
+        old_mask = set(mask)
     pids: dict[int, int] = {}  # pid -> worker index
     started: dict[int, float] = {}
     flaps = [0] * count
@@ -77,8 +93,11 @@ def run_workers(count: int, child: Callable[[int], int], release: Callable[[], N
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
+            global _worker
             code = 1
             try:
+                os.close(report_r)
+                _worker = (k, report_w)
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 code = child(k)
             except BaseException as exc:  # a worker never returns into the supervisor's code
@@ -98,8 +117,17 @@ def run_workers(count: int, child: Callable[[int], int], release: Callable[[], N
         stopping = False
         deadline = 0.0
         while pids:
-            timeout = 1.0 if not stopping else max(0.0, deadline - time.monotonic())
+            timeout = 1.0 if not stopping else min(0.05, max(0.0, deadline - time.monotonic()))
             info = signal.sigtimedwait(_SIGNALS, timeout)
+            if stopping and not released:
+                try:
+                    drained_set.update(os.read(report_r, 256))
+                except BlockingIOError:
+                    pass
+                if all(k in drained_set for k in pids.values()):
+                    released = True
+                    for pid in pids:
+                        _kill(pid, RELEASE)
             if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT) and not stopping:
                 stopping = True
                 deadline = time.monotonic() + kill_after
@@ -135,9 +163,25 @@ def run_workers(count: int, child: Callable[[int], int], release: Callable[[], N
     finally:
         for pid in pids:  # only on an unexpected error in the loop above
             _kill(pid, signal.SIGKILL)
+        os.close(report_r)
+        os.close(report_w)
         release()
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     return code
+
+
+def in_worker() -> bool:
+    """True in a worker process forked by :func:`run_workers`."""
+    return _worker is not None
+
+
+def drained() -> None:
+    """In a worker: tell the supervisor this worker's flows are drained (then wait for :data:`RELEASE`)."""
+    if _worker is not None:
+        try:
+            os.write(_worker[1], bytes((_worker[0] & 0xFF,)))
+        except OSError:
+            pass
 
 
 def _kill(pid: int, sig: int) -> None:
