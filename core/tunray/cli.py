@@ -11,6 +11,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from tunray import __version__
 from tunray.config.errors import EXIT_CONFIG, ConfigError
@@ -85,6 +86,22 @@ def _uuid(text: str | None) -> int:
     return 0
 
 
+def _config_phase_log() -> None:
+    """Until the config's own log settings apply: warnings in the one-line error form."""
+    from loguru import logger
+
+    def sink(message: Any) -> None:
+        text = message.record["message"]
+        if text.startswith("config: "):
+            text = "config warning: " + text[len("config: ") :]
+        else:
+            text = f"{message.record['level'].name.lower()}: {text}"
+        sys.stderr.write(text + "\n")
+
+    logger.remove()
+    logger.add(sink, level="WARNING")
+
+
 def _run(args: argparse.Namespace) -> int:
     import json
 
@@ -93,6 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     from tunray.log import configure_error_log
     from tunray.plugin.manager import PluginManager
 
+    _config_phase_log()
     raw = load(args.config, args.confdir, args.format)
     if args.dump:
         print(json.dumps(raw, indent=2))

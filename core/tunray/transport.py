@@ -62,7 +62,18 @@ def _layers(cfg: StreamConfig | None) -> list[Layer]:
         layers.append(cfg.security_layer(cfg.settings))
     if cfg.transport is not None:
         layers.append(cfg.transport(cfg.settings))
+    elif _http_header(cfg.settings):
+        from tunray.net.httpheader import HttpHeaderLayer
+
+        layers.append(HttpHeaderLayer(cfg.settings))
     return layers
+
+
+def _http_header(settings: Settings) -> bool:
+    """``rawSettings.header.type == "http"`` (raw TCP with Xray's HTTP header obfuscation)."""
+    raw = settings.get("rawSettings")
+    header = raw.header if raw is not None else None
+    return header is not None and str(header.type).lower() == "http"
 
 
 class Dialable:

@@ -3,11 +3,9 @@
 * JSON with ``//``, ``#`` and ``/* */`` comments and trailing commas (Xray's reader
   strips comments before decoding); YAML and TOML chosen by extension or ``-format``.
 * Several files (``-c a.json -c b.json``, or every file in ``-confdir`` in name
-  order) merge as Xray's multi-file loader does: a later top-level section replaces
-  an earlier one, except ``inbounds``/``outbounds``, which merge by ``tag`` (a later
-  entry with an existing tag replaces it in place; new ones are appended).  Untagged
-  entries are appended; outbounds from later files that Xray marks as prepend stay
-  appended here (documented difference: none in practice).
+  order) merge exactly as Xray's ``Config.Override`` does, see :func:`merge`: later
+  sections replace, inbounds merge by tag and append, outbounds merge by tag and are
+  prepended unless the file name contains ``tail``.
 
 Errors are :class:`ConfigError` whose path is the file name (and line for JSON).
 """
@@ -110,30 +108,74 @@ def _key(d: dict[str, Any], name: str) -> str | None:
     return None
 
 
-def _merge_tagged(base: list[Any], extra: list[Any]) -> list[Any]:
+def _tag(item: Any) -> Any:
+    """An entry's tag for merging; Go's decoder matches the key case-insensitively ("Tag" too)."""
+    if not isinstance(item, dict):
+        return None
+    k = _key(item, "tag")
+    return item[k] if k is not None else ""
+
+
+def _find(items: list[Any], tag: Any) -> int:
+    for i, old in enumerate(items):
+        if _tag(old) == tag:
+            return i
+    return -1
+
+
+def _merge_inbounds(base: list[Any], extra: list[Any]) -> list[Any]:
     merged = list(base)
     for item in extra:
-        tag = item.get("tag") if isinstance(item, dict) else None
-        if tag:
-            for i, old in enumerate(merged):
-                if isinstance(old, dict) and old.get("tag") == tag:
-                    merged[i] = item
-                    break
-            else:
-                merged.append(item)
+        i = _find(merged, _tag(item))
+        if i >= 0:
+            merged[i] = item
         else:
             merged.append(item)
     return merged
 
 
-def merge(configs: Iterable[dict[str, Any]]) -> dict[str, Any]:
+def _merge_outbounds(base: list[Any], extra: list[Any], name: str) -> list[Any]:
+    merged = list(base)
+    prepend: list[Any] = []
+    tail = "tail" in name.lower()
+    for item in extra:
+        i = _find(merged, _tag(item))
+        if i >= 0:
+            merged[i] = item
+        elif tail:
+            merged.append(item)
+        else:
+            prepend.append(item)
+    return prepend + merged
+
+
+def merge(configs: Iterable[dict[str, Any]], names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Merge configs as Xray's ``Config.Override`` does (infra/conf/xray.go).
+
+    The first config is taken as is.  For each later one (file *name*): any top-level
+    section it has replaces the earlier one; each inbound replaces the earlier inbound
+    with the same tag (an untagged one replaces the first untagged one) or is appended;
+    each outbound replaces the one with its tag, else is *prepended* (keeping the file's
+    order, so its first outbound becomes the default) unless the file name contains
+    ``tail`` (any case), when it is appended.
+    """
     result: dict[str, Any] = {}
-    for cfg in configs:
+    for n, cfg in enumerate(configs):
+        name = names[n] if names is not None and n < len(names) else ""
+        if n == 0:
+            result = dict(cfg)
+            continue
         for key, value in cfg.items():
+            if value is None:
+                continue  # Go: a null section leaves the earlier one
             existing = _key(result, key)
-            if key.lower() in ("inbounds", "outbounds") and existing is not None:
+            low = key.lower()
+            if low in ("inbounds", "outbounds") and existing is not None:
                 if isinstance(result[existing], list) and isinstance(value, list):
-                    result[existing] = _merge_tagged(result[existing], value)
+                    if low == "inbounds":
+                        result[existing] = _merge_inbounds(result[existing], value)
+                    else:
+                        result[existing] = _merge_outbounds(result[existing], value, name)
                     continue
             if existing is not None:
                 del result[existing]
@@ -156,4 +198,4 @@ def load(paths: Sequence[str], confdir: str | None = None, fmt: str | None = Non
         files += confdir_files(confdir)
     if not files:
         raise ConfigError("", "no config file given (use -c FILE or -confdir DIR)")
-    return merge(read_file(p, fmt) for p in files)
+    return merge([read_file(p, fmt) for p in files], files)

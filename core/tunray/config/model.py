@@ -35,7 +35,7 @@ LOG_SCHEMA = Schema(
     Field("loglevel", Enum(*LOG_LEVELS), default="warning", doc="error-log verbosity"),
     Field("access", Str(), default="", doc='access-log file; "" = stdout, "none" = off'),
     Field("error", Str(), default="", doc='error-log file; "" = stderr, "none" = off'),
-    Field("dnsLog", Bool(), default=False, doc="log DNS queries"),
+    Unsupported("dnsLog", "log.dnsLog (DNS query log)"),
     Unsupported("maskAddress", "log.maskAddress"),
 )
 
@@ -45,9 +45,9 @@ LEVEL_SCHEMA = Schema(
     Field("uplinkOnly", Int(min=0), default=2, doc="seconds to wait after the downlink closed"),
     Field("downlinkOnly", Int(min=0), default=5, doc="seconds to wait after the uplink closed"),
     Field("bufferSize", Int(min=-1), default=-1, doc="per-flow buffer in KiB (-1 = default)"),
-    Field("statsUserUplink", Bool(), default=False),
-    Field("statsUserDownlink", Bool(), default=False),
-    Field("statsUserOnline", Bool(), default=False),
+    Unsupported("statsUserUplink", "per-user traffic counters (statsUserUplink)"),
+    Unsupported("statsUserDownlink", "per-user traffic counters (statsUserDownlink)"),
+    Unsupported("statsUserOnline", "per-user online tracking (statsUserOnline)"),
 )
 
 SYSTEM_POLICY_SCHEMA = Schema(
@@ -79,6 +79,46 @@ SNIFFING_SCHEMA = Schema(
 
 PORT = OneOf((Int(min=0, max=65535), Str()))
 
+def _check_header(s: Settings, path: str) -> None:
+    Enum("none", "http").parse(s.type, join(path, "type"))
+
+
+_HEADER_VALUES = MapOf(ListOf(Str(), allow_single=True))
+
+#: ``rawSettings.header``: ``none``, or Xray's HTTP header obfuscation (tunray.net.httpheader).
+RAW_HEADER_SCHEMA = Schema(
+    Field("type", Str(), default="none", doc='"none" or "http"'),
+    Field(
+        "request",
+        Schema(
+            Field("version", Str(), default="", doc='HTTP version (default "1.1")'),
+            Field("method", Str(), default="", doc='request method (default "GET")'),
+            Field("path", ListOf(Str(), allow_single=True), default=None, doc="paths, one picked per connection"),
+            Field("headers", _HEADER_VALUES, default=None, doc="header values, one picked per connection"),
+        ),
+        default=None,
+        doc="the request head the client sends first",
+    ),
+    Field(
+        "response",
+        Schema(
+            Field("version", Str(), default=""),
+            Field("status", Str(), default=""),
+            Field("reason", Str(), default=""),
+            Field("headers", _HEADER_VALUES, default=None),
+        ),
+        default=None,
+        doc="the server's response head (server side; a client reads any response head)",
+    ),
+    check=_check_header,
+)
+
+
+RAW_SCHEMA = Schema(
+    Field("header", RAW_HEADER_SCHEMA, default=None, doc='obfuscation header: {"type": "none" | "http", ...}'),
+    Field("acceptProxyProtocol", Bool(), default=False, doc="server side only (PROXY protocol)"),
+)
+
 STREAM_SCHEMA = Schema(
     Field("network", Str(), default="raw", aliases=("method",)),
     Field("security", Str(), default="none"),
@@ -87,7 +127,7 @@ STREAM_SCHEMA = Schema(
     # named in network/security; they are kept raw here.
     Field("tlsSettings", AnyValue(), default=None),
     Field("realitySettings", AnyValue(), default=None),
-    Field("rawSettings", AnyValue(), default=None, aliases=("tcpSettings",)),
+    Field("rawSettings", RAW_SCHEMA, default=None, aliases=("tcpSettings",)),
     Field("wsSettings", AnyValue(), default=None),
     Field("httpupgradeSettings", AnyValue(), default=None),
     Field("grpcSettings", AnyValue(), default=None, aliases=("gunSettings",)),
@@ -180,7 +220,7 @@ UNSUPPORTED_TOP = {
     "burstobservatory": "the burstObservatory section",
     "metrics": "the metrics section",
     "transport": "the global transport section",
-    "version": None,  # Xray's min/max version check: accepted and ignored
+    "version": None,  # Xray's min/max check of its own version: said, not applied (below)
 }
 
 
@@ -222,14 +262,23 @@ def _list(raw: dict[str, Any], key: str) -> tuple[str, list[Any]]:
     return k, value
 
 
-def _protocol_entry(item: Any, path: str, table: dict[str, Any], example: str) -> tuple[str, Any, str]:
+#: Xray's other names for outbound protocols (infra/conf/xray.go outboundConfigLoader).
+OUTBOUND_ALIASES = {"direct": "freedom", "block": "blackhole"}
+
+
+def _protocol_entry(
+    item: Any, path: str, table: dict[str, Any], example: str, aliases: dict[str, str] | None = None
+) -> tuple[str, Any, str]:
     """Common prologue of an inbound/outbound entry: (protocol, registered class, tag)."""
+    aliases = aliases or {}
     if not isinstance(item, dict):
         raise expected(path, "an object", item)
     _, protocol = _get(item, "protocol")
     if not isinstance(protocol, str) or not protocol:
         raise ConfigError(join(path, "protocol"), f'is required (a protocol name such as "{example}")')
     cls = table.get(protocol.lower())
+    if cls is None and protocol.lower() in aliases:
+        cls = table.get(aliases[protocol.lower()])
     if cls is None:
         raise ConfigError(
             join(path, "protocol"),
@@ -239,17 +288,23 @@ def _protocol_entry(item: Any, path: str, table: dict[str, Any], example: str) -
     _, tag = _get(item, "tag")
     if tag is not None and not isinstance(tag, str):
         raise expected(join(path, "tag"), "a string", tag)
-    return protocol.lower(), cls, tag or ""
+    return cls.protocol if protocol.lower() in aliases else protocol.lower(), cls, tag or ""
 
 
 def _inbound(item: Any, path: str, registry: Registry) -> InboundConfig:
     protocol, cls, tag = _protocol_entry(item, path, registry.inbounds, "tun")
     _, port = _get(item, "port")
     _, listen = _get(item, "listen")
-    if cls.needs_listen:
+    unix = isinstance(listen, str) and listen.startswith(("/", "@"))
+    if cls.needs_listen and not unix:
         if port is None:
             raise ConfigError(join(path, "port"), "is required for this protocol")
         PORT.parse(port, join(path, "port"))
+    if listen is not None and not isinstance(listen, str):
+        raise expected(join(path, "listen"), "an IP address or a Unix socket path", listen)
+    check_listen = getattr(cls, "check_listen", None)
+    if check_listen is not None:
+        check_listen(listen or "", port, path)
     for key in ("allocate",):
         _, v = _get(item, key)
         if v:
@@ -276,7 +331,7 @@ def _inbound(item: Any, path: str, registry: Registry) -> InboundConfig:
 
 
 def _outbound(item: Any, path: str, registry: Registry) -> OutboundConfig:
-    protocol, cls, tag = _protocol_entry(item, path, registry.outbounds, "freedom")
+    protocol, cls, tag = _protocol_entry(item, path, registry.outbounds, "freedom", OUTBOUND_ALIASES)
     for key, what in (("proxySettings", "outbound proxySettings (chaining)"), ("mux", "mux")):
         k, v = _get(item, key)
         if isinstance(v, dict) and key == "mux" and not v.get("enabled"):
@@ -324,11 +379,14 @@ def build_config(raw: dict[str, Any], registry: Registry) -> Config:
         low = key.lower()
         if low in TOP_LEVEL or low in {s.lower() for s in registry.sections}:
             continue
+        from loguru import logger
+
         if low in UNSUPPORTED_TOP:
             if UNSUPPORTED_TOP[low] and value:
                 raise NotSupported(key, str(UNSUPPORTED_TOP[low]))
+            if low == "version" and value:
+                logger.warning("config: {}: Xray's version check does not apply to tunray; not checked", key)
             continue
-        from loguru import logger
 
         logger.warning("config: {}: unknown top-level section ignored", key)
 

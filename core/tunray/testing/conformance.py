@@ -14,6 +14,9 @@ real dispatcher calls, against a :mod:`tunray.testing.echo` server at *echo_host
 * UDP (when the outbound declares it): echo, and replies from a second source
   address reach the app with that source (full cone), if ``cone=True``.
 
+``await check_inbound(inbound, client)`` checks a listening inbound through a real
+client (:mod:`tunray.testing.inboundcheck`); it is re-exported here.
+
 ``await check_stack(stack_cls)`` runs the stack suite of :mod:`tunray.testing.stackcheck`
 (a real TUN in a throwaway namespace, the kernel as the app); it is re-exported here.
 """
@@ -30,9 +33,10 @@ from typing import Any
 
 from tunray.net.address import Destination, Network, parse_host
 from tunray.testing.harness import driver_of, running
+from tunray.testing.inboundcheck import check_inbound
 from tunray.testing.stackcheck import check_stack
 
-__all__ = ["check_outbound", "check_stack"]
+__all__ = ["check_inbound", "check_outbound", "check_stack"]
 
 _HANDSHAKE = 3  # the policy's handshake timeout (seconds) in the runtime check_outbound builds
 

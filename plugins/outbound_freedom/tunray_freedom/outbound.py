@@ -46,7 +46,6 @@ class FreedomOutbound(Outbound):
         Field("targetStrategy", Enum(*DOMAIN_STRATEGIES), default=None, doc="newer name; wins over domainStrategy"),
         Field("redirect", Str(), default="", doc='send every flow to "host:port" (empty host or port keeps it)'),
         Field("userLevel", Int(min=0), default=0, doc="policy level for timeouts"),
-        Field("timeout", Int(min=0), default=0, doc="deprecated in Xray; ignored"),
         Unsupported("fragment", "freedom.fragment"),
         Unsupported("noises", "freedom.noises"),
         Unsupported("noise", "freedom.noise"),

@@ -145,7 +145,7 @@ SETTINGS_SCHEMA = Schema(
     Field("level", Int(min=0), default=0, doc="simplified form: policy level"),
     Field("email", Str(), default="", doc="simplified form: user label"),
     Field("testseed", ListOf(Int(min=0)), default=[], doc="Vision padding parameters (4 numbers)"),
-    Field("testpre", Int(min=0), default=0, doc="pre-dialed connections: accepted, not used"),
+    Unsupported("testpre", "vless testpre (pre-dialed connections)"),
     Unsupported("reverse", "VLESS reverse (settings.reverse)"),
     check=_check,
 )

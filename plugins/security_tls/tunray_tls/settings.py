@@ -62,7 +62,7 @@ TLS_SCHEMA = Schema(
     Field("certificates", ListOf(CERTIFICATE_SCHEMA), default=[], doc='CAs (usage "verify") or a client cert'),
     Field("disableSystemRoot", Bool(), default=False, doc="do not trust the system CA store"),
     Field("allowInsecure", Bool(), default=False, doc="refused when true: use pinnedPeerCertSha256"),
-    Field("enableSessionResumption", Bool(), default=False, doc="accepted; ignored"),
+    Unsupported("enableSessionResumption", "tlsSettings.enableSessionResumption (TLS session resumption)"),
     Field("masterKeyLog", Str(), default="", doc="NSS key log file (debugging)"),
     Field("rejectUnknownSni", Bool(), default=False, doc="server only; ignored"),
     Unsupported("cipherSuites", "tlsSettings.cipherSuites"),
