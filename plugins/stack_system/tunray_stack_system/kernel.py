@@ -35,7 +35,7 @@ TUNGETDEVNETNS = 0x54E3  # _IO('T', 227)
 CLONE_NEWNET = 0x40000000
 IP_FREEBIND = 15
 IPV6_FREEBIND = 78
-BACKLOG = 4096
+BACKLOG = 65535  # the kernel caps it at net.core.somaxconn
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
