@@ -301,3 +301,21 @@ def test_truncated_and_garbage_packets_are_counted_never_raised(vnet: bool) -> N
         c.feed(prefix + s if vnet or s else s, 0.0)
     assert sum(c.counters.values()) >= len(samples) - 5, c.counters
     assert not c.nat.by_key
+
+
+def test_parse_udp_reasons() -> None:
+    from tunray.net.packet import parse_udp
+    from tunray.testing.stackclient import udp_dgram
+
+    good = udp_dgram(APP4, FAR4, 4000, 53, b"query")
+    assert parse_udp(4, APP4, FAR4, good, 0, len(good), False) == (4000, 53, len(good))
+    assert parse_udp(4, APP4, FAR4, good[:7], 0, 7, False) == "udp_truncated"
+    long = udp_dgram(APP4, FAR4, 4000, 53, b"query", length=200)
+    assert parse_udp(4, APP4, FAR4, long, 0, len(long), False) == "udp_bad_length"
+    bad = udp_dgram(APP4, FAR4, 4000, 53, b"query", csum=0x1234)
+    assert parse_udp(4, APP4, FAR4, bad, 0, len(bad), False) == "udp_bad_checksum"
+    assert parse_udp(4, APP4, FAR4, bad, 0, len(bad), True) == (4000, 53, len(bad)), "the device vouched for it"
+    none4 = udp_dgram(APP4, FAR4, 4000, 53, b"query", csum=0)
+    assert parse_udp(4, APP4, FAR4, none4, 0, len(none4), False) == (4000, 53, len(none4))
+    none6 = udp_dgram(APP6, FAR6, 4000, 53, b"query", csum=0)
+    assert parse_udp(6, APP6, FAR6, none6, 0, len(none6), False) == "udp_bad_checksum"

@@ -162,24 +162,14 @@ class SystemCore:
                 return False
             addr, ports, d_ip, d_l4 = entry.back_addr, entry.back_ports, entry.back_ip, entry.back_l4
             if flags & (FIN | RST):
-                if flags & RST:
-                    nat.linger(entry, now)
-                else:
-                    entry.fin_kernel = True
-                    if entry.fin_app:
-                        nat.linger(entry, now)
+                nat.ending(entry, flags, False, now)
         else:
             entry = nat.by_key.get(key)
             if entry is None or entry.pending or (entry.linger_until and flags & (SYN | ACK) == SYN):
                 return False
             addr, ports, d_ip, d_l4 = entry.fwd_addr, entry.fwd_ports, entry.fwd_ip, entry.fwd_l4
             if flags & (FIN | RST):
-                if flags & RST:
-                    nat.linger(entry, now)
-                else:
-                    entry.fin_app = True
-                    if entry.fin_kernel:
-                        nat.linger(entry, now)
+                nat.ending(entry, flags, True, now)
         entry.last = now
         buf = bytearray(p)
         buf[ip + 12:ip + 20] = addr
@@ -219,12 +209,7 @@ class SystemCore:
                 return
             entry.last = now
             if flags & (FIN | RST):
-                if flags & RST:
-                    nat.linger(entry, now)
-                else:
-                    entry.fin_kernel = True
-                    if entry.fin_app:
-                        nat.linger(entry, now)
+                nat.ending(entry, flags, False, now)
             self.out.append(rewrite(packet, ip, l4, version, entry.back_addr, entry.back_ports, entry.back_ip,
                                     entry.back_l4, partial))  # type: ignore[arg-type]
             return
@@ -249,12 +234,7 @@ class SystemCore:
                 entry.syn = packet  # a retransmitted SYN replaces the held one
             return
         if flags & (FIN | RST):
-            if flags & RST:
-                nat.linger(entry, now)
-            else:
-                entry.fin_app = True
-                if entry.fin_kernel:
-                    nat.linger(entry, now)
+            nat.ending(entry, flags, True, now)
         self.out.append(rewrite(packet, ip, l4, version, entry.fwd_addr, entry.fwd_ports, entry.fwd_ip,
                                 entry.fwd_l4, partial))  # type: ignore[arg-type]
 

@@ -207,6 +207,18 @@ class TcpNat:
             entry.linger_until = now + LINGER
             self.lingering[entry] = None
 
+    def ending(self, entry: NatEntry, flags: int, from_app: bool, now: float) -> None:
+        """A FIN or RST passed: a RST, or the second direction's FIN, starts the linger."""
+        if flags & RST:
+            self.linger(entry, now)
+            return
+        if from_app:
+            entry.fin_app = True
+        else:
+            entry.fin_kernel = True
+        if entry.fin_app and entry.fin_kernel:
+            self.linger(entry, now)
+
     def lookup_port(self, version: int, port: int) -> NatEntry | None:
         return self.by_port.get(port if version == 4 else port + 65536)
 

@@ -6,19 +6,16 @@ own source (:func:`tunray.net.packet.build_udp`), so any peer the outbound hears
 reaches the app.  The queue per flow is bounded (``queue_packets``) and drops when full;
 a flow idle for ``idle`` seconds is closed.  ICMP echo requests to any address get a
 local reply (:func:`tunray.net.packet.echo_reply`), as in Xray.  UDP payloads pass through
-Python anyway, so their checksums are verified here.
+Python anyway, so their checksums are verified here (:func:`tunray.net.packet.parse_udp`).
 """
 
 from __future__ import annotations
 
 import heapq
-import struct
 from collections import deque
 
-from tunray.net.packet import PROTO_UDP, build_udp, echo_reply, pseudo_sum, sum_of, valid
+from tunray.net.packet import build_udp, echo_reply, parse_udp
 from tunray.stackcore import CoreEvent, UdpClosed, UdpOpened, UdpReadable
-
-_UDP = struct.Struct("!HHHH")
 
 
 class UdpFlow:
@@ -66,22 +63,11 @@ class UdpCore:
 
     def udp(self, version: int, src: bytes, dst: bytes, packet: bytes, l4: int, end: int, csum_ok: bool,
             now: float) -> None:
-        if end - l4 < 8:
-            self.count("udp_truncated")
+        parsed = parse_udp(version, src, dst, packet, l4, end, csum_ok)
+        if isinstance(parsed, str):
+            self.count(parsed)
             return
-        sport, dport, length, csum = _UDP.unpack_from(packet, l4)
-        if length < 8 or l4 + length > end:
-            self.count("udp_bad_length")
-            return
-        end = l4 + length
-        if not csum_ok:
-            if csum == 0:
-                if version == 6:
-                    self.count("udp_bad_checksum")
-                    return
-            elif not valid(pseudo_sum(src, dst, PROTO_UDP, length) + sum_of(memoryview(packet)[l4:end])):
-                self.count("udp_bad_checksum")
-                return
+        sport, dport, end = parsed
         key = (src, sport)
         flow = self.flows.get(key)
         if flow is None:
