@@ -93,6 +93,7 @@ PROXIES = (
     Proxy("tunray", "tunray (python stack)", "tunray0", 1),
     Proxy("tunray-system", "tunray (system stack)", "tunray0", 2),
     Proxy("tunray-mixed", "tunray (mixed stack)", "tunray0", 2),
+    Proxy("tunray-lwip", "tunray (lwip stack)", "tunray0", 1),
     Proxy("sb-gvisor", "sing-box gvisor", "sbtun0", 1),
     Proxy("sb-system", "sing-box system", "sbtun0", 6),
 )

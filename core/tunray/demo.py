@@ -6,7 +6,7 @@ Run as root with ``python -m tunray.demo`` (``--help`` for options).  It builds:
     curl / echo client                                   lo: 203.0.113.10/32 (+ IPv6)
        │  route 203.0.113.0/24 dev tunray0 (by tunray)   http.server  :8080  (64 MiB file)
        ▼                                                 echo server  :7000  (TCP + UDP)
-    tunray0 ── tunray (python stack) ── freedom ─ veth-c ═══ veth-s
+    tunray0 ── tunray (python stack, or --stack lwip) ── freedom ─ veth-c ═══ veth-s
                     (autoOutboundsInterface binds its dials to veth-c: no loop)
 
 The addresses come from the committed config (``configs/tun-demo-freedom.json``): the
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -280,9 +281,22 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run(config: Path, size_mib: int, say: Any = print) -> int:
+def _with_stack(config: Path, stack: str, tmp: Path) -> Path:
+    """A copy of *config* (as tunray reads it) whose tun inbound uses *stack*."""
+    raw = _load_json(config)
+    for ib in raw.get("inbounds", []):
+        if ib.get("protocol") == "tun":
+            ib.setdefault("settings", {})["stack"] = stack
+    out = tmp / f"{config.stem}-{stack}.json"
+    out.write_text(json.dumps(raw, indent=2))
+    return out
+
+
+def run(config: Path, size_mib: int, say: Any = print, stack: str | None = None) -> int:
     plan = plan_from_config(config)
     tmp = Path(tempfile.mkdtemp(prefix="tunray-demo-"))
+    if stack is not None:
+        plan = plan_from_config(_with_stack(config, stack, tmp))
     topo: Topology | None = None
     world: World | None = None
     ok = False
@@ -355,13 +369,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tunray.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help="tunray config with a tun inbound")
     parser.add_argument("--size-mib", type=int, default=64, help="size of the served file (default 64)")
+    parser.add_argument("--stack", help="run the tun inbound on this stack (python, lwip, ...) instead of the config's")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("the demo needs root (network namespaces and a TUN): sudo ./scripts/demo", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return run(args.config.resolve(), args.size_mib)
+        return run(args.config.resolve(), args.size_mib, stack=args.stack)
     except DemoError as exc:
         print(f"demo FAILED: {exc}", file=sys.stderr)
         return 1

@@ -26,8 +26,10 @@ Theory of operation.
   resets every flow (the RSTs are written first) and wakes every waiter.
 
 A reset (RST from the app, a timeout, :meth:`CoreByteLink.abort`) ends a link:
-``read`` returns the bytes received before it, then ``b""``; ``write`` raises
-:class:`~tunray.link.LinkClosed`; :attr:`CoreByteLink.reset` tells a reset from a clean end.
+``read`` returns the bytes received before it, then raises
+:class:`~tunray.link.LinkClosed` (a :class:`~tunray.bytestream.StreamReset`; after this
+side's own ``abort`` it returns ``b""``); ``write`` raises :class:`~tunray.link.LinkClosed`;
+:attr:`CoreByteLink.reset` tells a reset from a clean end.
 """
 
 from __future__ import annotations
@@ -322,6 +324,8 @@ class CoreByteLink(_HandleLink, ByteLink):
             if data is not None:
                 if data:
                     driver.kick()
+                elif self._gone and self._reset:  # the app's RST, after the bytes before it
+                    raise LinkClosed("the app reset the connection")
                 return data
             fut = asyncio.get_running_loop().create_future()
             self._read_waiter = fut

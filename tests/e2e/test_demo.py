@@ -24,9 +24,10 @@ def test_demo_plan_follows_the_committed_config() -> None:
 
 @pytest.mark.root
 @pytest.mark.timeout(180)
-def test_demo_runs_and_reports_access_log_and_throughput() -> None:
+@pytest.mark.parametrize("stack", [None, "lwip"], ids=["config-stack", "lwip"])
+def test_demo_runs_and_reports_access_log_and_throughput(stack: str | None) -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "tunray.demo", "--size-mib", "16"],
+        [sys.executable, "-m", "tunray.demo", "--size-mib", "16", *(["--stack", stack] if stack else [])],
         capture_output=True,
         text=True,
         timeout=170,
@@ -35,6 +36,7 @@ def test_demo_runs_and_reports_access_log_and_throughput() -> None:
     out = res.stdout
     assert res.returncode == 0, out + res.stderr
     assert "demo OK" in out
+    assert f"stack {stack or 'python'})" in out
     assert "matches the served file" in out
     # tunray's own access log lines, one per flow the app opened through the TUN
     for flow in ("tcp:203.0.113.10:8080", "tcp:203.0.113.10:7000", "udp:203.0.113.10:7000",

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 from tunray.bytestream import ByteStream
 from tunray.link import PrefixedByteLink
+from tunray.net.applink import SocketByteLink
 from tunray.testing.bytestream import check_byte_stream, tcp_stream_pair
-from tunray.testing.links import AppStream, StreamByteLink, byte_link_pair
+from tunray.testing.links import AppStream, byte_link_pair
 
 
 @pytest.mark.timeout(60)
@@ -36,7 +37,7 @@ async def test_socket_byte_link_conforms() -> None:
     @contextlib.asynccontextmanager
     async def pair() -> AsyncIterator[tuple[ByteStream, ByteStream]]:
         async with tcp_stream_pair() as (app, proxy_side):
-            yield StreamByteLink(proxy_side), app
+            yield SocketByteLink(proxy_side), app
 
     await check_byte_stream(pair, backpressure_limit=24 << 20)
 

@@ -17,12 +17,12 @@ from collections.abc import AsyncIterator
 import pytest
 from tunray import splice
 from tunray.bytestream import ByteStream, StreamReset
+from tunray.net.applink import SocketByteLink
 from tunray.policy import LevelPolicy
 from tunray.relay import relay
 from tunray.testing.bytestream import read_all, tcp_stream_pair
 from tunray.testing.echo import RESET_OFFSET, RESET_PREFIX
 from tunray.testing.harness import driver_of, running
-from tunray.testing.links import StreamByteLink
 
 POLICY = LevelPolicy(handshake=4, conn_idle=30, uplink_only=2, downlink_only=2, buffer_size=1 << 20)
 
@@ -122,7 +122,7 @@ async def test_freedom_splices_a_socket_link(echo_server: int) -> None:
     before = (splice.stats.flows, splice.stats.bytes)
     payload = os.urandom(4 << 20)
     async with running(_cfg()) as rt, tcp_stream_pair() as (app, app_side):
-        task = driver_of(rt).open_link("10.0.0.2:1000", f"tcp:127.0.0.1:{echo_server}", StreamByteLink(app_side))
+        task = driver_of(rt).open_link("10.0.0.2:1000", f"tcp:127.0.0.1:{echo_server}", SocketByteLink(app_side))
 
         async def send() -> None:
             await app.write(payload)
@@ -140,7 +140,7 @@ async def test_freedom_splices_a_socket_link(echo_server: int) -> None:
 async def test_freedom_splice_passes_an_upstream_reset_on(echo_server: int) -> None:
     async with running(_cfg()) as rt, tcp_stream_pair() as (app, app_side):
         target = f"tcp:127.0.0.1:{echo_server + RESET_OFFSET}"
-        task = driver_of(rt).open_link("10.0.0.2:1001", target, StreamByteLink(app_side))
+        task = driver_of(rt).open_link("10.0.0.2:1001", target, SocketByteLink(app_side))
         got = b""
         with pytest.raises(StreamReset):
             while chunk := await asyncio.wait_for(app.read(), 5):

@@ -47,10 +47,7 @@ class SocketByteLink(ByteLink):
         if self._prefix:
             data, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
             return data
-        try:
-            return await self._stream.read(max_bytes)
-        except ConnectionError:
-            return b""
+        return await self._stream.read(max_bytes)  # the app's RST raises StreamReset
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         try:
@@ -80,7 +77,16 @@ class SocketByteLink(ByteLink):
         await self._stream.aclose()
 
     def fileno(self) -> int | None:
-        return None if self._prefix else self._stream.fileno()
+        return self._stream.fileno()
+
+    def take_for_splice(self) -> bytes | None:
+        if not self._accepted:
+            return None
+        taken = self._stream.take_for_splice()
+        if taken is None:
+            return None
+        data, self._prefix = self._prefix + taken, b""
+        return data
 
     @property
     def accepted(self) -> bool:

@@ -184,20 +184,16 @@ class SocketStream(ByteStream):
         p._wake_writer(StreamClosed("aborted"))
 
     def reset(self) -> None:
-        """Abort with a TCP RST (SO_LINGER 0), so the peer sees a reset, not a clean end."""
-        sock = self._transport.get_extra_info("socket")
-        if sock is not None and not self._transport.is_closing():
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-            except OSError:
-                pass
-        self._transport.abort()
+        """Abort with a TCP RST (SO_LINGER 0): the same as :meth:`abort`."""
+        self.abort()
 
     def send_and_close(self, data: bytes) -> None:
         """Queue *data* and close gracefully (a refusal reply before the app's flow ends)."""
+        self._proto._local = True
         if not self._transport.is_closing():
             self._transport.write(data)
             self._transport.close()
+        self._proto._wake_reader()
 
     async def aclose(self) -> None:
         p = self._proto

@@ -269,19 +269,18 @@ async def test_a_dropped_flow_resets_the_client_connection() -> None:
             await writer.wait_closed()
 
 
-async def test_stop_ends_open_flows() -> None:
+async def test_stop_resets_flows_still_open() -> None:
     async with running(config("test-echo"), extra=[EchoPlugin()]) as rt:
         reader, writer = await asyncio.open_connection("127.0.0.1", bound_port(rt))
         writer.write(b"ping")
         assert await reader.readexactly(4) == b"ping"
-    # The runtime stopped while the connection was open: the client sees it end.
-    try:
-        rest = await asyncio.wait_for(reader.read(-1), 5)
-    except ConnectionResetError:
-        rest = b""
+    # The runtime stopped while the connection was open: the drain ran out and the flow
+    # was cut, which reaches the client as a reset, never as a clean end of stream.
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(reader.read(-1), 5)
     writer.close()
-    await writer.wait_closed()
-    assert rest == b""
+    with contextlib.suppress(ConnectionResetError):
+        await writer.wait_closed()
 
 
 @pytest.mark.parametrize(

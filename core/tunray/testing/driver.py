@@ -64,7 +64,7 @@ class DriverInbound(Inbound):
         return app, self._spawn(_dest(source, Network.TCP), _dest(target, Network.TCP), link)
 
     def open_link(self, source: str | Destination, target: str | Destination, link: Any) -> asyncio.Task[None]:
-        """Dispatch a flow over a link the test built (e.g. a :class:`~tunray.testing.links.StreamByteLink`)."""
+        """Dispatch a flow over a link the test built (e.g. a :class:`~tunray.net.applink.SocketByteLink`)."""
         network = Network.TCP if isinstance(link, ByteLink) else Network.UDP
         return self._spawn(_dest(source, network), _dest(target, network), link)
 

@@ -219,43 +219,6 @@ class AppStream(ByteStream):
         self.app.shutdown_write()
 
 
-class StreamByteLink(ByteLink):
-    """A :class:`ByteLink` over a connected :class:`~tunray.bytestream.ByteStream` (eager handshake).
-
-    Over a :class:`~tunray.net.stream.SocketStream` it is what a socket-based inbound
-    or a ``system`` stack hands an outbound: a bare kernel socket the relay may splice.
-    """
-
-    __slots__ = ("_stream",)
-
-    def __init__(self, stream: ByteStream) -> None:
-        self._stream = stream
-
-    async def read(self, max_bytes: int = 65536) -> bytes:
-        return await self._stream.read(max_bytes)
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.write(data)
-
-    async def write_eof(self) -> None:
-        await self._stream.write_eof()
-
-    async def accept(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        self._stream.abort()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-    def fileno(self) -> int | None:
-        return self._stream.fileno()
-
-    def take_for_splice(self) -> bytes | None:
-        return self._stream.take_for_splice()
-
-
 def byte_link_pair(high_water: int = 256 * 1024, *, lazy: bool = True) -> tuple[MemoryByteLink, AppEnd]:
     link = MemoryByteLink(high_water, lazy=lazy)
     return link, AppEnd(link)

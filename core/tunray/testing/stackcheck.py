@@ -37,8 +37,10 @@ import ipaddress
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -50,8 +52,10 @@ from tunray.net.tun import open_tun
 from tunray.stack import Flow, Stack, StackOptions
 from tunray.testing import stackclient
 from tunray.testing.impair import ImpairedDevice as ImpairedDevice  # re-exported: its old home
+from tunray.testing.netns import setns
 
 SINK, SOURCE, ECHO, HALF, SERVER_HALF, REFUSE, DEFER, HOLD = 1000, 2000, 3000, 3001, 3002, 4000, 4001, 4002
+LINK = 4003  # the link is accepted and handed to the test (``StackHarness.links``)
 UDP_PORT, THIRD_PORT = 5000, 7777
 TRAILER = b" (and this after your FIN)"
 GREETING = b"my FIN comes now; keep talking"
@@ -100,6 +104,7 @@ class StackHarness:
         self._procs: set[asyncio.subprocess.Process] = set()
         self._server: asyncio.Task[None] | None = None
         self.release = asyncio.Event()  # flows to ``HOLD`` wait for it before accept()
+        self.links: asyncio.Queue[ByteLink] = asyncio.Queue()  # accepted flows to ``LINK``
 
     # --- clients ----------------------------------------------------------------------------------
 
@@ -172,6 +177,9 @@ class StackHarness:
             elif port == HOLD:
                 await self.release.wait()
             await link.accept()
+            if port == LINK:
+                self.links.put_nowait(link)  # the test owns it now
+                return
             if port == SINK:
                 await _sink(link)
             elif port == SOURCE:
@@ -532,6 +540,60 @@ async def check_impaired(stack_cls: type[Stack], *, family: int = 4, size: int =
     assert stats["lost"] and stats["duplicated"] + stats["reordered"], f"the impairment never struck: {stats}"
 
 
+def _app_socket(ns: str, family: int) -> socket.socket:
+    """A non-blocking TCP socket created inside namespace *ns* (it stays there when used from here)."""
+    result: list[socket.socket] = []
+
+    def make() -> None:
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+        try:
+            setns(target)
+            try:
+                sock = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                result.append(sock)
+            finally:
+                setns(own)
+        finally:
+            os.close(own)
+            os.close(target)
+
+    thread = threading.Thread(target=make)
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+async def check_link_stream(stack_cls: type[Stack], **setup: Any) -> None:
+    """The stack's TCP link is a :class:`~tunray.bytestream.ByteStream`: ``check_byte_stream``
+    with the kernel's socket in the namespace (the app) as the peer, through the real TUN."""
+    from tunray.bytestream import ByteStream
+    from tunray.net.stream import open_stream
+    from tunray.testing.bytestream import check_byte_stream
+
+    require(stack_cls, flow=Network.TCP)
+    async with stack_harness(stack_cls, **setup) as h:
+
+        @contextlib.asynccontextmanager
+        async def pair() -> AsyncIterator[tuple[ByteStream, ByteStream]]:
+            sock = _app_socket(h.ns, 4)
+            try:
+                await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (V4_PEER, LINK)), 10)
+            except BaseException:
+                sock.close()
+                raise
+            app = await open_stream(sock)
+            link = await asyncio.wait_for(h.links.get(), 10)
+            try:
+                yield link, app
+            finally:
+                link.abort()
+                app.abort()
+
+        await check_byte_stream(pair, backpressure_limit=32 << 20)
+
+
 CheckFn = Callable[..., Awaitable[Any]]
 CHECKS: dict[str, CheckFn] = {  # (in the order check_stack runs them)
     "many_flows": check_many_flows,
@@ -542,6 +604,7 @@ CHECKS: dict[str, CheckFn] = {  # (in the order check_stack runs them)
     "icmp_echo": check_icmp_echo,
     "malformed": check_malformed,
     "impaired": check_impaired,
+    "link_stream": check_link_stream,
 }
 """The checks that need no size argument, by name (bulk is :func:`check_bulk`)."""
 

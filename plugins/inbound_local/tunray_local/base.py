@@ -171,7 +171,7 @@ class LocalInbound(Inbound):
             logger.info("{} inbound {!r}: {}: {}", self.protocol, self.tag, type(exc).__name__, exc)
             if peer is not None:
                 self.runtime.access_log.write(peer, "rejected", "", "", str(exc))
-            stream.abort()
+            # closed (a FIN) by the finally below, as Xray closes; abort() would send a RST
         finally:
             await stream.aclose()
 

@@ -30,7 +30,6 @@ import tun_app
 import tun_helpers
 from tun_helpers import sh, topology, tun_config
 from tunray.log import AccessLog
-from tunray.plugin.manager import PluginManager
 from tunray.testing.harness import running
 from tunray.testing.netns import Topology, ns_exec
 
@@ -42,8 +41,8 @@ HOST4 = "203.0.113.10"  # the app's destination ("a host on the internet")
 HOST6 = "2001:db8:10::10"
 PROXY4 = "198.51.100.1"  # where a redirecting outbound goes ("the proxy server")
 ECHO = 7000
+STACKS = ["python", "lwip", "system", "mixed"]  # every first-party stack runs the protocol tests below
 APP_SCRIPT = Path(tun_app.__file__).read_text()
-STACKS = sorted(PluginManager().registry.stacks)  # the protocol tests run on every installed stack
 
 
 def _world(topo: Topology, *, default_metric: int = 100) -> None:
@@ -173,10 +172,11 @@ async def test_recipe_sockopt_mark_with_ip_rule() -> None:
         await _through_tun(topo, cfg)
 
 
-async def test_recipe_auto_outbounds_interface() -> None:
+@pytest.mark.parametrize("stack", STACKS)
+async def test_recipe_auto_outbounds_interface(stack: str) -> None:
     with topology() as topo:
         _world(topo)
-        settings = _settings(["203.0.113.0/24"])
+        settings = _settings(["203.0.113.0/24"], stack=stack)
         del settings["autoOutboundsInterface"]  # routes set => "auto", as in Xray
         cfg = tun_config(settings, _freedom())
         await _through_tun(topo, cfg)

@@ -1,4 +1,4 @@
-"""End to end: app -> kernel -> TUN (python stack) -> routing -> vless (TLS) -> sing-box -> echo.
+"""End to end: app -> kernel -> TUN (python or lwip stack) -> routing -> vless (TLS) -> sing-box -> echo.
 
 World (made per test, removed after)::
 
@@ -41,6 +41,7 @@ from vless_servers import RunningServer, start_sing_box, vless_outbound
 pytestmark = pytest.mark.root
 
 T = TypeVar("T")
+STACKS = ["python", "lwip"]  # both first-party stacks carry VLESS the same way
 TUN = "tvtun0"
 HOST = "203.0.113.10"  # the app's destination, on the server's lo
 CONTROL = "203.0.113.99"  # routed to freedom -> sink
@@ -75,7 +76,7 @@ def _world(topo: Topology, tmp_path: Path, user_id: str) -> tuple[RunningServer,
     return srv, vless_outbound(srv, tls=cert, user_id=user_id)
 
 
-def _config(proxy: dict[str, Any], sink_port: int) -> dict[str, Any]:
+def _config(proxy: dict[str, Any], sink_port: int, stack: str) -> dict[str, Any]:
     return {
         "log": {"loglevel": "warning"},
         "inbounds": [
@@ -87,7 +88,7 @@ def _config(proxy: dict[str, Any], sink_port: int) -> dict[str, Any]:
                     "gateway": ["172.19.0.1/30"],
                     "autoSystemRoutingTable": ["203.0.113.0/24"],
                     "autoOutboundsInterface": "",
-                    "stack": "python",
+                    "stack": stack,
                 },
             }
         ],
@@ -205,14 +206,15 @@ def _routed(log: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.timeout(90)
-async def test_tcp_and_udp_through_tun_and_vless_tls(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stack", STACKS)
+async def test_tcp_and_udp_through_tun_and_vless_tls(tmp_path: Path, stack: str) -> None:
     with _topology() as topo:
         srv, proxy = _world(topo, tmp_path, user_id="27848739-7e62-4138-9fd3-098a63964b6b")
         log = io.StringIO()
         try:
             with topo.enter(topo.client):
                 async with _sink() as (sink_port, sink_count), running(
-                    _config(proxy, sink_port), access_log=AccessLog(log)
+                    _config(proxy, sink_port, stack), access_log=AccessLog(log)
                 ):
                     got = await asyncio.gather(
                         _in_client(topo, _tcp_echo, HOST, ECHO, 4 << 20),
@@ -231,14 +233,15 @@ async def test_tcp_and_udp_through_tun_and_vless_tls(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-async def test_wrong_uuid_closes_the_app_promptly_and_nothing_leaks_to_freedom(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stack", STACKS)
+async def test_wrong_uuid_closes_the_app_promptly_and_nothing_leaks_to_freedom(tmp_path: Path, stack: str) -> None:
     with _topology() as topo:
         srv, proxy = _world(topo, tmp_path, user_id=WRONG_ID)
         log = io.StringIO()
         try:
             with topo.enter(topo.client):
                 async with _sink() as (sink_port, sink_count), running(
-                    _config(proxy, sink_port), access_log=AccessLog(log)
+                    _config(proxy, sink_port, stack), access_log=AccessLog(log)
                 ):
                     # control: the freedom route does reach the sink, and it counts
                     await _in_client(topo, _connect_once, CONTROL, 80)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import heapq
 import random
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,7 +36,6 @@ from tunray.net.packet import (
     VNET_F_DATA_VALID,
     VNET_F_NEEDS_CSUM,
     VNET_LEN,
-    build_udp,
     echo_reply,
     ip_header,
     parse_ip,
@@ -53,19 +51,14 @@ from tunray.stackcore import (
     TcpClosed,
     TcpOpened,
     TcpReset,
-    UdpClosed,
-    UdpOpened,
-    UdpReadable,
 )
+from tunray.stackudp import UdpTable
 
 from tunray_stack_python.settings import DEFAULTS
 from tunray_stack_python.tcp import TcpConn
 from tunray_stack_python.tcp_base import INF
 from tunray_stack_python.tcp_state import FIN_QUEUED, State
 from tunray_stack_python.tcp_wire import ACK, FIN, HEADER, RST, SYN, Options, parse_options
-from tunray_stack_python.udp import UdpFlow
-
-_UDP = struct.Struct("!HHHH")
 
 
 @dataclass(slots=True)
@@ -86,7 +79,7 @@ class CoreConfig:
     max_flows: int = 65536
 
 
-Owner = TcpConn | UdpFlow
+Owner = TcpConn
 
 
 class Core:
@@ -98,13 +91,26 @@ class Core:
         self.events: list[CoreEvent] = []
         self.counters: dict[str, int] = {}
         self.conns: dict[tuple[bytes, int, bytes, int], TcpConn] = {}
-        self.udp: dict[tuple[bytes, int], UdpFlow] = {}
         self.tcp_handles: dict[int, TcpConn] = {}
-        self.udp_handles: dict[int, UdpFlow] = {}
         self._last_handle = 0
         self._dirty: dict[TcpConn, None] = {}
         self._timers: list[tuple[float, int, Owner]] = []
         self._timer_n = 0
+        self.udp = UdpTable(mtu=config.mtu, vnet_hdr=config.vnet_hdr, idle_timeout=config.udp_idle_timeout,
+                            queue_packets=config.udp_queue_packets, count=self.count,
+                            events=lambda ev: self.events.append(ev), out=lambda p: self.out.append(p),
+                            new_handle=self._udp_handle)
+
+    @property
+    def udp_handles(self) -> dict[int, object]:
+        """The UDP flows the driver holds, by handle (white-box tests)."""
+        return self.udp.handles  # type: ignore[return-value]
+
+    def _udp_handle(self) -> int | None:
+        if len(self.udp) + len(self.conns) >= self.config.max_flows:
+            return None
+        self._last_handle += 1
+        return self._last_handle
 
     def count(self, what: str, n: int = 1) -> None:
         self.counters[what] = self.counters.get(what, 0) + n
@@ -134,7 +140,7 @@ class Core:
         if proto == PROTO_TCP:
             self._tcp_input(version, src, dst, packet, l4, end, csum_ok, now)
         elif proto == PROTO_UDP:
-            self._udp_input(version, src, dst, packet, l4, end, csum_ok, now)
+            self.udp.input(version, src, dst, packet, l4, end, csum_ok, now)
         elif (proto == PROTO_ICMP and version == 4) or (proto == PROTO_ICMPV6 and version == 6):
             reply = echo_reply(version, src, dst, packet[l4:end], self.config.vnet_hdr)
             if type(reply) is str:
@@ -224,46 +230,6 @@ class Core:
         self.count("tcp_rst_sent")
         self.out.append(prefix + ip_header(version, src, dst, PROTO_TCP, 20) + head)
 
-    def _udp_input(self, version: int, src: bytes, dst: bytes, packet: bytes, l4: int, end: int,
-                   csum_ok: bool, now: float) -> None:
-        if end - l4 < 8:
-            self.count("udp_truncated")
-            return
-        sport, dport, length, csum = _UDP.unpack_from(packet, l4)
-        if length < 8 or l4 + length > end:
-            self.count("udp_bad_length")
-            return
-        end = l4 + length
-        if not csum_ok:
-            if csum == 0:
-                if version == 6:
-                    self.count("udp_bad_checksum")
-                    return
-            elif not valid(pseudo_sum(src, dst, PROTO_UDP, length) + sum_of(memoryview(packet)[l4:end])):
-                self.count("udp_bad_checksum")
-                return
-        key = (src, sport)
-        flow = self.udp.get(key)
-        if flow is None:
-            if len(self.udp) + len(self.conns) >= self.config.max_flows:
-                self.count("udp_max_flows")
-                return
-            self._last_handle = handle = self._last_handle + 1
-            flow = UdpFlow(key, version, (dst, dport), now, handle)
-            self.udp[key] = flow
-            self.udp_handles[handle] = flow
-            self.count("udp_flows")
-            self.events.append(UdpOpened(handle, src, sport, dst, dport))
-            self._schedule(flow)
-        flow.last_active = now
-        if len(flow.queue) >= self.config.udp_queue_packets:
-            self.count("udp_queue_full")
-            return
-        flow.queue.append((packet[l4 + 8:end], dst, dport))
-        if flow.want_read:
-            flow.want_read = False
-            self.events.append(UdpReadable(flow.handle))
-
     # --- output and timers ----------------------------------------------------------------------
 
     def drain(self, now: float) -> list[bytes]:
@@ -279,12 +245,9 @@ class Core:
         return out
 
     def _schedule(self, owner: Owner) -> None:
-        if isinstance(owner, TcpConn):
-            if owner.state is State.CLOSED:
-                return
-            d = owner.deadline()
-        else:
-            d = owner.last_active + self.config.udp_idle_timeout
+        if owner.state is State.CLOSED:
+            return
+        d = owner.deadline()
         if d < owner.scheduled:
             owner.scheduled = d
             self._timer_n += 1
@@ -294,7 +257,10 @@ class Core:
         timers = self._timers
         while timers and timers[0][2].scheduled != timers[0][0]:
             heapq.heappop(timers)
-        return timers[0][0] if timers else None
+        udp = self.udp.next_timer()
+        if not timers:
+            return udp
+        return timers[0][0] if udp is None or timers[0][0] < udp else udp
 
     def handle_timer(self, now: float) -> None:
         self.now = now
@@ -304,20 +270,12 @@ class Core:
             if owner.scheduled != d:
                 continue
             owner.scheduled = INF
-            if isinstance(owner, TcpConn):
-                if owner.state is State.CLOSED:
-                    continue
-                owner.on_timer(now)
-                if owner.state is not State.CLOSED:  # type: ignore[comparison-overlap]
-                    self._dirty[owner] = None
-            else:
-                if self.udp.get(owner.key) is not owner:
-                    continue
-                if now >= owner.last_active + self.config.udp_idle_timeout:
-                    self.count("udp_idle_timeout")
-                    self._udp_end(owner)
-                    continue
-                self._schedule(owner)
+            if owner.state is State.CLOSED:
+                continue
+            owner.on_timer(now)
+            if owner.state is not State.CLOSED:  # type: ignore[comparison-overlap]
+                self._dirty[owner] = None
+        self.udp.handle_timer(now)
         for conn in list(self._dirty):
             if conn.state is not State.CLOSED:
                 self._schedule(conn)
@@ -329,13 +287,6 @@ class Core:
         self._dirty.pop(conn, None)
         if conn.held:
             self.events.append(TcpReset(conn.handle) if conn.closed_reset else TcpClosed(conn.handle))
-
-    def _udp_end(self, flow: UdpFlow) -> None:
-        if self.udp.get(flow.key) is flow:
-            del self.udp[flow.key]
-            flow.scheduled = INF
-            if flow.held:
-                self.events.append(UdpClosed(flow.handle))
 
     # --- the StackCore protocol: events, stats --------------------------------------------------
 
@@ -352,8 +303,7 @@ class Core:
         self.now = now
         for conn in list(self.conns.values()):
             conn.abort()
-        for flow in list(self.udp.values()):
-            self._udp_end(flow)
+        self.udp.reset_all()
 
     # --- the StackCore protocol: TCP by handle --------------------------------------------------
 
@@ -425,29 +375,13 @@ class Core:
     # --- the StackCore protocol: UDP by handle --------------------------------------------------
 
     def udp_recv(self, handle: int) -> tuple[bytes, bytes, int] | None:
-        flow = self.udp_handles[handle]
-        if flow.queue:
-            return flow.queue.popleft()
-        if self.udp.get(flow.key) is flow:
-            flow.want_read = True
-        return None
+        return self.udp.recv(handle)
 
     def udp_send(self, handle: int, data: bytes, src: bytes, sport: int, now: float) -> bool:
         """Send *data* to the flow's app as if from ``src:sport``; False (counted) if it cannot."""
-        flow = self.udp_handles[handle]
         self.now = now
-        flow.last_active = now
-        if len(src) != len(flow.key[0]):
-            self.count("udp_family_mismatch")
-            return False
-        if len(data) + 8 + (20 if flow.version == 4 else 40) > self.config.mtu:
-            self.count("udp_too_big")
-            return False
-        self.out.append(build_udp(flow.version, src, sport, flow.key[0], flow.key[1], data, self.config.vnet_hdr))
-        return True
+        return self.udp.send(handle, data, src, sport, now)
 
     def udp_close(self, handle: int, now: float) -> None:
-        flow = self.udp_handles.pop(handle)
-        flow.held = flow.want_read = False
         self.now = now
-        self._udp_end(flow)
+        self.udp.close(handle)
