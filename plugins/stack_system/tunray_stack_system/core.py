@@ -2,7 +2,7 @@
 
 TCP goes through :class:`~tunray_stack_system.nat.TcpNat` (headers rewritten, packets
 handed back to the device for the kernel's TCP); everything else goes to a UDP/ICMP part:
-:class:`~tunray_stack_system.udp.UdpCore` for ``system``, or another stack's whole core
+:class:`tunray.stackudp.UdpTable` (full-cone, shared with the other stacks) and ICMP echo for ``system``, or another stack's whole core
 (the Python stack's, for ``mixed``) that never sees a TCP packet.
 
 Events.  A new NATed connection raises :class:`~tunray.stackcore.TcpOpened` with a
@@ -27,6 +27,7 @@ from tunray.net.packet import (
     VNET_F_DATA_VALID,
     VNET_F_NEEDS_CSUM,
     VNET_LEN,
+    echo_reply,
     parse_ip,
     pseudo_sum,
     sum_of,
@@ -34,6 +35,7 @@ from tunray.net.packet import (
     vnet_header,
 )
 from tunray.stackcore import CoreEvent, StackCore, TcpOpened, TcpReset
+from tunray.stackudp import UdpTable
 
 from tunray_stack_system.nat import (
     ACK,
@@ -48,7 +50,6 @@ from tunray_stack_system.nat import (
     rewrite,
     rst_for,
 )
-from tunray_stack_system.udp import UdpCore
 
 _DROP_DST_V4 = (b"\x00", b"\x7f")  # "this network", loopback
 _FROM = int.from_bytes
@@ -75,14 +76,22 @@ class SystemCore:
         self.out: list[bytes] = []
         self.nat = TcpNat(sides, max_entries=config.max_flows, idle=config.tcp_idle_timeout)
         self.inner = inner
-        self.udp = UdpCore(mtu=config.mtu, vnet_hdr=config.vnet_hdr, idle=config.udp_idle_timeout,
-                           queue_packets=config.udp_queue_packets, max_flows=config.max_flows,
-                           counters=self._counters, events=self.events, out=self.out)
+        self._udp_handle = 0  # UDP handles count up, NAT handles down
+        self.udp = UdpTable(mtu=config.mtu, vnet_hdr=config.vnet_hdr, idle_timeout=config.udp_idle_timeout,
+                            queue_packets=config.udp_queue_packets, count=self.count,
+                            events=lambda ev: self.events.append(ev), out=lambda p: self.out.append(p),
+                            new_handle=self._new_udp_handle)
         self._prefix = vnet_header() if config.vnet_hdr else b""
         self._vnet = config.vnet_hdr
         side4 = sides.get(4)
         # what bytes 12..22 of an IPv4 packet from the kernel's listener start with (src, dst, sport)
         self._reply4 = side4.local + side4.peer + side4.port.to_bytes(2, "big") if side4 is not None else b"-"
+
+    def _new_udp_handle(self) -> int | None:
+        if len(self.udp) >= self.config.max_flows:
+            return None
+        self._udp_handle += 1
+        return self._udp_handle
 
     def count(self, what: str, n: int = 1) -> None:
         self._counters[what] = self._counters.get(what, 0) + n
@@ -94,7 +103,7 @@ class SystemCore:
     @counters.setter
     def counters(self, counters: dict[str, int]) -> None:
         """The driver hands its own dict over (``StackDriver.attach``); every part counts into it."""
-        self._counters = self.udp.counters = counters
+        self._counters = counters
         if self.inner is not None:
             self.inner.counters = counters
 
@@ -124,9 +133,14 @@ class SystemCore:
         elif self.inner is not None:
             self.inner.feed(packet, now)
         elif proto == PROTO_UDP:
-            self.udp.udp(version, src, dst, packet, l4, end, csum_ok, now)
+            self.udp.input(version, src, dst, packet, l4, end, csum_ok, now)
         elif (proto == PROTO_ICMP and version == 4) or (proto == PROTO_ICMPV6 and version == 6):
-            self.udp.icmp(version, src, dst, packet[l4:end])
+            reply = echo_reply(version, src, dst, packet[l4:end], self._vnet)
+            if isinstance(reply, str):
+                self.count(reply)
+            else:
+                self.count("icmp_echo_replied")
+                self.out.append(reply)
         else:
             self.count("ip_unknown_protocol")
 
@@ -298,7 +312,7 @@ class SystemCore:
             out.extend(self.inner.drain(now))
         if not out:
             return out
-        self.out = self.udp.out = []
+        self.out = []
         return out
 
     def take_events(self) -> Sequence[CoreEvent]:
@@ -309,7 +323,7 @@ class SystemCore:
                 evs.extend(more)
         if not evs:
             return ()
-        self.events = self.udp.events = []
+        self.events = []
         return evs
 
     def next_timer(self) -> float | None:
@@ -336,7 +350,7 @@ class SystemCore:
             self.inner.reset_all(now)
 
     def stats(self) -> dict[str, int]:
-        out = {"tcp_open": len(self.nat), "udp_open": len(self.udp.flows)}
+        out = {"tcp_open": len(self.nat), "udp_open": len(self.udp)}
         if self.inner is not None:
             out["udp_open"] = self.inner.stats().get("udp_open", 0)
         return out
@@ -387,15 +401,15 @@ class SystemCore:
     def udp_recv(self, handle: int) -> tuple[bytes, bytes, int] | None:
         if self.inner is not None:
             return self.inner.udp_recv(handle)
-        return self.udp.udp_recv(handle)
+        return self.udp.recv(handle)
 
     def udp_send(self, handle: int, data: bytes, src_ip: bytes, src_port: int, now: float) -> bool:
         if self.inner is not None:
             return self.inner.udp_send(handle, data, src_ip, src_port, now)
-        return self.udp.udp_send(handle, data, src_ip, src_port, now)
+        return self.udp.send(handle, data, src_ip, src_port, now)
 
     def udp_close(self, handle: int, now: float) -> None:
         if self.inner is not None:
             self.inner.udp_close(handle, now)
         else:
-            self.udp.udp_close(handle, now)
+            self.udp.close(handle)

@@ -70,7 +70,7 @@ class SystemStack(StackDriver):
                                   "(the NATed client needs one; use a shorter prefix such as /30 or /126)")
 
     def make_inner(self, vnet_hdr: bool) -> StackCore | None:
-        """The core for UDP and ICMP; None: this stack's own (:class:`~tunray_stack_system.udp.UdpCore`)."""
+        """The core for UDP and ICMP; None: this stack's own (:class:`tunray.stackudp.UdpTable` and ICMP echo)."""
         return None
 
     def make_core(self, vnet_hdr: bool) -> SystemCore:
