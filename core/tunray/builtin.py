@@ -25,6 +25,13 @@ def tunray_register_types(registry: Registry) -> None:
     registry.add_outbound(BlackholeOutbound)
 
 
+@hookimpl
+def tunray_add_config_sections(registry: Registry) -> None:
+    from tunray import privileges
+
+    registry.add_section(privileges.SECTION, privileges.SCHEMA)
+
+
 @hookimpl(trylast=True)
 def tunray_make_router(config: Config, runtime: Runtime) -> Router:
     router: Router = config.router

@@ -1,4 +1,4 @@
-"""``tunray`` command line, shaped like Xray's (``run -c``, ``-confdir``, ``-test``, ``uuid``).
+"""``tunray`` command line, shaped like Xray's (``run -c``, ``-confdir``, ``-test``, ``uuid``, ``x25519``).
 
 User mistakes (config, plugins) print one line and exit non-zero without a
 traceback; anything else is a bug and keeps its traceback.
@@ -10,12 +10,16 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tunray import __version__
 from tunray.config.errors import EXIT_CONFIG, ConfigError
 from tunray.plugin.registry import PluginError
+
+if TYPE_CHECKING:
+    from tunray.config.model import Config
+    from tunray.runtime import Runtime
 
 EXIT_PLUGIN = 24
 
@@ -33,10 +37,20 @@ def _parser() -> argparse.ArgumentParser:
         "-drain", type=float, default=None, metavar="SECONDS",
         help="on SIGTERM/SIGINT, seconds running flows get to finish before they are reset (default 3)",
     )
+    run.add_argument("-user", default=None, help="switch to this user once started (overrides process.user)")
+    run.add_argument("-group", default=None, help="and this group (overrides process.group)")
+    tfd = sub.add_parser(
+        "tun-fd", help="attach to a persistent TUN and run COMMAND with XRAY_TUN_FD set (for supervisors)"
+    )
+    tfd.add_argument("name", help="the persistent TUN (ip tuntap add dev NAME mode tun user USER)")
+    tfd.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND", help="e.g. tunray run -c config.json")
     sub.add_parser("version", help="print the version and every loaded plugin")
     sub.add_parser("plugins", help="list registered protocols, stacks and transports with their plugins")
     uid = sub.add_parser("uuid", help="generate a UUID, or map a string to Xray's UUIDv5")
     uid.add_argument("-i", dest="input", default=None, help="string to map")
+    x25519 = sub.add_parser("x25519", help="generate an X25519 key pair for REALITY (as xray x25519)")
+    x25519.add_argument("-i", dest="input", default=None, help="private key (base64url) to derive the public key of")
+    x25519.add_argument("--std-encoding", "-std-encoding", dest="std", action="store_true", help="standard base64")
     new = sub.add_parser("new-plugin", help="write a ready-to-build plugin distribution")
     new.add_argument("kind", choices=("inbound", "outbound", "stack", "transport", "security"))
     new.add_argument("name")
@@ -68,6 +82,23 @@ def _plugins() -> int:
         for name in sorted(table):
             print(f"{kind:<10} {name:<16} {reg.owner(owner_kind, name)}")
     return 0
+
+
+def _tun_fd(name: str, argv: list[str]) -> int:
+    """Open TUN *name* and exec *argv* with the fd in ``XRAY_TUN_FD`` (never returns on success)."""
+    import os
+
+    from tunray.net.tun import attach_persistent
+
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        print("tunray tun-fd: no command given", file=sys.stderr)
+        return 2
+    fd = attach_persistent(name)
+    os.environ["XRAY_TUN_FD"] = str(fd)
+    os.execvp(argv[0], argv)
+    return 1  # pragma: no cover
 
 
 def _uuid(text: str | None) -> int:
@@ -102,8 +133,29 @@ def _config_phase_log() -> None:
     logger.add(sink, level="WARNING")
 
 
+def _unsafe_files(args: argparse.Namespace, raw: dict[str, object]) -> list[str]:
+    from tunray.config.loader import confdir_files
+    from tunray.config.perms import unsafe_files
+
+    files = list(args.config) + (confdir_files(args.confdir) if args.confdir else [])
+    return unsafe_files(files, raw)
+
+
+def _x25519(text: str | None, std: bool) -> int:
+    from tunray.x25519 import render
+
+    try:
+        print(render(text, std))
+    except ValueError as exc:
+        print(f"tunray x25519: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     import json
+
+    from loguru import logger
 
     from tunray.config.loader import load
     from tunray.config.model import build_config
@@ -118,14 +170,36 @@ def _run(args: argparse.Namespace) -> int:
     pm = PluginManager()
     config = build_config(raw, pm.registry)
     pm.configure(config)
+    unsafe = _unsafe_files(args, raw)
+    proc = config.extra.get("process")
+    user = args.user if args.user is not None else (proc.user if proc is not None else "")
+    group = args.group if args.group is not None else (proc.group if proc is not None else "")
+    if user:
+        from tunray.privileges import identity
+
+        identity(user, group, "-user" if args.user is not None else "process")  # an unknown name fails -test too
     if args.test:
+        for line in unsafe:
+            logger.warning("config: {}", line)  # "config warning: ..." on stderr
         print("Configuration OK.")
         return 0
     configure_error_log(config.log)
+    for line in unsafe:
+        logger.warning("config: {}", line)
     from tunray.runtime import Runtime
 
     _raise_nofile()
     runtime = Runtime(config, pm)
+
+    def reread() -> Config:
+        """The config files again, validated exactly as at start (for SIGHUP)."""
+        raw = load(args.config, args.confdir, args.format)
+        new = build_config(raw, pm.registry)
+        pm.configure(new)
+        for line in _unsafe_files(args, raw):
+            logger.warning("config: {}", line)
+        return new
+
     count = 1
     # SIGTERM waits while an inbound sets up what worker processes share (a TUN's routes):
     # the supervisor then handles it; a single process gets it back before its loop starts.
@@ -143,8 +217,8 @@ def _run(args: argparse.Namespace) -> int:
         raise
     if count == 1:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        return _serve(runtime, args.drain)
-    return _serve_workers(runtime, count, args.drain, mask)
+        return _serve(runtime, args.drain, reread, (user, group))
+    return _serve_workers(runtime, count, args.drain, mask, reread, (user, group))
 
 
 def _raise_nofile() -> None:
@@ -160,12 +234,17 @@ def _raise_nofile() -> None:
             pass
 
 
-def _serve_workers(runtime: object, count: int, drain: float | None, mask: set[int | signal.Signals]) -> int:
-    """Fork *count* workers, each serving the runtime with its own loop (see :mod:`tunray.workers`)."""
-    from tunray.runtime import DRAIN_TIMEOUT, Runtime
+def _serve_workers(runtime: Runtime, count: int, drain: float | None, mask: set[int | signal.Signals],
+                   reread: Callable[[], Config], drop_to: tuple[str, str]) -> int:
+    """Fork *count* workers, each serving the runtime with its own loop (see :mod:`tunray.workers`).
+
+    Each worker reloads on SIGHUP and logs its counters on SIGUSR1 (the supervisor passes
+    both on) and drops privileges as a single process does; the supervisor keeps them, to
+    remove the link at the end.
+    """
+    from tunray.runtime import DRAIN_TIMEOUT
     from tunray.workers import KILL_AFTER, SharedCounters, run_workers
 
-    assert isinstance(runtime, Runtime)
     try:  # what every worker imports anyway, imported once here so the pages are shared
         import uvloop  # noqa: F401
     except ImportError:  # pragma: no cover
@@ -176,7 +255,7 @@ def _serve_workers(runtime: object, count: int, drain: float | None, mask: set[i
     def child(k: int) -> int:
         runtime.inbounds = [ib for ib in inbounds if ib.enter_worker(k, count)]
         runtime.stats = shared.for_worker(k)
-        return _serve(runtime, drain)
+        return _serve(runtime, drain, reread, drop_to)
 
     def release() -> None:
         for ib in inbounds:
@@ -186,13 +265,36 @@ def _serve_workers(runtime: object, count: int, drain: float | None, mask: set[i
     return run_workers(count, child, release, kill_after=min(drain_timeout + 1.0, KILL_AFTER), mask=mask)
 
 
-def _serve(runtime: object, drain: float | None = None) -> int:
+async def _reload(runtime: Runtime, reread: Callable[[], Config]) -> None:
+    """SIGHUP: validate the files again; apply them, or log one line and keep running."""
     from loguru import logger
 
-    from tunray.runtime import DRAIN_TIMEOUT, Runtime
+    try:
+        config = reread()
+        await runtime.reload(config)
+    except ConfigError as exc:
+        logger.error("reload failed, keeping the running config: config error: {}", exc)
+    except PluginError as exc:
+        logger.error("reload failed, keeping the running config: plugin error: {}", exc)
+    except Exception as exc:  # a bug: keep its traceback, keep serving
+        logger.opt(exception=exc).error("reload failed, keeping the running config: {}", exc)
+    else:
+        logger.warning("configuration reloaded ({} outbounds); running flows finish on the previous one",
+                       len(config.outbounds))
 
-    assert isinstance(runtime, Runtime)
+
+def _serve(
+    runtime: Runtime,
+    drain: float | None = None,
+    reread: Callable[[], Config] | None = None,
+    drop_to: tuple[str, str] = ("", ""),
+) -> int:
+    from loguru import logger
+
+    from tunray.runtime import DRAIN_TIMEOUT
+
     drain_timeout = DRAIN_TIMEOUT if drain is None else max(drain, 0.0)
+    exit_code = [0]  # 1 when every inbound failed (a supervisor should restart us)
 
     async def main() -> None:
         from tunray import workers
@@ -204,9 +306,44 @@ def _serve(runtime: object, drain: float | None = None) -> int:
         release = asyncio.Event()
         if workers.in_worker():
             loop.add_signal_handler(workers.RELEASE, release.set)
+        reloads: set[asyncio.Task[None]] = set()
+        reloading = asyncio.Lock()  # one reload at a time, in signal order
+
+        async def reload_once() -> None:
+            async with reloading:
+                if reread is not None and not stop.is_set():
+                    await _reload(runtime, reread)
+
+        def on_hup() -> None:
+            task = loop.create_task(reload_once())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+        def on_usr1() -> None:  # "tunray stats": one JSON line with every counter
+            import json
+
+            logger.warning("stats {}", json.dumps(runtime.snapshot(), sort_keys=True, default=str))
+
+        loop.add_signal_handler(signal.SIGUSR1, on_usr1)
         await runtime.start()
+        if drop_to[0]:
+            from tunray.privileges import drop_for
+
+            try:
+                await drop_for(runtime, *drop_to)
+            except Exception as exc:
+                logger.error("cannot drop privileges to {}: {}; stopping", drop_to[0], exc)
+                await runtime.stop(drain_timeout=0.0)
+                raise SystemExit(1) from None
         logger.warning("tunray {} started", __version__)
-        await stop.wait()
+        waits = [loop.create_task(stop.wait()), loop.create_task(runtime.no_inbound_left.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        if runtime.no_inbound_left.is_set():
+            exit_code[0] = 1
         logger.warning("tunray stopping")
         try:
             async with asyncio.timeout(drain_timeout + 2.0):
@@ -227,7 +364,7 @@ def _serve(runtime: object, drain: float | None = None) -> int:
         uvloop.run(main())
     except ImportError:  # pragma: no cover
         asyncio.run(main())
-    return 0
+    return exit_code[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -235,12 +372,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "tun-fd":
+            return _tun_fd(args.name, args.argv)
         if args.command == "version":
             return _version()
         if args.command == "plugins":
             return _plugins()
         if args.command == "uuid":
             return _uuid(args.input)
+        if args.command == "x25519":
+            return _x25519(args.input, args.std)
         if args.command == "new-plugin":
             from tunray.scaffold import write_plugin
 

@@ -8,6 +8,7 @@ an extra task or queue per packet.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from abc import ABC, abstractmethod
@@ -54,6 +55,14 @@ class PacketDevice(ABC):
         """Release the device.  Idempotent."""
 
 
+class DeviceError(OSError):
+    """The device failed for good (it was deleted, its fd went bad): not "would block"."""
+
+
+#: Write errors that lose one packet, as a congested wire would, and leave the device usable.
+_TRANSIENT = frozenset({errno.ENOBUFS, errno.ENOMEM, errno.EAGAIN, errno.EMSGSIZE, errno.EINVAL, errno.EIO})
+
+
 class FdDevice(PacketDevice):
     """A device over any packet-preserving fd (TUN, ``SOCK_SEQPACKET``, ``SOCK_DGRAM``)."""
 
@@ -64,25 +73,34 @@ class FdDevice(PacketDevice):
         self.offloads = offloads
         self._owns = owns_fd
         self.write_drops = 0
+        self.name = f"fd {fd}"
 
     def fileno(self) -> int:
         return self._fd
 
     def read(self, size: int = 65536 + VNET_HDR_LEN) -> bytes | None:
+        """One packet, or None when none is waiting; :class:`DeviceError` if the device failed."""
         try:
-            return os.read(self._fd, size)
-        except BlockingIOError:
+            data = os.read(self._fd, size)
+        except (BlockingIOError, InterruptedError):
             return None
+        except OSError as exc:
+            raise DeviceError(exc.errno, f"reading {self.name}: {exc.strerror}") from None
+        if not data:  # end of file: a socketpair's peer went away (a TUN never reads empty)
+            raise DeviceError(errno.ENODEV, f"reading {self.name}: end of file")
+        return data
 
     def write(self, packet: bytes | bytearray | memoryview) -> bool:
+        """False if the packet was dropped (full queue: lost as on a wire, TCP retransmits it);
+        :class:`DeviceError` if the device failed (it vanished, the fd went bad)."""
         try:
             os.write(self._fd, packet)
             return True
-        except (BlockingIOError, OSError):
-            # A TUN with no reader or a full socket buffer: the packet is lost, as on a wire;
-            # TCP retransmits it.
-            self.write_drops += 1
-            return False
+        except OSError as exc:
+            if isinstance(exc, (BlockingIOError, InterruptedError)) or exc.errno in _TRANSIENT:
+                self.write_drops += 1
+                return False
+            raise DeviceError(exc.errno, f"writing {self.name}: {exc.strerror}") from None
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
+from tunray.dns.fakedns import restore_fake_domain
 from tunray.link import ByteLink, Packet, PacketLink, PrefixedByteLink
 from tunray.net.address import Destination, Network, parse_host
 from tunray.sniffing import SniffConfig, sniff_packets, sniff_stream
@@ -89,6 +90,8 @@ class Dispatcher:
             sniffing: SniffConfig | None = getattr(ctx, "sniffing", None)
             if sniffing is not None and not sniffing.metadata_only:
                 link = await self._sniff(ctx, sniffing, link)
+            if sniffing is not None and "fakedns" in sniffing.dest_override:
+                restore_fake_domain(ctx, sniffing, rt.resolver)
             outbound = await self._route(ctx)
             if observers:
                 rt.plugins.flow_routed(ctx, ctx.outbound_tag)
@@ -154,6 +157,8 @@ class Dispatcher:
             tag = route.outbound_tag
             ctx.detour = f"{inbound} -> {tag}" if inbound else tag
         ctx.outbound_tag = tag
+        if route is not None and route.host_nets and ctx.host_fence is not None:
+            ctx.host_fence = ctx.host_fence.with_allowed(route.host_nets)
         outbound = rt.outbounds.get(tag)
         if outbound is None:
             return None

@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, ClassVar
 from tunray.config.errors import join
 from tunray.config.schema import EMPTY, Schema, Settings
 from tunray.net.address import Destination
+from tunray.net.hostfence import HostFence
 from tunray.session import FlowContext, User
 from tunray.sniffing import SniffConfig
 
 if TYPE_CHECKING:
     from tunray.config.model import InboundConfig, StreamConfig
     from tunray.plugin.registry import Registry
+    from tunray.privileges import ThreadRunner
     from tunray.runtime import Runtime
 
 
@@ -53,6 +55,9 @@ class Inbound(ABC):
         self.runtime = runtime
         self.sniffing = SniffConfig.compile(config.sniffing, join(config.path, "sniffing"))
         self.user_level = 0
+        #: Set by inbounds whose apps are untrusted (TUN): their flows may not be dialled
+        #: to the host's own addresses (see :mod:`tunray.net.hostfence`).
+        self.host_fence: HostFence | None = None
 
     def new_context(self, source: Destination, target: Destination) -> FlowContext:
         """A fresh per-flow context carrying this inbound's tag, sniffing and user level."""
@@ -63,6 +68,7 @@ class Inbound(ABC):
             target=target,
             user=User(level=self.user_level),
             sniffing=self.sniffing,
+            host_fence=self.host_fence,
         )
 
     # --- worker processes (tunray.workers); called only by ``tunray run``, never in-process ---
@@ -96,6 +102,21 @@ class Inbound(ABC):
         Default: nothing (the dispatcher refuses new flows during shutdown anyway); an
         inbound with an accept loop stops it here.  Idempotent.
         """
+
+    def capabilities(self) -> set[str]:
+        """Linux capabilities (``"CAP_NET_ADMIN"``, ...) this inbound needs after ``start``.
+
+        Asked once, when tunray drops root (``process.user``); default: none.
+        """
+        return set()
+
+    def privileged_threads(self) -> list[ThreadRunner]:
+        """Runners for threads of this inbound that use those capabilities (default: none).
+
+        Each runner runs a function in its thread; the privilege drop keeps the
+        capabilities there too (capabilities are per thread on Linux).
+        """
+        return []
 
     @abstractmethod
     async def stop(self) -> None:

@@ -49,6 +49,9 @@ class FlowContext:
     error: BaseException | None = None
     #: The inbound's compiled sniffing settings (``tunray.sniffing.SniffConfig``) or None.
     sniffing: Any = None
+    #: ``tunray.net.hostfence.HostFence`` when the flow may not reach the host's own
+    #: addresses (a TUN inbound with ``hostAccess: "rules"``); None: unfenced.
+    host_fence: Any = None
 
     def __post_init__(self) -> None:
         if self.original_target is None:

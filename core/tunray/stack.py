@@ -61,6 +61,9 @@ class StackOptions:
     udp_idle_timeout: float = 60.0
     handshake_timeout: float = 4.0
     max_flows: int = 65536
+    #: SYNs whose handshake is not complete, at most (beyond: SYN cookies); and per source address.
+    max_half_open: int = 256
+    max_half_open_per_source: int = 64
     udp_queue_packets: int = 1024
     tcp_buffer: int = 4 << 20
     settings: Settings = field(default_factory=lambda: EMPTY.parse({}, ""))
@@ -89,6 +92,9 @@ class Stack(ABC):
     def __init__(self, options: StackOptions) -> None:
         self.options = options
         self.counters: dict[str, int] = {}
+        #: Set when the device failed for good (it was deleted, its fd went bad); the stack
+        #: then closed itself and ``accept`` raises :class:`StackClosed`.  None otherwise.
+        self.failure: OSError | None = None
 
     @classmethod
     def check_link(cls, gateway: Sequence[ipaddress.IPv4Interface | ipaddress.IPv6Interface], path: str) -> None:

@@ -87,7 +87,8 @@ class StackCapabilities:
     writes virtio-net headers, so the TUN may be opened with checksum offload and GRO
     super-packets (``"offload": true``); without it the driver asks for a plain TUN.
     ``tso``: it can send TCP super-segments (GSO) when vnet headers are on.  ``flows``:
-    the flow kinds it yields.
+    the flow kinds it yields.  ``half_open_budget``: it bounds half-open handshakes
+    (``maxHalfOpen``/``maxHalfOpenPerSource``) and answers SYNs beyond them with SYN cookies.
     """
 
     lazy_handshake: bool = True
@@ -95,6 +96,9 @@ class StackCapabilities:
     vnet_hdr: bool = False
     tso: bool = False
     flows: frozenset[Network] = BOTH
+    #: It keeps half-open TCP handshakes in a budget of their own (``max_half_open``,
+    #: ``max_half_open_per_source``) and answers SYNs beyond it with SYN cookies.
+    half_open_budget: bool = False
 
 
 class SendClosed(ConnectionError):

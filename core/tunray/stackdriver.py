@@ -36,9 +36,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ipaddress
 from abc import abstractmethod
 from typing import Any
+
+from loguru import logger
 
 from tunray.device import PacketDevice
 from tunray.link import ByteLink, LinkClosed, Packet, PacketLink
@@ -59,6 +62,17 @@ from tunray.stackcore import (
 )
 
 READ_BATCH = 512  # packets per wakeup before other callbacks get a turn
+
+#: Counters that mean a resource limit was hit, with the setting that governs it: the first
+#: time one appears the driver logs one line (the counter keeps counting in ``stats()``).
+LIMITS = {
+    "tcp_max_flows": "maxFlows: new TCP connections are refused (RST)",
+    "udp_max_flows": "maxFlows: new UDP flows are dropped",
+    "udp_lru_evicted": "maxFlows: the least recently used UDP flows are evicted",
+    "tcp_syn_cookies_sent": "maxHalfOpen/maxHalfOpenPerSource: SYNs are answered with SYN cookies",
+    "tcp_half_open_evicted": "maxHalfOpen: stale half-open connections are reset",
+    "udp_queue_full": "a UDP flow's queue: datagrams are dropped",
+}
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -93,6 +107,8 @@ class StackDriver(Stack):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._kicked = False
+        self._known_counters = 0  # len(counters) when limits were last looked for
+        self._limits_logged: set[str] = set()
 
     @abstractmethod
     def make_core(self, vnet_hdr: bool) -> StackCore:
@@ -129,11 +145,15 @@ class StackDriver(Stack):
         now = self.loop.time()
         read = device.read
         feed = core.feed
-        for _ in range(READ_BATCH):
-            packet = read()
-            if packet is None:
-                break
-            feed(packet, now)
+        try:
+            for _ in range(READ_BATCH):
+                packet = read()
+                if packet is None:
+                    break
+                feed(packet, now)
+        except OSError as exc:  # not "would block": the device is gone (DeviceError)
+            self._fail(exc)
+            return
         self._flush()
 
     def kick(self) -> None:
@@ -159,9 +179,22 @@ class StackDriver(Stack):
         device = self._device
         if device is not None and packets:
             write = device.write
-            for packet in packets:
-                write(packet)
+            try:
+                for packet in packets:
+                    write(packet)
+            except OSError as exc:
+                self._fail(exc)
+                return
+        if len(self.counters) != self._known_counters:  # a new counter: maybe a limit was hit
+            self._log_limits()
         self._arm()
+
+    def _log_limits(self) -> None:
+        self._known_counters = len(self.counters)
+        for name, what in LIMITS.items():
+            if name in self.counters and name not in self._limits_logged:
+                self._limits_logged.add(name)
+                logger.warning("stack {}: limit reached: {} (counted as {})", self.name, what, name)
 
     def _arm(self) -> None:
         core = self.core
@@ -218,6 +251,36 @@ class StackDriver(Stack):
                 link = links.get(ev.handle)
                 if type(link) is CorePacketLink:
                     link._ended()
+
+    def _fail(self, exc: OSError) -> None:
+        """The device failed for good: record why, stop reading, end every flow, close.
+
+        The owner (the TUN inbound) sees :attr:`failure` once ``accept`` raises
+        :class:`StackClosed`, and reports it; nothing is written to the device any more.
+        """
+        if self.failure is not None or self._closed:
+            return
+        self.failure = exc
+        self.count("device_failed")
+        device, core, loop = self._device, self.core, self.loop
+        self._device = None  # no more reads or writes
+        if device is not None and loop is not None:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(device.fileno())
+        if core is not None and loop is not None:
+            core.reset_all(loop.time())
+            core.drain(loop.time())  # the RSTs have nowhere to go
+            evs = core.take_events()
+            if evs:
+                self._dispatch(evs)
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for flow in self._pending:
+            flow.link.abort()
+        self._pending.clear()
+        _wake(self._accept_waiter)
 
     def _push(self, flow: Flow) -> None:
         if self._refusing:

@@ -5,7 +5,9 @@ every datagram from the app is queued on the flow of its *source* endpoint
 with its own destination, so one app socket talking to many peers is one flow; replies
 name their own source, which becomes the source address of the synthesised packet
 (:func:`tunray.net.packet.build_udp`).  The queue is bounded (``queue_packets``) and
-drops when full, as a network would; a flow idle for ``idle_timeout`` seconds ends.
+drops when full, as a network would; a flow idle for ``idle_timeout`` seconds ends.  When
+the core's flow limit is reached, a new source endpoint evicts the least recently used
+UDP flow (the table is kept in use order) instead of being dropped.
 
 :class:`UdpTable` implements the UDP half of :class:`~tunray.stackcore.StackCore`
 (``udp_recv``/``udp_send``/``udp_close``, its events and timers); the owning core feeds
@@ -16,7 +18,7 @@ output list with it.
 from __future__ import annotations
 
 import heapq
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from tunray.net.packet import build_udp, parse_udp
@@ -55,7 +57,7 @@ class UdpTable:
         self._event = events
         self._out = out
         self._new_handle = new_handle  # None: the core's flow limit is reached
-        self.flows: dict[tuple[bytes, int], UdpFlow] = {}
+        self.flows: OrderedDict[tuple[bytes, int], UdpFlow] = OrderedDict()  # least recently used first
         self.handles: dict[int, UdpFlow] = {}
         self._timers: list[tuple[float, int, UdpFlow]] = []
 
@@ -71,9 +73,15 @@ class UdpTable:
             return
         sport, dport, end = parsed
         key = (src, sport)
-        flow = self.flows.get(key)
+        flows = self.flows
+        flow = flows.get(key)
         if flow is None:
             handle = self._new_handle()
+            if handle is None and flows:
+                # the NAT table is full: the least recently used UDP flow makes room
+                self._count("udp_lru_evicted")
+                self._end(next(iter(flows.values())))
+                handle = self._new_handle()
             if handle is None:
                 self._count("udp_max_flows")
                 return
@@ -83,6 +91,8 @@ class UdpTable:
             self._count("udp_flows")
             self._event(UdpOpened(handle, src, sport, dst, dport))
             self._schedule(flow)
+        else:
+            flows.move_to_end(key)  # least recently used first
         flow.last_active = now
         if len(flow.queue) >= self.queue_packets:
             self._count("udp_queue_full")

@@ -26,6 +26,7 @@ records XTLS Vision can use returns a :class:`~tunray.bytestream.RecordStream`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from tunray.bytestream import ByteStream
@@ -49,9 +50,21 @@ class Layer(ABC):
     def __init__(self, stream: Settings) -> None:
         self.stream = stream
 
+    #: A layer that needs more than one connection to the server per flow (XHTTP over
+    #: HTTP/1.1: a download request and upload requests on separate connections) sets
+    #: this; :class:`Dialable` then calls :meth:`wrap_redial` instead of :meth:`wrap`.
+    needs_redial: ClassVar[bool] = False
+
     @abstractmethod
     async def wrap(self, inner: ByteStream, dest: Destination) -> ByteStream:
         """Handshake over *inner*; return the stream above it (which owns *inner*)."""
+
+    async def wrap_redial(
+        self, inner: ByteStream, dest: Destination, redial: Callable[[], Awaitable[ByteStream]]
+    ) -> ByteStream:
+        """:meth:`wrap`, plus *redial*: each call dials one more connection to the same
+        server through every layer below this one (the caller owns what it returns)."""
+        return await self.wrap(inner, dest)
 
 
 def _layers(cfg: StreamConfig | None) -> list[Layer]:
@@ -87,14 +100,24 @@ class Dialable:
         self._opts = cfg.settings.sockopt if cfg is not None else None
         self._send_through = send_through
 
-    async def connect(self, server: Destination, *, timeout: float, strategy: str = "AsIs") -> ByteStream:
+    async def connect(
+        self, server: Destination, *, timeout: float, strategy: str = "AsIs", depth: int | None = None
+    ) -> ByteStream:
+        """A new connection through the first *depth* layers (all by default)."""
         sock = await self._runtime.dialer.connect_tcp(
             server, opts=self._opts, strategy=strategy, send_through=self._send_through, timeout=timeout
         )
         stream: ByteStream = await open_stream(sock)
         try:
-            for layer in self._layers:
-                stream = await layer.wrap(stream, server)
+            for i, layer in enumerate(self._layers[:depth]):
+                if layer.needs_redial:
+
+                    def redial(i: int = i) -> Awaitable[ByteStream]:
+                        return self.connect(server, timeout=timeout, strategy=strategy, depth=i)
+
+                    stream = await layer.wrap_redial(stream, server, redial)
+                else:
+                    stream = await layer.wrap(stream, server)
         except BaseException:
             stream.abort()
             raise

@@ -11,8 +11,9 @@ loop (epoll fds, threads) is inherited.  Child ``k`` calls
 queue ``k``; other inbounds run in worker 0 only) and then runs the runtime exactly as a
 single process would, with its own dispatcher and outbounds.
 
-The supervisor runs no loop.  It blocks SIGCHLD, SIGTERM and SIGINT and waits for them
-with ``sigtimedwait``:
+The supervisor runs no loop.  It blocks SIGCHLD, SIGTERM, SIGINT, SIGHUP and SIGUSR1 and
+waits for them with ``sigtimedwait``; SIGHUP (reload) and SIGUSR1 (counters) are passed on
+to every worker:
 
 * a worker that dies is logged (exit code or signal) and forked again; its flows are
   lost, the others continue.  A worker dying within :data:`FLAPPING` seconds of its
@@ -47,12 +48,13 @@ from loguru import logger
 
 #: In a worker: (index, the pipe's write end to the supervisor); None in the supervisor.
 _worker: tuple[int, int] | None = None
-RELEASE = signal.SIGUSR1  # supervisor -> workers: every worker has drained, finish stopping
+RELEASE = signal.SIGUSR2  # supervisor -> workers: every worker has drained, finish stopping
 
 KILL_AFTER = 4.5  # seconds from SIGTERM to SIGKILL, at most (the link is released after)
 FLAPPING = 2.0
 MAX_FLAPS = 5
-_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
+_PASSED_ON = (signal.SIGHUP, signal.SIGUSR1)  # reload, log counters: every worker does it
 
 
 def _describe(status: int) -> str:
@@ -128,6 +130,9 @@ def run_workers(count: int, child: Callable[[int], int], release: Callable[[], N
                     released = True
                     for pid in pids:
                         _kill(pid, RELEASE)
+            if info is not None and info.si_signo in _PASSED_ON and not stopping:
+                for pid in pids:
+                    _kill(pid, info.si_signo)
             if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT) and not stopping:
                 stopping = True
                 deadline = time.monotonic() + kill_after

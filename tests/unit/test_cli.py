@@ -40,11 +40,15 @@ def test_plugins_lists_protocols_with_owner() -> None:
     assert any(line.split()[:2] == ["outbound", "blackhole"] for line in out.splitlines())
 
 
-def test_every_example_config_validates() -> None:
+def test_every_example_config_validates(tmp_path: Path) -> None:
+    from tunray.testing.geo import write_test_geodata
+
+    # geosite:/geoip: codes the examples name, as small files (the real ones are downloads)
+    env = {**os.environ, "TUNRAY_LOCATION_ASSET": str(write_test_geodata(tmp_path))}
     configs = sorted((ROOT / "configs").glob("*.json")) + sorted((ROOT / "configs").glob("*.yaml"))
     assert configs, "configs/ must hold examples"
     for path in configs:
-        out = run("run", "-test", "-c", str(path))
+        out = run("run", "-test", "-c", str(path), env=env)
         assert out.returncode == 0, f"{path.name}: {out.stderr}"
         assert "Configuration OK." in out.stdout
 

@@ -254,14 +254,15 @@ async def test_localhost_uses_the_system_resolver() -> None:
 @pytest.mark.parametrize(
     ("raw", "path", "exc"),
     [
-        ({"servers": ["https://1.1.1.1/dns-query"]}, "dns.servers[0]", NotSupported),
-        ({"servers": ["tcp://1.1.1.1"]}, "dns.servers[0]", NotSupported),
-        ({"servers": ["fakedns"]}, "dns.servers[0]", NotSupported),
+        ({"servers": ["tls://1.1.1.1"]}, "dns.servers[0]", NotSupported),
+        ({"servers": ["quic+local://1.1.1.1"]}, "dns.servers[0]", NotSupported),
+        ({"servers": ["https://"]}, "dns.servers[0]", ConfigError),
         ({"servers": ["dns.google"]}, "dns.servers[0]", NotSupported),
         ({"servers": [{"port": 53}]}, "dns.servers[0].address", ConfigError),
         ({"servers": [{"address": "1.1.1.1", "domains": ["bad domain"]}]}, "dns.servers[0].domains[0]", ConfigError),
         ({"servers": [{"address": "1.1.1.1", "expectIPs": ["1.2.3.4/99"]}]}, "dns.servers[0].expectIPs[0]", ConfigError),
-        ({"servers": [{"address": "1.1.1.1", "clientIp": "1.2.3.4"}]}, "dns.servers[0].clientIp", NotSupported),
+        ({"servers": [{"address": "1.1.1.1", "clientIp": "1.2.3"}]}, "dns.servers[0].clientIp", ConfigError),
+        ({"cacheSize": 0}, "dns.cacheSize", ConfigError),
         ({"servers": "1.1.1.1"}, "dns.servers", ConfigError),
         ({"queryStrategy": "UseIPv5"}, "dns.queryStrategy", ConfigError),
         ({"queryStrategy": "UseSystem"}, "dns.queryStrategy", NotSupported),
@@ -280,15 +281,89 @@ def test_config_errors(raw: Any, path: str, exc: type[Exception]) -> None:
 
 def test_config_forms() -> None:
     r = Resolver.from_config(
-        {"servers": ["8.8.8.8", "udp://[2001:4860:4860::8888]:5353", {"address": "1.1.1.1", "port": 5300}, "localhost"],
+        {"servers": ["8.8.8.8", "udp://[2001:4860:4860::8888]:5353", {"address": "1.1.1.1", "port": 5300}, "localhost",
+                     "tcp://1.1.1.1", "tcp+local://1.1.1.1:5353", "https://1.1.1.1/dns-query",
+                     "https+local://dns.test:8443/q", "h2c://10.0.0.1", "fakedns"],
          "queryStrategy": "use_ipv6", "tag": "dns", "disableFallback": True},
         "dns",
     )  # fmt: skip
     assert [str(s) for s in r.servers] == [
         "udp://8.8.8.8:53",
-        "udp://2001:4860:4860::8888:5353",
+        "udp://[2001:4860:4860::8888]:5353",
         "udp://1.1.1.1:5300",
         "localhost",
+        "tcp://1.1.1.1:53",
+        "tcp+local://1.1.1.1:5353",
+        "https://1.1.1.1:443/dns-query",
+        "https+local://dns.test:8443/q",
+        "h2c://10.0.0.1:80/dns-query",
+        "fakedns",
     ]
+    assert [s.local for s in r.servers] == [False] * 5 + [True, False, True, False, False]
+    # queryStrategy keeps IPv6 only, so the default FakeDNS pool is the IPv6 one
+    assert r.fakedns is not None and [p.version for p in r.fakedns.pools] == [6]
     assert (r.want4, r.want6, r.disable_fallback) == (False, True, True)
     assert [str(s) for s in Resolver.from_config({"servers": []}, "dns").servers] == ["localhost"]
+
+
+@pytest.mark.parametrize("outbound", ["direct", "block"])
+async def test_queries_not_marked_local_go_through_routing_with_the_dns_tag(outbound: str) -> None:
+    import io
+
+    from tunray.log import AccessLog
+    from tunray.testing.harness import running
+
+    server, port = await Responder.start(ZONE)
+    log = io.StringIO()
+    cfg = {
+        "log": {"loglevel": "none"},
+        "dns": {"tag": "dns-q", "servers": [{"address": "127.0.0.1", "port": port, "timeoutMs": 400}]},
+        "outbounds": [{"protocol": "blackhole", "tag": "block"}, {"protocol": "freedom", "tag": "direct"}],
+        "routing": {"rules": [{"inboundTag": ["dns-q"], "outboundTag": outbound}]},
+    }
+    try:
+        async with running(cfg, access_log=AccessLog(log)) as rt:
+            got = await rt.resolver.lookup("v4only.test", "UseIPv4")
+    finally:
+        server.close()
+    assert f"accepted udp:127.0.0.1:{port} [dns-q -> {outbound}]" in log.getvalue(), log.getvalue()
+    if outbound == "direct":
+        assert got == ips("192.0.2.99") and server.queries == [("v4only.test", A)]
+    else:  # routing sent the query into a blackhole: no answer, and the responder never saw it
+        assert got == [] and server.queries == []
+
+
+@pytest.mark.timeout(10)
+async def test_parallel_query_takes_a_live_answer_without_waiting_for_a_dead_server() -> None:
+    dead, dead_port = await Responder.start(ZONE, drop_first=100)
+    live, live_port = await Responder.start(ZONE)
+    servers = [{"address": "127.0.0.1", "port": dead_port, "timeoutMs": 3000}, f"127.0.0.1:{live_port}"]
+    parallel = Resolver.from_config({"servers": servers, "enableParallelQuery": True}, "dns")
+    try:
+        assert await parallel.lookup("v4only.test", "UseIPv4") == ips("192.0.2.99")
+        # both were asked at once; the dead one has not even been retried (its retry is
+        # due after half its 3 s budget), so the answer did not wait for it
+        assert dead.queries == [("v4only.test", A)] and live.queries == [("v4only.test", A)]
+    finally:
+        await parallel.aclose()
+        dead.close()
+        live.close()
+
+
+async def test_parallel_query_groups_decide_in_config_order() -> None:
+    first_zone: dict[str, dict[str, Any]] = {"v4only.test": {"A": ["10.0.0.1"]}}
+    first, first_port = await Responder.start(first_zone)
+    second, second_port = await Responder.start(ZONE)
+    servers = [
+        {"address": "127.0.0.1", "port": second_port},  # group 1 ...
+        f"127.0.0.1:{first_port}",  # ... same policy (a plain entry): still group 1
+        {"address": "127.0.0.1", "port": first_port, "domains": ["domain:test"]},
+    ]
+    r = Resolver.from_config({"servers": servers, "enableParallelQuery": True, "disableCache": True}, "dns")
+    assert [s.policy for s in r.servers][:2] == [r.servers[0].policy] * 2 and r.servers[2].policy != r.servers[0].policy
+    try:
+        # the domains-matched server comes first in the order and is its own group: it wins
+        assert await r.lookup("v4only.test", "UseIPv4") == ips("10.0.0.1")
+    finally:
+        first.close()
+        second.close()

@@ -13,7 +13,7 @@ from collections import deque
 from typing import ClassVar
 
 import pytest
-from tunray.device import device_pair
+from tunray.device import DeviceError, device_pair
 from tunray.link import ByteLink, LinkClosed, PacketLink
 from tunray.net.address import Destination, Network
 from tunray.stack import StackClosed, StackOptions
@@ -318,7 +318,9 @@ async def test_a_reset_ends_waiters_and_keeps_received_bytes() -> None:
         with pytest.raises(LinkClosed):
             await asyncio.wait_for(writer, 2)
         assert isinstance(link, CoreByteLink) and link.reset
-        assert await link.read() == b"before the reset" and await link.read() == b""
+        assert await link.read() == b"before the reset"  # the bytes before the reset first
+        with pytest.raises(LinkClosed):  # then the reset (a StreamReset), never a clean EOF
+            await link.read()
         link.abort()
         assert core.log == [("abort", h)]
         # A clean end is not a reset.
@@ -400,7 +402,9 @@ async def test_aclose_resets_flows_wakes_accept_and_keeps_the_device() -> None:
     core.open_tcp(pending=True)  # queued, never accepted by anyone
     await settle()
     await stop(stack)
-    assert await asyncio.wait_for(reader, 2) == b"" and link.reset
+    with pytest.raises(LinkClosed):  # the flow was reset: the waiting read raises
+        await asyncio.wait_for(reader, 2)
+    assert link.reset
     with pytest.raises(StackClosed):
         await waiter
     with pytest.raises(StackClosed):
@@ -409,3 +413,44 @@ async def test_aclose_resets_flows_wakes_accept_and_keeps_the_device() -> None:
     assert h in core.tcp  # ended by the reset, still held by its link until aclose/abort
     await stack.aclose()
     assert stack.stats()["tcp_open"] == 0
+
+
+async def test_a_device_that_fails_ends_the_stack_once_without_leaking() -> None:
+    """A read or write error other than "would block" (a deleted TUN: EBADFD) is the device's end:
+    ``failure`` says why, every flow is reset, ``accept`` raises StackClosed, nothing escapes to the loop."""
+    stack, core, loop = await started()
+    leaked: list[object] = []
+    loop.set_exception_handler(lambda _loop, ctx: leaked.append(ctx))
+    try:
+        _mine, kernel = stack._test_devices  # type: ignore[attr-defined]
+        kernel.write(b"open")
+        flow = await asyncio.wait_for(stack.accept(), 2)
+        kernel.close()  # the other end vanishes: the next read hits end of file
+        core.out.append(b"reply")
+        stack.kick()
+        await settle()
+        for _ in range(50):
+            if stack.failure is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert isinstance(stack.failure, DeviceError), stack.failure
+        assert stack.counters.get("device_failed") == 1
+        with pytest.raises(StackClosed):
+            await asyncio.wait_for(stack.accept(), 1)
+        assert isinstance(flow.link, CoreByteLink) and flow.link.reset
+        assert not leaked, leaked
+    finally:
+        await stack.aclose()
+        stack._test_devices[0].close()  # type: ignore[attr-defined]
+
+
+async def test_a_full_device_queue_drops_the_packet_and_goes_on() -> None:
+    stack, core, _ = await started()
+    try:
+        mine, _kernel = stack._test_devices  # type: ignore[attr-defined]
+        core.out.extend([b"p" * 60000] * 200)  # far beyond the socket buffer: EAGAIN, not a failure
+        stack.kick()
+        await settle()
+        assert stack.failure is None and mine.write_drops > 0
+    finally:
+        await stop(stack)

@@ -47,6 +47,7 @@ XHTTP = "xhttp"
 PROTOCOL = "outbounds[0].protocol"
 NETWORK = "outbounds[0].streamSettings.network"
 SECURITY = "outbounds[0].streamSettings.security"
+H3 = "outbounds[0].streamSettings.tlsSettings.alpn"
 AIO = "All-in-One-fallbacks-Nginx/client.configs/"
 
 EXPECTED: dict[str, Expect] = {
@@ -76,7 +77,7 @@ EXPECTED: dict[str, Expect] = {
     "ReverseProxy/VLESS-TCP-XTLS-WS/client_ws.jsonc": OK,
     "ReverseProxy/Vmess-TCP/bridge.jsonc": refused("reverse"),
     "ReverseProxy/Vmess-TCP/client.jsonc": refused(PROTOCOL),
-    "Serverless-for-Iran/serverless_for_Iran.jsonc": refused("fakedns"),
+    "Serverless-for-Iran/serverless_for_Iran.jsonc": refused("inbounds[0].streamSettings.sockopt.tcpKeepAliveIdle"),
     "Serverless-for-Iran/serverless_with_mitm_for_Iran.jsonc": refused("inbounds[2].streamSettings.tlsSettings.certificates[0].usage"),
     "Shadowsocks-TCP/client.jsonc": refused(PROTOCOL),
     "Socks5-TLS/config_client.jsonc": refused(PROTOCOL),  # a socks *outbound*
@@ -98,11 +99,11 @@ EXPECTED: dict[str, Expect] = {
     "VLESS-TCP-XTLS-Vision/config_client.jsonc": OK,
     "VLESS-TCP-XTLS-Vision-REALITY/config_client.jsonc": needs(SECURITY, REALITY),
     "VLESS-TLS-SplitHTTP-CaddyNginx/client.jsonc": needs(NETWORK, XHTTP),  # splithttp = xhttp
-    "VLESS-TLS-SplitHTTP-H3/client.jsonc": needs(NETWORK, XHTTP),
+    "VLESS-TLS-SplitHTTP-H3/client.jsonc": refused(H3),  # XHTTP over HTTP/3 (QUIC): not supported
     "VLESS-WSS-Nginx/client.jsonc": OK,
     "VLESS-XHTTP-Reality/minimal-steal_others/client-bypass-cn.jsonc": needs(NETWORK, XHTTP, REALITY),
     "VLESS-XHTTP-Reality/minimal-steal_others/client.jsonc": needs(NETWORK, XHTTP, REALITY),
-    "VLESS-XHTTP3-Nginx/client.jsonc": needs(NETWORK, XHTTP),
+    "VLESS-XHTTP3-Nginx/client.jsonc": refused(H3),  # XHTTP over HTTP/3 (QUIC): not supported
     "VLESS-gRPC-REALITY/config_client.jsonc": needs(SECURITY, REALITY),
     "VLESS-mKCPSeed/config_client.jsonc": refused(NETWORK),
     "VMess-HTTP/config_client.jsonc": refused(PROTOCOL),

@@ -210,12 +210,12 @@ TOP_LEVEL = {
     "policy",
     "dns",
     "stats",
+    "fakedns",
 }
 # Sections Xray knows that tunray does not implement: present and non-empty => error.
 UNSUPPORTED_TOP = {
     "api": "the api section",
     "reverse": "the reverse section (reverse proxy)",
-    "fakedns": "the fakedns section",
     "observatory": "the observatory section",
     "burstobservatory": "the burstObservatory section",
     "metrics": "the metrics section",
@@ -312,8 +312,6 @@ def _inbound(item: Any, path: str, registry: Registry) -> InboundConfig:
     settings = cls.settings_schema.parse(_get(item, "settings")[1], join(path, "settings"))
     sniff_key, sniff = _get(item, "sniffing")
     sniffing = SNIFFING_SCHEMA.parse(sniff, join(path, sniff_key))
-    if "fakedns" in sniffing.destOverride:
-        raise NotSupported(join(join(path, sniff_key), "destOverride"), "fakedns sniffing")
     stream_key, stream_raw = _get(item, "streamSettings")
     stream = _stream(stream_raw, join(path, stream_key), registry)
     cls.validate_config(settings, join(path, "settings"), registry, stream)
@@ -410,8 +408,19 @@ def build_config(raw: dict[str, Any], registry: Registry) -> Config:
         k, v = _get(raw, name)
         extra[name] = schema.parse(v, k)
 
+    from tunray.dns.fakedns import FakeDNS
+
+    fake_key, fake_raw = _get(raw, "fakedns")
+    fakedns = FakeDNS.from_config(fake_raw, fake_key) if fake_raw else None
     dns_key, dns_raw = _get(raw, "dns")
-    resolver = Resolver.from_config(dns_raw, dns_key)
+    resolver = Resolver.from_config(dns_raw, dns_key, fakedns=fakedns)
+    if any(s.kind == "fakedns" for s in resolver.servers) and not any(
+        ib.sniffing.enabled and "fakedns" in ib.sniffing.destOverride for ib in inbounds
+    ):
+        from loguru import logger
+
+        # Xray warns the same: fake addresses handed out but never turned back into names
+        logger.warning("config: {}: a fakedns server without any inbound sniffing destOverride \"fakedns\"", dns_key)
     routing_key, routing_raw = _get(raw, "routing")
     router = Router.from_config(
         routing_raw, routing_key, outbound_tags=[o.tag for o in outbounds if o.tag], resolver=resolver

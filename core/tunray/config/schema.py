@@ -43,7 +43,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from loguru import logger
 
-from tunray.config.errors import ConfigError, NotSupported, join
+from tunray.config.errors import SECRET_KEYS, ConfigError, NotSupported, join, mask
 
 REQUIRED: Any = object()
 
@@ -300,7 +300,8 @@ class Settings:
         return iter(self._values.items())
 
     def __repr__(self) -> str:
-        return f"Settings({self._values!r})"
+        shown = {k: mask(v) if k.lower() in SECRET_KEYS else v for k, v in self._values.items()}
+        return f"Settings({shown!r})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Settings) and other._values == self._values

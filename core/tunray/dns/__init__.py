@@ -1,4 +1,4 @@
-"""Xray-compatible DNS: a sans-IO message codec, a UDP client, hosts, and the resolver."""
+"""Xray-compatible DNS: a sans-IO message codec, upstream transports, the resolver, FakeDNS."""
 
 from __future__ import annotations
 

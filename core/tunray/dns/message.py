@@ -20,7 +20,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-A, NS, CNAME, SOA, AAAA = 1, 2, 5, 6, 28
+A, NS, CNAME, SOA, MX, TXT, AAAA = 1, 2, 5, 6, 15, 16, 28
 CLASS_IN = 1
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 FLAG_QR, FLAG_AA, FLAG_TC, FLAG_RD, FLAG_RA = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080
@@ -186,10 +186,11 @@ def build_response(
     *,
     rcode: int = NOERROR,
     authority: Sequence[Record] = (),
+    authoritative: bool = False,
 ) -> bytes:
     """A response to *query*; names equal to the question name are compressed to a pointer."""
     qname = query.questions[0].name if query.questions else ""
-    flags = FLAG_QR | FLAG_RA | (query.flags & FLAG_RD) | (rcode & 0xF)
+    flags = FLAG_QR | FLAG_RA | (query.flags & FLAG_RD) | (rcode & 0xF) | (FLAG_AA if authoritative else 0)
     out = bytearray(_HEADER.pack(query.id, flags, len(query.questions), len(answers), len(authority), 0))
     for q in query.questions:
         out += encode_name(q.name) + struct.pack("!HH", q.qtype, q.qclass)

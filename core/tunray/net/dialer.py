@@ -19,6 +19,7 @@ from tunray.config.schema import Enum, Settings
 from tunray.dns.resolver import families
 from tunray.net import sockopt
 from tunray.net.address import Destination, IPAddress
+from tunray.net.hostfence import HostAccessDenied, HostFence
 
 if TYPE_CHECKING:
     from tunray.dns import Resolver
@@ -102,10 +103,17 @@ class Dialer:
         strategy: str = "AsIs",
         send_through: str = "",
         timeout: float = 4.0,
+        fence: HostFence | None = None,
     ) -> socket.socket:
-        """A connected non-blocking TCP socket to *dest*; tries each resolved address in turn."""
+        """A connected non-blocking TCP socket to *dest*; tries each resolved address in turn.
+
+        With a *fence* (the flow's ``host_fence``), resolved addresses of the host itself
+        are skipped; if nothing else is left the dial fails with :class:`HostAccessDenied`.
+        """
         async with asyncio.timeout(timeout):
             ips = await self.resolve(dest, strategy)
+            if fence is not None:
+                ips = self._fenced(ips, dest.port, fence)
             if len(ips) > 1 and dest.is_domain and strategy != "AsIs":
                 random.shuffle(ips)
             loop = asyncio.get_running_loop()
@@ -124,6 +132,21 @@ class Dialer:
             if last is None:
                 raise DialError(f"no address for {dest.netloc}")
             raise DialError(f"dial {dest.netloc} failed: {last.strerror or last}")
+
+    @staticmethod
+    def _fenced(ips: list[IPAddress], port: int, fence: HostFence) -> list[IPAddress]:
+        allowed: list[IPAddress] = []
+        denied: HostAccessDenied | None = None
+        for ip in ips:
+            try:
+                fence.check(ip, port)
+            except HostAccessDenied as exc:
+                denied = exc
+                continue
+            allowed.append(ip)
+        if not allowed and denied is not None:
+            raise denied
+        return allowed
 
     def udp_socket(
         self, family: int, *, peer: IPAddress | None = None, opts: Settings | None = None, send_through: str = ""

@@ -65,7 +65,24 @@ def open_tun(name: str = "", *, offload: bool = False, mtu: int = 1500,
     except OSError as exc:
         os.close(fd)
         raise TunError(exc.errno, f"cannot open TUN {name or '(any)'}: {exc.strerror}") from None
-    return FdDevice(fd, mtu, offloads), ifname
+    device = FdDevice(fd, mtu, offloads)
+    device.name = ifname
+    return device, ifname
+
+
+def attach_persistent(name: str) -> int:
+    """An inheritable fd of the existing persistent TUN *name* (for ``tunray tun-fd``).
+
+    Needs no capability when the TUN belongs to the caller (``ip tuntap add ... user U``).
+    """
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, _ifreq(name, IFF_TUN | IFF_NO_PI))
+    except OSError as exc:
+        os.close(fd)
+        raise TunError(exc.errno, f"cannot attach to TUN {name}: {exc.strerror}") from None
+    os.set_inheritable(fd, True)
+    return fd
 
 
 def adopt_tun(fd: int, *, expect_name: str = "", mtu: int = 1500) -> tuple[FdDevice, str]:
@@ -86,4 +103,6 @@ def adopt_tun(fd: int, *, expect_name: str = "", mtu: int = 1500) -> tuple[FdDev
     if expect_name and ifname != expect_name:
         raise TunError(0, f"fd {fd} is TUN {ifname!r}, but the config names {expect_name!r}")
     offloads = Offloads(vnet_hdr=bool(flags & IFF_VNET_HDR))
-    return FdDevice(fd, mtu, offloads, owns_fd=False), ifname
+    device = FdDevice(fd, mtu, offloads, owns_fd=False)
+    device.name = ifname
+    return device, ifname

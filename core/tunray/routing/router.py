@@ -29,6 +29,7 @@ from loguru import logger
 
 from tunray.config.errors import ConfigError, NotSupported, join
 from tunray.net.address import IPAddress, Network
+from tunray.net.hostfence import IPNetwork, literal_networks
 from tunray.routing.balancer import Balancer
 from tunray.routing.domain import DomainMatcher
 from tunray.routing.geodata import GeoAssets
@@ -63,6 +64,8 @@ class Route:
     rule_index: int
     rule_tag: str = ""
     balancer_tag: str = ""
+    #: Literal IPs/CIDRs of the rule's ``ip`` list: the host addresses a fenced flow may reach.
+    host_nets: tuple[IPNetwork, ...] = ()
 
 
 class _View:
@@ -109,7 +112,7 @@ Cond = Callable[[_View], bool]
 
 
 class _Rule:
-    __slots__ = ("balancer", "conds", "fixed", "index", "ip", "outbound_tag", "tag")
+    __slots__ = ("balancer", "conds", "fixed", "host_nets", "index", "ip", "outbound_tag", "tag")
 
     def __init__(
         self,
@@ -119,15 +122,17 @@ class _Rule:
         outbound_tag: str,
         balancer: Balancer | None,
         tag: str,
+        host_nets: tuple[IPNetwork, ...] = (),
     ) -> None:
         self.index = index
+        self.host_nets = host_nets
         self.conds = conds
         self.ip = ip
         self.outbound_tag = outbound_tag
         self.balancer = balancer
         self.tag = tag
         # A frozen dataclass costs ~1 µs to build; a plain rule's route never changes.
-        self.fixed = Route(outbound_tag, index, tag)
+        self.fixed = Route(outbound_tag, index, tag, host_nets=host_nets)
 
     def route(self) -> Route | None:
         if self.balancer is None:
@@ -135,7 +140,7 @@ class _Rule:
         chosen = self.balancer.pick()
         if chosen is None:
             return None
-        return Route(chosen, self.index, self.tag, self.balancer.tag)
+        return Route(chosen, self.index, self.tag, self.balancer.tag, self.host_nets)
 
 
 class Router:
@@ -350,9 +355,11 @@ def _compile_rule(
         conds.append(lambda v: v.domain is not None and any(m.match(v.domain) for m in doms))
 
     ipm = None
+    host_nets: tuple[IPNetwork, ...] = ()
     key, value = get("ip")
     if value is not None and (entries := _string_list(value, join(path, key))):
         ipm = IPMatcher.compile(entries, join(path, key), assets=assets)
+        host_nets = literal_networks(entries)
 
     if not conds and ipm is None:
         raise ConfigError(path, "this rule has no effective fields (add domain, ip, port, network, ...)")
@@ -374,7 +381,7 @@ def _compile_rule(
         if balancer is None:
             known = ", ".join(sorted(balancers)) or "none defined"
             raise ConfigError(join(path, bkey), f"no balancer is tagged {balancer_tag!r} (known: {known})")
-    return _Rule(index, tuple(conds), ipm, outbound or "", balancer, rule_tag or "")
+    return _Rule(index, tuple(conds), ipm, outbound or "", balancer, rule_tag or "", host_nets)
 
 
 def _user_condition(users: list[str], path: str) -> Cond:

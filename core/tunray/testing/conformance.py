@@ -9,8 +9,8 @@ real dispatcher calls, against a :mod:`tunray.testing.echo` server at *echo_host
   many concurrent flows;
 * a dial to a closed port resets the app's link promptly (within the handshake timeout);
   with ``remote_dial=True`` (proxy outbounds: the server dials the target, after the
-  app's link was accepted) only that the app's flow is closed or reset within the
-  handshake timeout + 2 s;
+  app's link was accepted) that the app's flow is reset (never ended with a FIN, which
+  would look like an empty reply) within the handshake timeout + 2 s;
 * UDP (when the outbound declares it): echo, and replies from a second source
   address reach the app with that source (full cone), if ``cone=True``.
 
@@ -111,7 +111,7 @@ async def check_outbound(
             # the server dials: the link is accepted first, then ends when the server gives up
             limit = _HANDSHAKE + 2.0
             await asyncio.wait_for(task, limit + 1.0)
-            assert app.reset or app.closed, "a failed remote dial must end the app's flow"
+            assert app.reset and not app.got_fin, "a failed remote dial must reset the app's flow"
             assert time.monotonic() - started < limit, "a refused remote dial must end within handshake + 2 s"
         else:
             await asyncio.wait_for(task, 5)

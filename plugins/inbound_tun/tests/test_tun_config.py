@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +134,12 @@ def test_lazy_handshake_with_a_stack_that_cannot_hold_a_syn_is_refused() -> None
     assert err.path == "inbounds[0].settings.offload" and "not supported" in err.message
 
 
+def test_a_half_open_budget_the_stack_does_not_keep_is_refused() -> None:
+    for key in ("maxHalfOpen", "maxHalfOpenPerSource"):
+        err = _error({"stack": "eager-only", key: 10})
+        assert err.path == f"inbounds[0].settings.{key}" and "not supported" in err.message, err
+
+
 def test_capability_defaults_follow_the_stack() -> None:
     """Left out, handshake and offload default to what the stack can do; asked for, they are kept."""
     stacks = PluginManager(extra=[tun_helpers]).registry.stacks
@@ -179,11 +186,15 @@ def test_cli_test_mode_reports_a_bad_stack(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("tun*.json")))
-def test_shipped_configs_validate(name: str) -> None:
+def test_shipped_configs_validate(name: str, tmp_path: Path) -> None:
+    from tunray.testing.geo import write_test_geodata
+
+    env = {**os.environ, "TUNRAY_LOCATION_ASSET": str(write_test_geodata(tmp_path))}  # geosite:/geoip: codes
     res = subprocess.run(
         [sys.executable, "-m", "tunray", "run", "-test", "-c", str(REPO / "configs" / name)],
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
     assert res.returncode == 0, res.stderr

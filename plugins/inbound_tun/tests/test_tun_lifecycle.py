@@ -349,3 +349,14 @@ def test_sigterm_drains_a_running_flow_then_cleans_up(tmp_path: Path) -> None:
         assert link(ns, "trdrain0") is None, "tunray left its TUN behind after SIGTERM"
         assert not [r for r in routes(ns) if r["dst"] == "203.0.113.0/24"]
         assert elapsed < 5.0, f"shutdown took {elapsed:.1f} s"
+
+
+async def test_limit_settings_reach_the_stack() -> None:
+    """maxFlows, maxHalfOpen, maxHalfOpenPerSource and udpQueuePackets are named settings that take effect."""
+    settings = {"stack": "python", "maxFlows": 77, "maxHalfOpen": 11, "maxHalfOpenPerSource": 3, "udpQueuePackets": 9}
+    with topology() as topo, topo.enter(topo.client):
+        async with running(tun_config(settings), extra=[tun_helpers]) as rt:
+            stack = tun_of(rt).stack
+            assert stack is not None
+            o = stack.options
+            assert (o.max_flows, o.max_half_open, o.max_half_open_per_source, o.udp_queue_packets) == (77, 11, 3, 9)

@@ -179,3 +179,128 @@ def tun_config(settings: dict[str, Any], *outbounds: dict[str, Any], **top: Any)
 
 def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=False, **kw)
+
+
+# --- a real ``tunray run`` process -------------------------------------------------------------------
+
+
+class TunrayProcess:
+    """``tunray run -c CFG`` in namespace *ns*; stderr is collected line by line as it arrives."""
+
+    def __init__(self, ns: str, cfg: str, *args: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 pass_fds: tuple[int, ...] = ()) -> None:
+        import sys
+        import threading
+        from pathlib import Path
+
+        tunray = str(Path(sys.executable).with_name("tunray"))
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *prefix, tunray, "run", "-c", cfg, *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            pass_fds=pass_fds,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, needle: str, timeout: float = 15.0, start: int = 0) -> str:
+        """The first stderr line (from index *start*) containing *needle*; fails if the process exits first."""
+        import time
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for line in self.lines[start:]:
+                if needle in line:
+                    return line
+            if self.proc.poll() is not None:
+                self._reader.join(2)
+                raise AssertionError(f"tunray exited ({self.proc.returncode}) before {needle!r}:\n{self.text}")
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {needle!r}:\n{self.text}")
+
+    def wait(self, timeout: float = 15.0) -> int:
+        rc = self.proc.wait(timeout)
+        self._reader.join(5)
+        return rc
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+def as_unprivileged_python(scratch: str) -> tuple[str, ...]:
+    """A command prefix giving a non-root child what a normal Debian host gives every user.
+
+    Two differences of this test machine, fixed in a private mount namespace of the child
+    only: the interpreter lives under ``/root`` (mode 0700), so ``/root`` is replaced by
+    an empty world-readable tmpfs with the interpreter's prefix bind-mounted back at its
+    own path; and ``/dev/net/tun`` is mode 0600 here (udev makes it 0666 on Debian), so a
+    0666 node for the same device is bind-mounted over it.  Empty if neither applies.
+    """
+    import os
+    import stat
+    import sys
+
+    steps: list[str] = []
+    base = sys.base_prefix
+    if base.startswith("/root/"):
+        steps.append(
+            f'mkdir -p "{scratch}/py" && mount --bind "{base}" "{scratch}/py" && '
+            f'mount -t tmpfs -o mode=0755 tmpfs /root && mkdir -p "{base}" && mount --move "{scratch}/py" "{base}"'
+        )
+    if stat.S_IMODE(os.stat("/dev/net/tun").st_mode) & 0o006 != 0o006:
+        steps.append(
+            f'mkdir -p "{scratch}/dev" && mount -t tmpfs tmpfs "{scratch}/dev" && '
+            f'mknod -m 0666 "{scratch}/dev/tun" c 10 200 && mount --bind "{scratch}/dev/tun" /dev/net/tun'
+        )
+    if not steps:
+        return ()
+    script = " && ".join(steps) + ' && exec "$@"'
+    return ("unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh")
+
+
+# --- raw packets into a TUN (what a hostile LAN device sends) ---------------------------------------
+
+
+def inject_tcp(topo: Topology, tun: str, src: str, dst: str, sport: int, dport: int, flags: int,
+               payload: bytes = b"") -> Any:
+    """Send one IPv4 TCP segment into *tun* (AF_PACKET); returns a capture socket bound to the TUN first."""
+    import socket
+
+    from tunray.testing.stackclient import ETH_P_IP, TCP, ipv4, tcp
+
+    with topo.enter(topo.client):
+        cap = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+        cap.bind((tun, ETH_P_IP))
+        out = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
+    s, d = socket.inet_aton(src), socket.inet_aton(dst)
+    out.sendto(ipv4(s, d, TCP, tcp(s, d, sport, dport, 1000, 0, flags, payload)), (tun, ETH_P_IP))
+    out.close()
+    return cap
+
+
+async def tcp_answer(cap: Any, sport: int, timeout: float = 8.0) -> int:
+    """TCP flags of the stack's first segment to port *sport* read off the TUN by *cap*."""
+    cap.setblocking(False)
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        while True:
+            pkt = await loop.sock_recv(cap, 70000)
+            if len(pkt) >= 40 and pkt[9] == 6 and int.from_bytes(pkt[22:24]) == sport:
+                return int(pkt[33])

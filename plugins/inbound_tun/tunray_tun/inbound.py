@@ -27,6 +27,7 @@ from tunray.config.errors import join
 from tunray.config.schema import Schema, Settings
 from tunray.device import FdDevice
 from tunray.inbound import Inbound
+from tunray.net.hostfence import STRICT
 from tunray.net.tun import TunError, adopt_tun, open_tun
 from tunray.stack import Stack, StackOptions
 
@@ -76,6 +77,7 @@ class TunInbound(Inbound):
         )
         self.stack_settings = settings.parse_stack_settings(runtime.registry.stacks, s, path)
         self.user_level = s.userLevel
+        self.host_fence = STRICT if s.hostAccess == "rules" else None
         self.uplink_mode = settings.uplink_mode(s)
         if s.dns:
             logger.warning(
@@ -95,6 +97,7 @@ class TunInbound(Inbound):
         self._queues: list[FdDevice] = []  # supervisor: one per worker (prepare_workers)
         self._queue: tuple[int, int] | None = None  # in a worker: (index, count)
         self._state = "new"  # new -> started -> stopped
+        self.failed = False  # the device vanished: stop() leaves the (gone) link alone
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -144,6 +147,9 @@ class TunInbound(Inbound):
             udp_idle_timeout=float(s.udpTimeout),
             handshake_timeout=policy.handshake,
             max_flows=s.maxFlows,
+            max_half_open=s.maxHalfOpen,
+            udp_queue_packets=s.udpQueuePackets,
+            max_half_open_per_source=s.maxHalfOpenPerSource,
             tcp_buffer=s.tcpBufferSize * 1024,
             settings=self.stack_settings,
             stacks=self.runtime.registry.stacks,
@@ -237,6 +243,13 @@ class TunInbound(Inbound):
             logger.opt(exception=exc).error(
                 "tun {}: stack {!r} failed: {}", self.ifname, self.stack_cls.name, exc
             )
+            self.runtime.inbound_failed(self)
+            return
+        if stack.failure is not None:  # the device vanished or broke: fatal for this inbound
+            self.failed = True
+            logger.error("tun {}: the device vanished or failed ({}); stopping this inbound", self.ifname,
+                         stack.failure.strerror or stack.failure)
+            self.runtime.inbound_failed(self)
 
     async def stop_accepting(self) -> None:
         if self.stack is not None:
@@ -258,6 +271,13 @@ class TunInbound(Inbound):
         if self._binder is not None:
             await self._collect(errors, self._binder.stop())
         worker = self._worker
+        if self.failed and worker is not None and self._setup is not None:
+            try:
+                gone = await worker.call(netconf.link_index, self.ifname) != self._setup.index
+            except Exception:
+                gone = True
+            if gone:
+                self._setup = None  # routes and addresses went with the link
         if worker is not None and self._setup is not None:
             await self._collect(errors, worker.call(self._setup.undo))
         if self.device is not None:
@@ -278,6 +298,21 @@ class TunInbound(Inbound):
         except Exception as exc:
             logger.error("tun: while stopping: {}", exc)
             errors.append(exc)
+
+    def capabilities(self) -> set[str]:
+        """CAP_NET_ADMIN to remove its routes, addresses and link at shutdown (none for an adopted fd)."""
+        return set() if self.adopted else {"CAP_NET_ADMIN"}
+
+    def privileged_threads(self) -> list[Any]:
+        """The netlink worker does that removal, so it keeps the capability too."""
+        worker = self._worker
+        if worker is None or self.adopted:
+            return []
+
+        async def run(fn: Any) -> None:
+            await worker.call(lambda _ipr: fn())
+
+        return [run]
 
     @property
     def uplink(self) -> str | None:

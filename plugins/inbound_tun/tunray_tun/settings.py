@@ -82,7 +82,26 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("workers", Int(min=1, max=256), default=None,
           doc="worker processes, one TUN queue each (tunray run only); absent = the number of CPUs"),
+    Field(
+        "maxHalfOpen",
+        Int(min=1),
+        default=256,
+        doc="TCP handshakes in progress (each may dial) at most; beyond it SYNs get stateless SYN cookies",
+    ),
+    Field("udpQueuePackets", Int(min=1), default=1024, doc="datagrams queued per UDP flow; beyond: dropped, counted"),
+    Field(
+        "maxHalfOpenPerSource",
+        Int(min=1),
+        default=64,
+        doc="the same per app address, so no one source takes the whole budget",
+    ),
     Field("udpTimeout", Int(min=1), default=60, doc="seconds a UDP flow may sit idle before it is closed"),
+    Field(
+        "hostAccess",
+        Enum("rules", "allow"),
+        default="rules",
+        doc='"rules": flows may reach this host\'s own addresses only where a routing rule\'s ip names them; "allow": as Xray',
+    ),
     Field("tcpBufferSize", Int(min=16), default=4096, doc="per-TCP-flow buffer in KiB (receive window cap)"),
 )
 
@@ -126,6 +145,13 @@ def check_capabilities(stack_cls: type[Stack], s: Settings, path: str) -> None:
             f'"lazy" is not supported by stack {stack_cls.name!r}: it cannot hold a SYN until the upstream '
             'connects (use "eager" or another stack)',
         )
+    for key in ("maxHalfOpen", "maxHalfOpenPerSource"):
+        if not caps.half_open_budget and _given(s, key):
+            raise ConfigError(
+                join(path, key),
+                f"is not supported by stack {stack_cls.name!r}: it keeps no separate half-open budget "
+                "(leave it out or use the python stack)",
+            )
     if s.offload and not caps.vnet_hdr and _given(s, "offload"):
         raise ConfigError(
             join(path, "offload"),

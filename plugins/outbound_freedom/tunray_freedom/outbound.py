@@ -8,12 +8,14 @@ UDP: full-cone, see :mod:`tunray_freedom.udp`.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from tunray.config.errors import ConfigError
 from tunray.config.schema import Enum, Field, Int, Schema, Settings, Str, Unsupported
 from tunray.link import ByteLink, PacketLink
 from tunray.net.address import Destination, parse_host
+from tunray.net.hostfence import HostFence
 from tunray.net.sockopt import DOMAIN_STRATEGIES
 from tunray.net.stream import open_stream
 from tunray.outbound import Outbound
@@ -75,6 +77,16 @@ class FreedomOutbound(Outbound):
             dest = dest.with_port(port)
         return dest
 
+    def _fence(self, ctx: FlowContext) -> HostFence | None:
+        """The flow's host fence; a ``redirect`` naming a host is the operator's explicit choice."""
+        fence: HostFence | None = ctx.host_fence
+        if fence is None or self.redirect is None or self.redirect[0] is None:
+            return fence
+        host = self.redirect[0]
+        if isinstance(host, str):
+            return fence  # a redirect to a domain: its addresses are checked as they resolve
+        return fence.with_allowed((ipaddress.ip_network(host),))
+
     async def process(self, ctx: FlowContext, link: ByteLink | PacketLink) -> None:
         policy = self.runtime.policy(self.settings.userLevel or ctx.user.level)
         dialer = self.runtime.dialer
@@ -88,6 +100,7 @@ class FreedomOutbound(Outbound):
                 rewrite=self._target,
                 opts=self.sockopt,
                 send_through=self.config.send_through,
+                fence=self._fence(ctx),
             )
             return
         target = self._target(ctx.target)
@@ -97,6 +110,7 @@ class FreedomOutbound(Outbound):
             strategy=self.strategy,
             send_through=self.config.send_through,
             timeout=policy.handshake,
+            fence=self._fence(ctx),
         )
         stream = await open_stream(sock, high_water=policy.buffer_size)
         try:

@@ -14,10 +14,12 @@ import ipaddress
 import socket
 from collections.abc import Callable
 
+from loguru import logger
 from tunray.config.schema import Settings
 from tunray.link import PacketLink
 from tunray.net.address import Destination, IPAddress, Network
 from tunray.net.dialer import Dialer, DialError
+from tunray.net.hostfence import HostAccessDenied, HostFence
 from tunray.policy import LevelPolicy
 from tunray.relay import Activity, run_pumps
 
@@ -58,6 +60,7 @@ async def relay_udp(
     rewrite: Callable[[Destination], Destination],
     opts: Settings | None,
     send_through: str,
+    fence: HostFence | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     dual = socket.has_ipv6 and not (send_through and ipaddress.ip_address(send_through).version == 4)
@@ -67,6 +70,7 @@ async def relay_udp(
     activity = Activity()
     transport, _proto = await loop.create_datagram_endpoint(lambda: _Downlink(link, activity), sock=sock)
     resolved: dict[str, IPAddress] = {}
+    cleared: set[tuple[IPAddress, int]] = set()  # destinations the fence already let through
 
     async def uplink() -> None:
         while True:
@@ -90,6 +94,14 @@ async def relay_udp(
                     ip = resolved[dest.domain] = ips4[0]
             if not dual and ip.version == 6:
                 continue
+            if fence is not None and (ip, dest.port) not in cleared:
+                try:
+                    fence.check(ip, dest.port)
+                except HostAccessDenied as exc:
+                    logger.info("udp: dropped: {}", exc)
+                    continue
+                if len(cleared) < 1024:
+                    cleared.add((ip, dest.port))
             transport.sendto(packet.data, _sockaddr(ip, dest.port, dual))
 
     try:

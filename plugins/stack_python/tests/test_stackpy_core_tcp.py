@@ -112,6 +112,17 @@ def test_unknown_segment_gets_rst() -> None:
     assert core.counters["tcp_no_connection"] == 1
 
 
+@pytest.mark.parametrize("flags", [SYN | FIN, SYN | FIN | PSH | 0x20, FIN, PSH, 0x20, 0, FIN | PSH | 0x20])
+@pytest.mark.parametrize("eager", [False, True])
+def test_nonsensical_flags_open_nothing_and_are_counted(flags: int, eager: bool) -> None:
+    """SYN+FIN and segments with none of SYN/ACK/RST are dropped silently, as Linux does in LISTEN
+    (before: SYN+FIN opened a connection and an upstream dial; the others drew a RST)."""
+    core = make_core(eager=eager)
+    out = Peer(core).send(flags, b"x")
+    assert out == [] and not core.conns and not core.take_events()
+    assert core.counters == {"tcp_bad_flags": 1}
+
+
 def test_out_of_order_reassembly_and_sack() -> None:
     core = make_core()
     peer = Peer(core)

@@ -55,10 +55,11 @@ from tunray.stackcore import (
 from tunray.stackudp import UdpTable
 
 from tunray_stack_python.settings import DEFAULTS
+from tunray_stack_python.synflood import SynCookies
 from tunray_stack_python.tcp import TcpConn
 from tunray_stack_python.tcp_base import INF
 from tunray_stack_python.tcp_state import FIN_QUEUED, State
-from tunray_stack_python.tcp_wire import ACK, FIN, HEADER, RST, SYN, Options, parse_options
+from tunray_stack_python.tcp_wire import ACK, FIN, HEADER, RST, SYN, Options, parse_options, syn_options
 
 
 @dataclass(slots=True)
@@ -77,6 +78,8 @@ class CoreConfig:
     udp_idle_timeout: float = 60.0
     udp_queue_packets: int = 1024
     max_flows: int = 65536
+    max_half_open: int = 256  # SYNs whose handshake is not complete (see synflood.py)
+    max_half_open_per_source: int = 64
 
 
 Owner = TcpConn
@@ -96,6 +99,10 @@ class Core:
         self._dirty: dict[TcpConn, None] = {}
         self._timers: list[tuple[float, int, Owner]] = []
         self._timer_n = 0
+        # Half-open connections, oldest first: all of them, and per source address.
+        self.half_open: dict[TcpConn, float] = {}  # -> when its SYN came
+        self.half_open_by_src: dict[bytes, dict[TcpConn, None]] = {}
+        self.cookies = SynCookies()
         self.udp = UdpTable(mtu=config.mtu, vnet_hdr=config.vnet_hdr, idle_timeout=config.udp_idle_timeout,
                             queue_packets=config.udp_queue_packets, count=self.count,
                             events=lambda ev: self.events.append(ev), out=lambda p: self.out.append(p),
@@ -183,7 +190,10 @@ class Core:
         conn = self.conns.get((src, sport, dst, dport))
         if conn is None:
             self._tcp_new(version, src, sport, dst, dport, seq, ack, flags, opts, end - l4 - hlen, now)
-            return
+            conn = self.conns.get((src, sport, dst, dport))
+            if conn is None or conn.state is not State.SYN_RCVD or flags & SYN:
+                return
+            # a cookie ACK just created conn: this segment completes its handshake (and may carry data)
         conn.on_segment(seq, ack, flags, win, ts, sack, view[l4 + hlen:end], now)
         if conn.ack_now and conn.state is not State.CLOSED:
             conn.send_ack(now)
@@ -194,30 +204,104 @@ class Core:
         if flags & RST:
             self.count("tcp_rst_unknown")
             return
+        # Nonsense Linux drops silently in LISTEN (tcp_rcv_state_process): SYN+FIN, and a
+        # segment with none of SYN, ACK, RST (null and FIN/PSH/URG-only "scans").
+        if flags & (SYN | FIN) == SYN | FIN or not flags & (SYN | ACK):
+            self.count("tcp_bad_flags")
+            return
         if flags & (SYN | ACK) != SYN:
+            if (flags & SYN == 0 and self.counters.get("tcp_syn_cookies_sent")
+                    and (mss := self.cookies.check(src, sport, dst, dport, seq, ack, now))):
+                self._cookie_conn(version, src, sport, dst, dport, seq, ack, mss, now)
+                return  # the caller feeds this very ACK to the new connection
             self.count("tcp_no_connection")
-            if flags & ACK:
-                self.send_rst(version, dst, src, dport, sport, ack, 0, False)
-            else:
-                self.send_rst(version, dst, src, dport, sport, 0,
-                              seq + payload_len + (1 if flags & SYN else 0) + (1 if flags & FIN else 0), True)
+            self.send_rst(version, dst, src, dport, sport, ack, 0, False)  # an ACK: RST seq = its ack
             return
         if len(self.conns) >= self.config.max_flows:
             self.count("tcp_max_flows")
             self.send_rst(version, dst, src, dport, sport, 0, seq + 1, True)
             return
+        o = opts or Options()
+        half_open = self.half_open
+        if len(half_open) >= self.config.max_half_open:
+            self._evict_stale(now)
+        mine = self.half_open_by_src.get(src)
+        if len(half_open) >= self.config.max_half_open or (
+            mine is not None and len(mine) >= self.config.max_half_open_per_source
+        ):
+            self._send_cookie(version, src, sport, dst, dport, seq, o.mss, now)
+            return
         key = (src, sport, dst, dport)
         self._last_handle = handle = self._last_handle + 1
         conn = TcpConn(self, key, version, self.isn() & 0xFFFFFFFF, handle)
-        o = opts or Options()
         conn.on_syn(seq, o.mss, o.wscale, o.sack_ok, o.ts, now)
         self.conns[key] = conn
         self.tcp_handles[handle] = conn
+        self.half_open[conn] = now
+        self.half_open_by_src.setdefault(src, {})[conn] = None
         self.count("tcp_connections")
         self.events.append(TcpOpened(handle, src, sport, dst, dport, not self.config.eager))
         if self.config.eager:
             conn.accept(now)
         self._schedule(conn)
+
+    def _evict_stale(self, now: float) -> None:
+        """Reset half-open connections older than the handshake timeout, oldest first."""
+        limit = now - self.config.handshake_timeout
+        while self.half_open:
+            conn, since = next(iter(self.half_open.items()))
+            if since > limit:
+                return
+            self.count("tcp_half_open_evicted")
+            conn.abort()
+            self.handshake_done(conn)
+
+    def handshake_done(self, conn: TcpConn) -> None:
+        """*conn* left the half-open state (its handshake completed, or it closed)."""
+        if self.half_open.pop(conn, None) is not None:
+            src = conn.remote_ip
+            mine = self.half_open_by_src.get(src)
+            if mine is not None:
+                mine.pop(conn, None)
+                if not mine:
+                    del self.half_open_by_src[src]
+
+    def _send_cookie(self, version: int, src: bytes, sport: int, dst: bytes, dport: int, seq: int, mss: int,
+                     now: float) -> None:
+        """Answer a SYN the budget cannot hold with a stateless SYN-ACK (MSS option only)."""
+        self.count("tcp_syn_cookies_sent")
+        hdr = 40 if version == 4 else 60
+        own_mss = max(min(mss or (536 if version == 4 else 1220), self.config.mtu - hdr), 64)
+        cookie = self.cookies.make(src, sport, dst, dport, seq, own_mss, now)
+        opts = syn_options(own_mss, -1, False, None)
+        head = HEADER.pack(dport, sport, cookie, (seq + 1) & 0xFFFFFFFF, (5 + len(opts) // 4) << 4, SYN | ACK,
+                           min(self.config.tcp_buffer, 0xFFFF), 0, 0) + opts
+        csum = 0xFFFF - (pseudo_sum(dst, src, PROTO_TCP, len(head)) + sum_of(head)) % 0xFFFF
+        head = head[:16] + csum.to_bytes(2, "big") + head[18:]
+        prefix = vnet_header() if self.config.vnet_hdr else b""
+        self.out.append(prefix + ip_header(version, dst, src, PROTO_TCP, len(head)) + head)
+
+    def _cookie_conn(self, version: int, src: bytes, sport: int, dst: bytes, dport: int, seq: int, ack: int,
+                     mss: int, now: float) -> TcpConn | None:
+        """The connection a valid cookie ACK proves: established at once (no options but the MSS)."""
+        if len(self.conns) >= self.config.max_flows:
+            self.count("tcp_max_flows")
+            return None
+        self.count("tcp_syn_cookies_accepted")
+        key = (src, sport, dst, dport)
+        self._last_handle = handle = self._last_handle + 1
+        # the cookie was our ISN; the ACK's seq - 1 was the client's (checked by the caller)
+        conn = TcpConn(self, key, version, (ack - 1) & 0xFFFFFFFF, handle)
+        conn.on_syn((seq - 1) & 0xFFFFFFFF, mss, -1, False, None, now)
+        self.conns[key] = conn
+        self.tcp_handles[handle] = conn
+        self.count("tcp_connections")
+        self.events.append(TcpOpened(handle, src, sport, dst, dport, False))
+        n = len(self.out)
+        conn.accept(now)  # SYN_PENDING -> SYN_RCVD; the SYN-ACK it writes went out already, statelessly
+        del self.out[n:]
+        self._schedule(conn)
+        return conn
 
     def send_rst(self, version: int, src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int,
                  with_ack: bool) -> None:
@@ -282,6 +366,8 @@ class Core:
 
     def release(self, conn: TcpConn) -> None:
         """Called by a connection entering CLOSED."""
+        if conn in self.half_open:
+            self.handshake_done(conn)
         if self.conns.get(conn.key) is conn:
             del self.conns[conn.key]
         self._dirty.pop(conn, None)

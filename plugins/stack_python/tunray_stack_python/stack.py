@@ -22,7 +22,7 @@ class PythonStack(StackDriver):
     name: ClassVar[str] = "python"
     settings_schema: ClassVar[TypedSchema[PythonStackSettings]] = TypedSchema(PythonStackSettings)
     capabilities: ClassVar[StackCapabilities] = StackCapabilities(
-        lazy_handshake=True, icmp_echo=True, vnet_hdr=True, tso=True,
+        lazy_handshake=True, icmp_echo=True, vnet_hdr=True, tso=True, half_open_budget=True,
     )
 
     def __init__(self, options: StackOptions) -> None:
@@ -38,6 +38,7 @@ class PythonStack(StackDriver):
             tcp_idle_timeout=o.tcp_idle_timeout, handshake_timeout=o.handshake_timeout,
             time_wait=float(s.time_wait), fin_timeout=float(s.fin_timeout),
             udp_idle_timeout=o.udp_idle_timeout, udp_queue_packets=o.udp_queue_packets, max_flows=o.max_flows,
+            max_half_open=o.max_half_open, max_half_open_per_source=o.max_half_open_per_source,
         )
 
     def make_core(self, vnet_hdr: bool) -> Core:

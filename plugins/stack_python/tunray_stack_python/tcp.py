@@ -129,6 +129,7 @@ class TcpConn(TcpSender):
                               ack, 0, False)
                 return
             self.go(Input.ACK_OF_SYN)
+            core.handshake_done(self)
             self.handshake_deadline = INF
             self.rto_deadline = INF
             self.rto = 1.0

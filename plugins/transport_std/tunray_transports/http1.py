@@ -84,7 +84,9 @@ class ResponseReader:
 def parse_head(head: bytes) -> ResponseHead:
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+    # RFC 9112: status-code = 3DIGIT (ASCII; str.isdigit() also takes "³", which int() refuses)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not (len(parts[1]) == 3 and parts[1].isascii()
+                                                                     and parts[1].isdigit()):
         raise HandshakeError(f"not an HTTP/1.1 response: {lines[0][:80]!r}")
     headers = []
     for line in lines[1:]:

@@ -8,8 +8,14 @@ from tunray.plugin.registry import Registry
 
 @hookimpl
 def tunray_register_types(registry: Registry) -> None:
-    from tunray_transports.layers import GrpcTransport, HttpUpgradeTransport, WebSocketTransport
+    from tunray_transports.layers import (
+        GrpcTransport,
+        HttpUpgradeTransport,
+        WebSocketTransport,
+        XhttpTransport,
+    )
 
     registry.add_transport(WebSocketTransport)
     registry.add_transport(HttpUpgradeTransport)
     registry.add_transport(GrpcTransport)
+    registry.add_transport(XhttpTransport)

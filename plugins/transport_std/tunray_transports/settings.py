@@ -23,9 +23,11 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from tunray.config.errors import ConfigError, join
-from tunray.config.schema import Bool, Field, Int, MapOf, Schema, Settings, Str, Unsupported
+from tunray.config.errors import ConfigError, NotSupported, join
+from tunray.config.schema import AnyValue, Bool, Enum, Field, Int, MapOf, Schema, Settings, Str, Unsupported
 from tunray.net.address import Destination
+
+from tunray_transports.xhttpframe import Range, XhttpOptions, normalise_path, resolve_mode
 
 # The User-Agent Xray sends by default on WebSocket/HTTPUpgrade (a current desktop Chrome).
 DEFAULT_USER_AGENT = (
@@ -208,3 +210,115 @@ def grpc_options(stream: Settings, path: str) -> GrpcOptions:
         health_check_timeout=s.health_check_timeout,
         window=s.initial_windows_size or (1 << 20),
     )
+
+
+XHTTP_SCHEMA = Schema(
+    Field("path", Str(), default="/", doc="HTTP path (a query is kept on every request)"),
+    Field("host", Str(), default="", doc="HTTP authority (default: tls/reality serverName, then the address)"),
+    Field("headers", MapOf(Str()), default={}, doc="extra request headers (not Host)"),
+    Field("mode", Enum("auto", "packet-up", "stream-up", "stream-one"), default="auto", doc="how the uplink is carried"),
+    Field("xPaddingBytes", AnyValue(), default=None, doc='padding length range, e.g. "100-1000" (the default)'),
+    Field("scMaxEachPostBytes", AnyValue(), default=None, doc="packet-up: largest POST body (default 1000000)"),
+    Field("scMinPostsIntervalMs", AnyValue(), default=None, doc="packet-up: least time between POSTs (default 30)"),
+    Field("noGRPCHeader", Bool(), default=False, doc="no Content-Type: application/grpc on streaming POSTs"),
+    Unsupported("xmux", "xhttpSettings.xmux (connection sharing)"),
+    Unsupported("downloadSettings", "xhttpSettings.downloadSettings (split upload/download)"),
+    Unsupported("extra", "xhttpSettings.extra"),
+    Unsupported("uplinkHTTPMethod", "xhttpSettings.uplinkHTTPMethod other than POST", allow=lambda v: str(v).upper() == "POST"),
+    Unsupported("xPaddingObfsMode", "xhttpSettings.xPaddingObfsMode"),
+    Unsupported("xPaddingKey", "xhttpSettings.xPaddingKey"),
+    Unsupported("xPaddingHeader", "xhttpSettings.xPaddingHeader"),
+    Unsupported("xPaddingPlacement", "xhttpSettings.xPaddingPlacement"),
+    Unsupported("xPaddingMethod", "xhttpSettings.xPaddingMethod", allow=lambda v: v == "repeat-x"),
+    Unsupported("sessionPlacement", "xhttpSettings.sessionPlacement", allow=lambda v: v == "path"),
+    Unsupported("sessionKey", "xhttpSettings.sessionKey"),
+    Unsupported("seqPlacement", "xhttpSettings.seqPlacement", allow=lambda v: v == "path"),
+    Unsupported("seqKey", "xhttpSettings.seqKey"),
+    Unsupported("uplinkDataPlacement", "xhttpSettings.uplinkDataPlacement", allow=lambda v: v in ("auto", "body")),
+    Unsupported("uplinkDataKey", "xhttpSettings.uplinkDataKey"),
+    Unsupported("uplinkChunkSize", "xhttpSettings.uplinkChunkSize"),
+    Unsupported("noSSEHeader", "xhttpSettings.noSSEHeader (a server setting)"),
+    Unsupported("scMaxBufferedPosts", "xhttpSettings.scMaxBufferedPosts (a server setting)"),
+    Unsupported("scStreamUpServerSecs", "xhttpSettings.scStreamUpServerSecs (a server setting)"),
+    Unsupported("serverMaxHeaderBytes", "xhttpSettings.serverMaxHeaderBytes (a server setting)"),
+    Unsupported("scMaxConcurrentPosts", "xhttpSettings.scMaxConcurrentPosts (removed from Xray)"),
+)
+
+
+def parse_range(value: Any, where: str, default: Range, *, minimum: int = 0) -> Range:
+    """Xray's Int32Range: a number, ``"a-b"``, or ``{"from": a, "to": b}``; unset = *default*."""
+    if value is None or value == "" or value == 0:
+        return default
+    lo: Any
+    hi: Any
+    if isinstance(value, bool):
+        raise ConfigError(where, f"expected a number, \"a-b\" or {{from, to}}, got {value!r}")
+    if isinstance(value, int):
+        lo = hi = value
+    elif isinstance(value, str):
+        left, sep, right = value.strip().partition("-")
+        if not left.strip().isdigit() or (sep and not right.strip().isdigit()):
+            raise ConfigError(where, f'expected a number or "a-b", got {value!r}')
+        lo, hi = int(left), int(right) if sep else int(left)
+    elif isinstance(value, dict):
+        lo, hi = value.get("from", 0), value.get("to", 0)
+        if not isinstance(lo, int) or not isinstance(hi, int) or isinstance(lo, bool) or isinstance(hi, bool):
+            raise ConfigError(where, f"from/to must be integers, got {value!r}")
+        if hi == 0:
+            return default
+    else:
+        raise ConfigError(where, f"expected a number, \"a-b\" or {{from, to}}, got {value!r}")
+    if lo > hi:
+        raise ConfigError(where, f"{lo} is above {hi}")
+    if lo < minimum:
+        raise ConfigError(where, f"must be at least {minimum}")
+    return Range(lo, hi)
+
+
+def reality_or_tls_server_name(stream: Settings) -> str:
+    security = str(stream.get("security", "")).lower()
+    if security == "reality":
+        name = _lookup(stream.get("realitySettings"), "serverName")
+        return name if isinstance(name, str) else ""
+    return tls_server_name(stream)
+
+
+def xhttp_options(stream: Settings, path: str) -> tuple[XhttpOptions, str]:
+    """(options, resolved mode) for ``xhttpSettings`` (alias ``splithttpSettings``)."""
+    where = join(path, raw_key(stream, "xhttpSettings", "splithttpSettings"))
+    s = XHTTP_SCHEMA.parse(stream.get("xhttpSettings"), where)
+    security = str(stream.get("security", "") or "none").lower()
+    http1 = security in ("", "none")  # Xray: no TLS means HTTP/1.1
+    if security == "tls":
+        alpn = _lookup(stream.get("tlsSettings"), "alpn")
+        names = [a.strip() for a in alpn.split(",")] if isinstance(alpn, str) else list(alpn or [])
+        http1 = names == ["http/1.1"]
+        if names == ["h3"]:
+            raise NotSupported(join(path, "tlsSettings.alpn"), "XHTTP over HTTP/3 (QUIC)")
+    base, query = normalise_path(s.path)
+    headers: list[tuple[str, str]] = []
+    has_ua = False
+    for name, value in s.headers.items():
+        hpath = join(join(where, "headers"), name)
+        if name.lower() == "host":
+            raise ConfigError(hpath, 'Host goes in "host", not in headers')
+        if any(c in name + value for c in "\r\n") or ":" in name:
+            raise ConfigError(hpath, "header names and values may not contain newlines or colons")
+        has_ua = has_ua or name.lower() == "user-agent"
+        headers.append((name, value))
+    if not has_ua:
+        headers.append(("User-Agent", DEFAULT_USER_AGENT))
+    opts = XhttpOptions(
+        path=base,
+        query=query,
+        host=s.host or reality_or_tls_server_name(stream),
+        headers=tuple(headers),
+        mode=s.mode,
+        padding=parse_range(s.xPaddingBytes, join(where, "xPaddingBytes"), Range(100, 1000), minimum=1),
+        max_post=parse_range(s.scMaxEachPostBytes, join(where, "scMaxEachPostBytes"), Range(1_000_000, 1_000_000), minimum=1),
+        min_interval_ms=parse_range(s.scMinPostsIntervalMs, join(where, "scMinPostsIntervalMs"), Range(30, 30)),
+        no_grpc_header=s.noGRPCHeader,
+        scheme="http" if security in ("", "none") else "https",
+        http1=http1,
+    )
+    return opts, resolve_mode(s.mode, security == "reality")

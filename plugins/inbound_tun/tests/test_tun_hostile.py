@@ -1,0 +1,158 @@
+"""Hostile input through a real TUN: nonsensical TCP flags, a device that vanishes."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tun_helpers
+from tun_helpers import TunrayProcess, inject_tcp, link, sh, tcp_answer, topology, tun_config, tun_of
+from tunray.log import AccessLog
+from tunray.testing.harness import running
+from tunray.testing.netns import Topology
+
+pytestmark = pytest.mark.root
+
+TUN = "trhost0"
+HOST = "203.0.113.10"
+ECHO = 7000
+LAN = "203.0.113.77"
+SYN, FIN, ACK, PSH, URG = 0x02, 0x01, 0x10, 0x08, 0x20
+
+
+def _settings(**extra: Any) -> dict[str, Any]:
+    s: dict[str, Any] = {
+        "name": TUN,
+        "gateway": ["172.19.22.1/30"],
+        "autoSystemRoutingTable": ["203.0.113.0/24"],
+        "autoOutboundsInterface": "veth-c",
+        "handshake": "lazy",
+    }
+    s.update(extra)
+    return s
+
+
+def _world(topo: Topology) -> None:
+    sh(topo.server, "ip", "addr", "add", f"{HOST}/32", "dev", "lo")
+    sh(topo.client, "ip", "route", "add", "default", "via", str(topo.server_v4), "dev", topo.client_if, "metric", "100")
+    topo.start_echo(port=ECHO)
+
+
+@pytest.mark.parametrize("flags", [SYN | FIN, SYN | FIN | PSH | URG, FIN, 0])
+async def test_nonsensical_flags_open_no_connection_and_no_dial(flags: int) -> None:
+    """Before: SYN+FIN opened a connection and dialled the server; FIN-only/null drew a RST."""
+    with topology() as topo:
+        _world(topo)
+        log = io.StringIO()
+        with topo.enter(topo.client):
+            async with running(tun_config(_settings()), extra=[tun_helpers], access_log=AccessLog(log)) as rt:
+                inject_tcp(topo, TUN, LAN, HOST, 41000, ECHO, flags).close()
+                # a real SYN afterwards: its SYN-ACK (after its dial) orders it behind the first
+                cap = inject_tcp(topo, TUN, LAN, HOST, 41001, ECHO, SYN)
+                try:
+                    assert await tcp_answer(cap, 41001) == SYN | ACK
+                finally:
+                    cap.close()
+                stats = tun_of(rt).stats()
+        text = log.getvalue()
+        assert text.count("accepted") == 1, text
+        assert stats.get("tcp_bad_flags") == 1, stats
+        assert stats.get("tcp_connections") == 1, stats
+
+
+def test_a_deleted_tun_stops_its_inbound_and_the_process(tmp_path: Path) -> None:
+    """``ip link del`` under a running tunray: one log line, no traceback, exit non-zero (a supervisor restarts it).
+
+    Before: an uncaught ``OSError: [Errno 77]`` from the reader, and a process idling forever.
+    """
+    cfg = tmp_path / "tun.json"
+    cfg.write_text(json.dumps(tun_config(_settings())))
+    with topology() as topo:
+        _world(topo)
+        tr = TunrayProcess(topo.client, str(cfg))
+        try:
+            tr.wait_for("started")
+            sh(topo.client, "ip", "link", "del", TUN)
+            rc = tr.wait(timeout=10)
+        finally:
+            tr.close()
+        assert rc == 1, tr.text
+        assert link(topo.client, TUN) is None
+        vanished = [ln for ln in tr.lines if "the device vanished or failed" in ln]
+        assert len(vanished) == 1, tr.text  # logged once
+        assert "no inbound left" in tr.text, tr.text
+        assert not any("Traceback" in ln or "Exception in callback" in ln for ln in tr.lines), tr.text
+
+
+def _flood(topo: Topology, count: int, port: int) -> None:
+    """*count* SYNs from as many spoofed LAN sources into the TUN (AF_PACKET), as fast as we can."""
+    import socket
+
+    from tunray.testing.stackclient import ETH_P_IP, TCP, ipv4, tcp
+
+    with topo.enter(topo.client):
+        out = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
+    dst = socket.inet_aton(HOST)
+    with out:
+        for i in range(count):
+            src = bytes((10, 128 + (i >> 16 & 63), i >> 8 & 255, i & 255))
+            out.sendto(ipv4(src, dst, TCP, tcp(src, dst, 40000 + i % 20000, port, i, 0, SYN, b"")), (TUN, ETH_P_IP))
+
+
+@pytest.mark.timeout(60)
+async def test_a_spoofed_syn_flood_does_not_lock_out_a_real_app() -> None:
+    """Before: each spoofed SYN took a flow slot and a dial, so the real app was refused."""
+    import asyncio
+
+    import tun_app
+
+    with topology() as topo:
+        _world(topo)
+        log = io.StringIO()
+        settings = _settings(maxFlows=256, maxHalfOpen=32, maxHalfOpenPerSource=4)
+        with topo.enter(topo.client):
+            async with running(tun_config(settings), extra=[tun_helpers], access_log=AccessLog(log)) as rt:
+                await asyncio.to_thread(_flood, topo, 3000, ECHO)
+                await asyncio.sleep(0.3)  # let the stack read the whole flood first
+
+                def app() -> int:
+                    with topo.enter(topo.client):
+                        return sum(tun_app.tcp_echo(HOST, ECHO, 4096) for _ in range(5))
+
+                assert await asyncio.to_thread(app) == 5 * 4096
+                stats = tun_of(rt).stats()
+        dials = log.getvalue().count("accepted")
+        assert dials <= 32 + 5, f"{dials} upstream dials for a budget of 32"
+        assert stats["tcp_connections"] <= 32 + 5, stats  # state (and a dial) for the budget only
+        assert stats["tcp_syn_cookies_sent"] >= 1000, stats  # the rest of the flood got cookies
+        assert stats.get("tcp_syn_cookies_accepted", 0) + stats["tcp_connections"] >= 5, stats
+
+
+@pytest.mark.timeout(60)
+def test_limits_are_logged_once_and_reported_by_sigusr1(tmp_path: Path) -> None:
+    import signal
+
+    cfg = tmp_path / "tun.json"
+    cfg.write_text(json.dumps(tun_config(_settings(maxHalfOpen=8, maxHalfOpenPerSource=2))))
+    with topology() as topo:
+        _world(topo)
+        tr = TunrayProcess(topo.client, str(cfg))
+        try:
+            tr.wait_for("started")
+            _flood(topo, 200, ECHO)
+            tr.wait_for("limit reached: maxHalfOpen")
+            mark = len(tr.lines)
+            tr.proc.send_signal(signal.SIGUSR1)
+            line = tr.wait_for("stats {", start=mark)
+            snap = json.loads(line[line.index("stats {") + 6 :])
+            stack = snap["inbounds"]["tun-in"]
+            assert stack["tcp_syn_cookies_sent"] > 0 and stack["tcp_open"] <= 8, stack
+            assert snap["reloads"] == 0 and snap["failed_inbounds"] == []
+            assert sum("limit reached: maxHalfOpen" in ln for ln in tr.lines) == 1, tr.text  # once
+            tr.proc.send_signal(signal.SIGTERM)
+            assert tr.wait() == 0, tr.text
+        finally:
+            tr.close()
