@@ -243,7 +243,7 @@ def _serve_workers(runtime: Runtime, count: int, drain: float | None, mask: set[
     remove the link at the end.
     """
     from tunray.runtime import DRAIN_TIMEOUT
-    from tunray.workers import KILL_AFTER, SharedCounters, run_workers
+    from tunray.workers import EXIT_FATAL, KILL_AFTER, SharedCounters, run_workers
 
     try:  # what every worker imports anyway, imported once here so the pages are shared
         import uvloop  # noqa: F401
@@ -255,7 +255,8 @@ def _serve_workers(runtime: Runtime, count: int, drain: float | None, mask: set[
     def child(k: int) -> int:
         runtime.inbounds = [ib for ib in inbounds if ib.enter_worker(k, count)]
         runtime.stats = shared.for_worker(k)
-        return _serve(runtime, drain, reread, drop_to)
+        code = _serve(runtime, drain, reread, drop_to)
+        return EXIT_FATAL if code == 1 else code  # no inbound left: the supervisor stops all
 
     def release() -> None:
         for ib in inbounds:

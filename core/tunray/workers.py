@@ -16,7 +16,8 @@ waits for them with ``sigtimedwait``; SIGHUP (reload) and SIGUSR1 (counters) are
 to every worker:
 
 * a worker that dies is logged (exit code or signal) and forked again; its flows are
-  lost, the others continue.  A worker dying within :data:`FLAPPING` seconds of its
+  lost, the others continue.  A worker that exits with :data:`EXIT_FATAL` (no inbound
+  left: the TUN is gone) stops them all instead, and the supervisor exits 1;  A worker dying within :data:`FLAPPING` seconds of its
   start :data:`MAX_FLAPS` times in a row stops everything (a broken config or host);
 * SIGTERM/SIGINT is passed on to every worker, which stops accepting (new flows get a
   RST) and drains (``-drain``), then reports through a pipe (:func:`drained`) and waits.
@@ -49,6 +50,10 @@ from loguru import logger
 #: In a worker: (index, the pipe's write end to the supervisor); None in the supervisor.
 _worker: tuple[int, int] | None = None
 RELEASE = signal.SIGUSR2  # supervisor -> workers: every worker has drained, finish stopping
+
+#: A worker exiting with this code asks the supervisor to stop everything and exit 1 (its
+#: inbounds failed for good, e.g. the TUN was deleted: restarting cannot help).
+EXIT_FATAL = 75
 
 KILL_AFTER = 4.5  # seconds from SIGTERM to SIGKILL, at most (the link is released after)
 FLAPPING = 2.0
@@ -146,6 +151,14 @@ def run_workers(count: int, child: Callable[[int], int], release: Callable[[], N
                 if stopping:
                     if status:
                         logger.info("worker {} (pid {}) {}", k, pid, _describe(status))
+                    continue
+                if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_FATAL:
+                    logger.error("worker {} (pid {}) has no inbound left; stopping", k, pid)
+                    code = 1
+                    stopping = True
+                    deadline = time.monotonic() + kill_after
+                    for other in pids:
+                        _kill(other, signal.SIGTERM)
                     continue
                 logger.error("worker {} (pid {}) {}; restarting it (its flows are lost)", k, pid, _describe(status))
                 flaps[k] = flaps[k] + 1 if time.monotonic() - started[k] < FLAPPING else 0
