@@ -2,6 +2,7 @@
 
     sudo .venv/bin/python bench/bench_cps.py [--proxy tunray] [--runs 3] [--seconds 3]
     sudo .venv/bin/python bench/bench_cps.py --profile /tmp/cps.svg   # py-spy during run 1
+    sudo .venv/bin/python bench/bench_cps.py --proxy tunray-system --workers 2   # CPU summed over workers
 
 Same topology and load as the "TCP connections per second" row of bench/run.py (MTU 1500,
 64 loops in parallel); prints each run's conn/s and the median.  Meant for tuning the
@@ -19,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tunray.workers import process_tree
 from world import ECHO_PORT, HOST4, PROXIES, World
 
 LOAD = str(Path(__file__).with_name("load.py"))
@@ -26,10 +28,14 @@ PY_SPY = Path(sys.executable).with_name("py-spy")
 
 
 def _cpu(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of *pid* so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """(user, system) CPU seconds of *pid* and its live children (tunray's workers) so far."""
     tck = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tck, int(fields[12]) / tck
+    user = sys_ = 0
+    for p in process_tree(pid):
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        user += int(fields[11])
+        sys_ += int(fields[12])
+    return user / tck, sys_ / tck
 
 
 def main() -> None:
@@ -39,8 +45,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--parallel", type=int, default=64)
     ap.add_argument("--profile", help="write a py-spy flame graph of the proxy during run 1 here")
+    ap.add_argument("--workers", type=int, default=1, help="tunray: the TUN's worker processes")
     a = ap.parse_args()
     proxy = next(p for p in PROXIES if p.key == a.proxy)
+    if proxy.tunray and a.workers != 1:
+        proxy = proxy.with_workers(a.workers)
     results: list[float] = []
     with tempfile.TemporaryDirectory(prefix="tunray-cps-") as tmp:
         world = World(Path(tmp))

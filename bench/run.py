@@ -2,6 +2,7 @@
 
     sudo .venv/bin/python bench/run.py            # full matrix (~10 minutes), writes docs/benchmarks.md
     sudo .venv/bin/python bench/run.py --quick    # reduced matrix (a few minutes)
+    sudo .venv/bin/python bench/run.py --workers 1,2   # every tunray stack with 1 and with 2 worker processes
 
 Every proxy run gets a fresh :class:`world.World` (client/server namespaces, iperf3 and
 echo servers on 203.0.113.10 in the server namespace, the proxy's TUN capturing
@@ -14,7 +15,11 @@ median over rounds.  Metrics:
   HTTP/TLS sniffing on (the 32 bytes are neither, as with SSH or a database), the latter in
   a fresh world so that neither run inherits the other's client ports in TIME_WAIT;
 * UDP echo round trip p50 / p99;
-* RSS and CPU seconds of the proxy process holding 5,000 TCP flows.
+* RSS and CPU seconds of the proxy holding 5,000 TCP flows, and PSS (``/proc/PID/smaps_rollup``) idle and
+  holding them; all three summed over the proxy's processes (tunray's supervisor and workers).
+
+The tunray stacks (python, system, mixed) run with the TUN's ``workers`` set to 1 unless ``--workers``
+lists counts: then every tunray stack runs once per count, each a column of its own.
 
 The table goes to stdout and between the markers of docs/benchmarks.md; the chart to
 docs/benchmarks.png (drawn by :mod:`png`, no matplotlib needed).
@@ -42,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import png
+from tunray.workers import process_tree, total_pss_kib
 from world import ECHO_PORT, HOST4, IPERF_PORT, PROXIES, REPO, SING_BOX, Proxy, World
 
 LOAD = str(Path(__file__).with_name("load.py"))
@@ -89,6 +95,8 @@ def metrics(plan: Plan) -> list[Metric]:
         Metric("udp_p50", "UDP echo RTT p50", "µs", False),
         Metric("udp_p99", "UDP echo RTT p99", "µs", False),
         Metric("rss_idle", "RSS idle", "MiB", False),
+        Metric("pss_idle", "PSS idle, all processes", "MiB", False, "<= 1.5"),
+        Metric("pss_flows", f"PSS at {plan.flows:,} TCP flows, all processes", "MiB", False),
         Metric("rss_flows", f"RSS at {plan.flows:,} TCP flows", "MiB", False, "<= 2.0"),
         Metric("cpu_flows", f"CPU s to open {plan.flows:,} flows", "s", False),
     ]
@@ -122,20 +130,32 @@ def load(world: World, *args: str, timeout: float) -> dict[str, float]:
 
 
 def proc_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
+    """RSS summed over *pid* and its children (shared pages count once per process: see PSS)."""
+    total = 0
+    for p in process_tree(pid):
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+def proc_pss_mib(pid: int) -> float:
+    return total_pss_kib(pid) / 1024
 
 
 def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    """utime + stime of *pid* and its live children."""
+    total = 0
+    for p in process_tree(pid):
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def hold_flows(world: World, pid: int, flows: int) -> dict[str, float]:
     cpu0 = proc_cpu_s(pid)
     rss0 = proc_rss_mib(pid)
+    pss0 = proc_pss_mib(pid)
     argv = ["ip", "netns", "exec", world.client, sys.executable, LOAD, "hold", HOST4, str(ECHO_PORT), "--flows", str(flows)]
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -148,6 +168,7 @@ def hold_flows(world: World, pid: int, flows: int) -> dict[str, float]:
         info = json.loads(line)
         time.sleep(1.0)  # let the proxy settle (buffers allocated, timers armed)
         rss = proc_rss_mib(pid)
+        pss = proc_pss_mib(pid)
         cpu = proc_cpu_s(pid) - cpu0
         if info["held"] < flows * 0.99:
             raise RuntimeError(f"only {info['held']}/{flows} flows opened")
@@ -162,7 +183,8 @@ def hold_flows(world: World, pid: int, flows: int) -> dict[str, float]:
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
-    return {"rss_idle": rss0, "rss_flows": rss, "cpu_flows": cpu, "held": info["held"]}
+    return {"rss_idle": rss0, "rss_flows": rss, "pss_idle": pss0, "pss_flows": pss, "cpu_flows": cpu,
+            "held": info["held"]}
 
 
 def connrate(world: World, plan: Plan) -> float:
@@ -302,6 +324,13 @@ def _raise_nofile(want: int = 1 << 17) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _expand_workers(counts: list[int]) -> None:
+    """Replace each tunray proxy by one per worker count (columns "… , N workers")."""
+    global PROXIES, OURS
+    PROXIES = tuple(q for p in PROXIES for q in ([p.with_workers(n) for n in counts] if p.tunray else [p]))
+    OURS = [p for p in PROXIES if p.tunray]
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -312,7 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, help="rounds (default 2, quick 1)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     ap.add_argument("--only", choices=[p.key for p in PROXIES], action="append", help="run only these proxies")
+    ap.add_argument("--workers", default="", metavar="N[,M...]",
+                    help="run every tunray stack once per worker count (TUN \"workers\"); default: 1 worker")
     a = ap.parse_args(argv)
+    if a.workers:
+        _expand_workers([int(n) for n in a.workers.split(",")])
     plan = QUICK if a.quick else FULL
     if a.rounds:
         plan = Plan(a.rounds, plan.mtus, plan.iperf_seconds, plan.conn_seconds, plan.udp_count, plan.flows)
@@ -326,9 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     _raise_nofile()
     signal.signal(signal.SIGTERM, _interrupt)
 
-    proxies = [p for p in PROXIES if not a.only or p.key in a.only]
+    proxies = [p for p in PROXIES if not a.only or p.key.split("@")[0] in a.only]
     samples: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    cmd = ".venv/bin/python bench/run.py" + (" --quick" if a.quick else "") + (f" --rounds {a.rounds}" if a.rounds else "")
+    cmd = (".venv/bin/python bench/run.py" + (" --quick" if a.quick else "") + (f" --rounds {a.rounds}" if a.rounds else "")
+           + (f" --workers {a.workers}" if a.workers else ""))
     started = datetime.datetime.now(datetime.UTC)
     workdir = Path(tempfile.mkdtemp(prefix="tunray-bench-"))
     try:

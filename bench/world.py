@@ -11,6 +11,7 @@ namespaces; it runs in ``finally`` and is idempotent.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import socket
@@ -40,6 +41,7 @@ class Proxy:
     label: str
     tun: str
     fds_per_flow: int  # measured: open descriptors per held TCP flow
+    workers: int = 1  # tunray's TUN "workers" (bench/run.py --workers)
 
     def config(self, mtu: int, uplink: str, *, sniff: bool = False) -> dict[str, Any]:
         """The proxy's config; *sniff* turns on HTTP/TLS sniffing as nearly every Xray config has it."""
@@ -48,7 +50,7 @@ class Proxy:
             raw["log"] = {"loglevel": "warning", "access": "none"}
             tun = raw["inbounds"][0]["settings"]
             tun.update(name=self.tun, mtu=mtu, autoOutboundsInterface=uplink, maxFlows=16384,
-                       stack=self.key.partition("-")[2] or "python")
+                       stack=self.key.split("@")[0].partition("-")[2] or "python", workers=self.workers)
             if sniff:
                 raw["inbounds"][0]["sniffing"] = {"enabled": True, "destOverride": ["http", "tls"]}
             return raw
@@ -77,6 +79,10 @@ class Proxy:
     def tunray(self) -> bool:
         return self.key.startswith("tunray")
 
+    def with_workers(self, n: int) -> Proxy:
+        """This tunray proxy with *n* worker processes (a column of its own)."""
+        return dataclasses.replace(self, key=f"{self.key}@w{n}", label=f"{self.label}, {n} workers", workers=n)
+
     def argv(self, config_path: Path) -> list[str]:
         if self.tunray:
             return [sys.executable, "-m", "tunray", "run", "-c", str(config_path)]
@@ -85,6 +91,8 @@ class Proxy:
 
 PROXIES = (
     Proxy("tunray", "tunray (python stack)", "tunray0", 1),
+    Proxy("tunray-system", "tunray (system stack)", "tunray0", 2),
+    Proxy("tunray-mixed", "tunray (mixed stack)", "tunray0", 2),
     Proxy("tunray-lwip", "tunray (lwip stack)", "tunray0", 1),
     Proxy("sb-gvisor", "sing-box gvisor", "sbtun0", 1),
     Proxy("sb-system", "sing-box system", "sbtun0", 6),

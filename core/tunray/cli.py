@@ -188,6 +188,7 @@ def _run(args: argparse.Namespace) -> int:
         logger.warning("config: {}", line)
     from tunray.runtime import Runtime
 
+    _raise_nofile()
     runtime = Runtime(config, pm)
 
     def reread() -> Config:
@@ -199,7 +200,70 @@ def _run(args: argparse.Namespace) -> int:
             logger.warning("config: {}", line)
         return new
 
-    return _serve(runtime, args.drain, reread, (user, group))
+    count = 1
+    # SIGTERM waits while an inbound sets up what worker processes share (a TUN's routes):
+    # the supervisor then handles it; a single process gets it back before its loop starts.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        for ib in runtime.inbounds:
+            wanted = ib.prepare_workers()
+            if wanted > 1 and count > 1:
+                raise ConfigError(ib.config.path, "only one inbound may run worker processes")
+            count = max(count, wanted)
+    except BaseException:
+        for ib in runtime.inbounds:
+            ib.leave_workers()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
+    if count == 1:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return _serve(runtime, args.drain, reread, (user, group))
+    return _serve_workers(runtime, count, args.drain, mask, reread, (user, group))
+
+
+def _raise_nofile() -> None:
+    """Lift the soft descriptor limit to the hard one, as Go programs (sing-box) do at start:
+    a ``system`` stack flow holds two sockets (the accepted one and the outbound's)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def _serve_workers(runtime: Runtime, count: int, drain: float | None, mask: set[int | signal.Signals],
+                   reread: Callable[[], Config], drop_to: tuple[str, str]) -> int:
+    """Fork *count* workers, each serving the runtime with its own loop (see :mod:`tunray.workers`).
+
+    Each worker reloads on SIGHUP and logs its counters on SIGUSR1 (the supervisor passes
+    both on) and drops privileges as a single process does; the supervisor keeps them, to
+    remove the link at the end.
+    """
+    from tunray.runtime import DRAIN_TIMEOUT
+    from tunray.workers import EXIT_FATAL, KILL_AFTER, SharedCounters, run_workers
+
+    try:  # what every worker imports anyway, imported once here so the pages are shared
+        import uvloop  # noqa: F401
+    except ImportError:  # pragma: no cover
+        pass
+    shared = SharedCounters(runtime.stat_keys(), count)
+    inbounds = list(runtime.inbounds)
+
+    def child(k: int) -> int:
+        runtime.inbounds = [ib for ib in inbounds if ib.enter_worker(k, count)]
+        runtime.stats = shared.for_worker(k)
+        code = _serve(runtime, drain, reread, drop_to)
+        return EXIT_FATAL if code == 1 else code  # no inbound left: the supervisor stops all
+
+    def release() -> None:
+        for ib in inbounds:
+            ib.leave_workers()
+
+    drain_timeout = DRAIN_TIMEOUT if drain is None else max(drain, 0.0)
+    return run_workers(count, child, release, kill_after=min(drain_timeout + 1.0, KILL_AFTER), mask=mask)
 
 
 async def _reload(runtime: Runtime, reread: Callable[[], Config]) -> None:
@@ -234,10 +298,15 @@ def _serve(
     exit_code = [0]  # 1 when every inbound failed (a supervisor should restart us)
 
     async def main() -> None:
+        from tunray import workers
+
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        release = asyncio.Event()
+        if workers.in_worker():
+            loop.add_signal_handler(workers.RELEASE, release.set)
         reloads: set[asyncio.Task[None]] = set()
         reloading = asyncio.Lock()  # one reload at a time, in signal order
 
@@ -279,6 +348,13 @@ def _serve(
         logger.warning("tunray stopping")
         try:
             async with asyncio.timeout(drain_timeout + 2.0):
+                if workers.in_worker():
+                    # drain, then keep refusing new flows until every worker has drained
+                    # (tunray.workers): a SYN steered to this queue still gets its RST
+                    await runtime.stop_accepting()
+                    await runtime.dispatcher.drain(drain_timeout)
+                    workers.drained()
+                    await release.wait()
                 await runtime.stop(drain_timeout=drain_timeout)
         except TimeoutError:
             logger.error("shutdown took longer than {:g} s; exiting anyway", drain_timeout + 2.0)

@@ -71,6 +71,27 @@ class Inbound(ABC):
             host_fence=self.host_fence,
         )
 
+    # --- worker processes (tunray.workers); called only by ``tunray run``, never in-process ---
+
+    def prepare_workers(self) -> int:
+        """How many worker processes this inbound wants; called once, before any event loop.
+
+        1 (the default) means none.  An inbound that wants more opens here what the
+        supervisor must hold for all workers (the TUN's queues, the link and its routes).
+        """
+        return 1
+
+    def enter_worker(self, index: int, count: int) -> bool:
+        """Called in worker *index* of *count* right after the fork; False: not run in this worker.
+
+        Default: an inbound without workers of its own runs in worker 0 only (a listening
+        port is bound once).
+        """
+        return index == 0
+
+    def leave_workers(self) -> None:
+        """In the supervisor once every worker is gone: release what :meth:`prepare_workers` took."""
+
     @abstractmethod
     async def start(self) -> None:
         """Open devices/sockets and begin accepting flows."""

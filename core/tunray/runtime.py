@@ -19,6 +19,7 @@ are not rebuilt: a reload whose ``inbounds`` differ from the running ones is ref
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 from typing import Any
 
 from loguru import logger
@@ -50,7 +51,7 @@ class Runtime:
         self.access_log = access_log if access_log is not None else AccessLog.from_settings(config.log)
         #: Xray-named traffic counters (``inbound>>>TAG>>>traffic>>>uplink`` ...), kept when the
         #: config has a ``stats`` section and the matching ``policy.system`` flags are on.
-        self.stats: dict[str, int] = {}
+        self.stats: MutableMapping[str, int] = {}
         system = config.policy.system
         self.stats_flags: tuple[bool, bool, bool, bool] = (
             (
@@ -196,6 +197,16 @@ class Runtime:
         plugins.configure(config)
         return cls(config, plugins, **kwargs)
 
+    def stat_keys(self) -> list[str]:
+        """Every counter name :meth:`count_traffic` may use (tags x directions), for shared counters."""
+        keys = []
+        for kind, tags in (("inbound", [ib.tag for ib in self.config.inbounds]),
+                           ("outbound", [ob.tag for ob in self.config.outbounds])):
+            for tag in tags:
+                if tag:
+                    keys += [f"{kind}>>>{tag}>>>traffic>>>uplink", f"{kind}>>>{tag}>>>traffic>>>downlink"]
+        return keys
+
     def count_traffic(self, ctx: FlowContext) -> None:
         """Add a finished flow's bytes to the enabled counters (once per flow)."""
         in_up, in_down, out_up, out_down = self.stats_flags
@@ -228,7 +239,9 @@ class Runtime:
         self._started = True
         self.plugins.startup(self)
 
-    async def stop(self, drain_timeout: float = DRAIN_TIMEOUT) -> list[BaseException]:
+    async def stop_accepting(self) -> list[BaseException]:
+        """The first step of :meth:`stop`: the dispatcher and every inbound refuse new flows, and
+        the resolver's kept connections (DoH) end before the drain."""
         errors: list[BaseException] = []
         self.dispatcher.stop_accepting()
         for ib in reversed(self.inbounds):
@@ -242,6 +255,10 @@ class Runtime:
                 await self.resolver.aclose()
             except Exception as exc:
                 errors.append(exc)
+        return errors
+
+    async def stop(self, drain_timeout: float = DRAIN_TIMEOUT) -> list[BaseException]:
+        errors = await self.stop_accepting()
         await self.dispatcher.drain(drain_timeout)
         for ib in reversed(self.inbounds):
             try:

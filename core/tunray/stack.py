@@ -26,8 +26,9 @@ never raise out of the stack.  ``accept`` raises :class:`StackClosed` after ``ac
 
 from __future__ import annotations
 
+import ipaddress
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -66,6 +67,11 @@ class StackOptions:
     udp_queue_packets: int = 1024
     tcp_buffer: int = 4 << 20
     settings: Settings = field(default_factory=lambda: EMPTY.parse({}, ""))
+    stacks: Mapping[str, type[Stack]] = field(default_factory=dict)
+    """The registry's stacks (name -> class), for a stack built on another (``mixed``); may be empty."""
+    queue: tuple[int, int] | None = None
+    """In a worker process: (this worker's TUN queue, number of queues), steered by
+    :func:`tunray.net.steering.queue_for`; ``None`` in a single process."""
 
 
 class Stack(ABC):
@@ -80,6 +86,8 @@ class Stack(ABC):
     name: ClassVar[str]
     settings_schema: ClassVar[Schema] = EMPTY
     capabilities: ClassVar[StackCapabilities] = StackCapabilities()
+    default_mtu: ClassVar[int | None] = None
+    """The TUN MTU this stack wants when the user sets none (``None``: the inbound's default)."""
 
     def __init__(self, options: StackOptions) -> None:
         self.options = options
@@ -87,6 +95,11 @@ class Stack(ABC):
         #: Set when the device failed for good (it was deleted, its fd went bad); the stack
         #: then closed itself and ``accept`` raises :class:`StackClosed`.  None otherwise.
         self.failure: OSError | None = None
+
+    @classmethod
+    def check_link(cls, gateway: Sequence[ipaddress.IPv4Interface | ipaddress.IPv6Interface], path: str) -> None:
+        """Refuse, with a :class:`~tunray.config.errors.ConfigError` naming *path*, TUN addresses the
+        stack cannot work with.  Called at config validation; the default accepts any."""
 
     def count(self, what: str, n: int = 1) -> None:
         self.counters[what] = self.counters.get(what, 0) + n

@@ -21,7 +21,7 @@ import heapq
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
-from tunray.net.packet import PROTO_UDP, UDP_HEADER, build_udp, pseudo_sum, sum_of, valid
+from tunray.net.packet import build_udp, parse_udp
 from tunray.stackcore import CoreEvent, UdpClosed, UdpOpened, UdpReadable
 
 INF = float("inf")
@@ -67,22 +67,11 @@ class UdpTable:
     def input(self, version: int, src: bytes, dst: bytes, packet: bytes, l4: int, end: int, csum_ok: bool,
               now: float) -> None:
         """One datagram from the app (``packet[l4:end]`` is the UDP header and payload)."""
-        if end - l4 < 8:
-            self._count("udp_truncated")
+        parsed = parse_udp(version, src, dst, packet, l4, end, csum_ok)
+        if isinstance(parsed, str):
+            self._count(parsed)
             return
-        sport, dport, length, csum = UDP_HEADER.unpack_from(packet, l4)
-        if length < 8 or l4 + length > end:
-            self._count("udp_bad_length")
-            return
-        end = l4 + length
-        if not csum_ok:
-            if csum == 0:
-                if version == 6:
-                    self._count("udp_bad_checksum")
-                    return
-            elif not valid(pseudo_sum(src, dst, PROTO_UDP, length) + sum_of(memoryview(packet)[l4:end])):
-                self._count("udp_bad_checksum")
-                return
+        sport, dport, end = parsed
         key = (src, sport)
         flows = self.flows
         flow = flows.get(key)

@@ -222,6 +222,28 @@ def build_udp(version: int, src: bytes, sport: int, dst: bytes, dport: int, payl
     return b"".join((prefix, ip_header(version, src, dst, PROTO_UDP, length), head, payload))
 
 
+def parse_udp(version: int, src: bytes, dst: bytes, packet: bytes, l4: int, end: int,
+              csum_ok: bool) -> tuple[int, int, int] | str:
+    """Check the UDP datagram at *l4*: ``(sport, dport, payload_end)`` or a drop reason.
+
+    *csum_ok*: the device vouched for the checksum (virtio flags).  A zero checksum means
+    "none" over IPv4 and is illegal over IPv6 (RFC 8200 8.1).
+    """
+    if end - l4 < 8:
+        return "udp_truncated"
+    sport, dport, length, csum = UDP_HEADER.unpack_from(packet, l4)
+    if length < 8 or l4 + length > end:
+        return "udp_bad_length"
+    end = l4 + length
+    if not csum_ok:
+        if csum == 0:
+            if version == 6:
+                return "udp_bad_checksum"
+        elif not valid(pseudo_sum(src, dst, PROTO_UDP, length) + sum_of(memoryview(packet)[l4:end])):
+            return "udp_bad_checksum"
+    return sport, dport, end
+
+
 ECHO_REQUEST_V4, ECHO_REPLY_V4 = 8, 0
 ECHO_REQUEST_V6, ECHO_REPLY_V6 = 128, 129
 

@@ -4,7 +4,8 @@ Only the kernel interface lives here; link configuration (addresses, routes) is 
 TUN inbound's business.  Layouts from ``<linux/if_tun.h>``:
 
 * ``struct ifreq`` for ``TUNSETIFF``/``TUNGETIFF``: 16-byte name, then ``short flags``.
-* ``IFF_TUN = 0x0001``, ``IFF_NO_PI = 0x1000``, ``IFF_VNET_HDR = 0x4000``.
+* ``IFF_TUN = 0x0001``, ``IFF_NO_PI = 0x1000
+IFF_MULTI_QUEUE = 0x0100``, ``IFF_VNET_HDR = 0x4000``.
 * ``TUNSETOFFLOAD`` takes an ``unsigned int`` of ``TUN_F_CSUM = 1``, ``TUN_F_TSO4 = 2``,
   ``TUN_F_TSO6 = 4``, ``TUN_F_TSO_ECN = 8``, ``TUN_F_UFO = 16``.
 * ``TUNSETVNETHDRSZ`` sets the virtio header size (10 bytes is the default).
@@ -24,6 +25,7 @@ TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_MULTI_QUEUE = 0x0100
 IFF_VNET_HDR = 0x4000
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
@@ -39,15 +41,17 @@ def _ifreq(name: str, flags: int) -> bytes:
     return struct.pack("16sH22x", name.encode(), flags)
 
 
-def open_tun(name: str = "", *, offload: bool = False, mtu: int = 1500) -> tuple[FdDevice, str]:
+def open_tun(name: str = "", *, offload: bool = False, mtu: int = 1500,
+             multi_queue: bool = False) -> tuple[FdDevice, str]:
     """Create (or attach to) TUN *name*; return the device and the kernel's name for it.
 
     With *offload*, ask for ``IFF_VNET_HDR`` and checksum + TSO offloads; if the kernel
-    refuses the offloads the device still works, without them.
+    refuses the offloads the device still works, without them.  With *multi_queue*
+    (``IFF_MULTI_QUEUE``) every call with the same name adds one queue: one fd each.
     """
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     try:
-        flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
+        flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0) | (IFF_MULTI_QUEUE if multi_queue else 0)
         result = fcntl.ioctl(fd, TUNSETIFF, _ifreq(name, flags))
         ifname = result[:16].rstrip(b"\0").decode()
         offloads = Offloads()

@@ -135,11 +135,11 @@ def _dual_udp(port: int) -> socket.socket:
 async def serve(port: int) -> None:
     loop = asyncio.get_running_loop()
     servers = [
-        await asyncio.start_server(_echo, host=["0.0.0.0", "::"], port=port, reuse_address=True),
-        await asyncio.start_server(_source, host=["0.0.0.0", "::"], port=port + 1, reuse_address=True),
-        await asyncio.start_server(_sink, host=["0.0.0.0", "::"], port=port + 2, reuse_address=True),
-        await asyncio.start_server(_reset, host=["0.0.0.0", "::"], port=port + RESET_OFFSET, reuse_address=True),
-        await asyncio.start_server(_counted_sink, host=["0.0.0.0", "::"], port=port + 5, reuse_address=True),
+        await asyncio.start_server(_echo, host=["0.0.0.0", "::"], port=port, reuse_address=True, backlog=4096),
+        await asyncio.start_server(_source, host=["0.0.0.0", "::"], port=port + 1, reuse_address=True, backlog=4096),
+        await asyncio.start_server(_sink, host=["0.0.0.0", "::"], port=port + 2, reuse_address=True, backlog=4096),
+        await asyncio.start_server(_reset, host=["0.0.0.0", "::"], port=port + RESET_OFFSET, reuse_address=True, backlog=4096),
+        await asyncio.start_server(_counted_sink, host=["0.0.0.0", "::"], port=port + 5, reuse_address=True, backlog=4096),
     ]
     await loop.create_datagram_endpoint(lambda: _UdpEcho(), sock=_dual_udp(port))
     other, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=_dual_udp(port + 3))

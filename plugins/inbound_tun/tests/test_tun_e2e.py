@@ -41,7 +41,7 @@ HOST4 = "203.0.113.10"  # the app's destination ("a host on the internet")
 HOST6 = "2001:db8:10::10"
 PROXY4 = "198.51.100.1"  # where a redirecting outbound goes ("the proxy server")
 ECHO = 7000
-STACKS = ["python", "lwip"]  # every first-party stack runs the protocol tests below
+STACKS = ["python", "lwip", "system", "mixed"]  # every first-party stack runs the protocol tests below
 APP_SCRIPT = Path(tun_app.__file__).read_text()
 
 
@@ -330,15 +330,17 @@ async def test_ping_is_answered_locally(host: str, stack: str) -> None:
 # --- how a flow ends: an upstream reset is a RST for the app, a clean end a FIN ----------------
 
 
+@pytest.mark.parametrize("stack", STACKS)
 @pytest.mark.parametrize("handshake", ["lazy", "eager"])
-async def test_upstream_reset_reaches_the_app_as_econnreset(handshake: str) -> None:
+async def test_upstream_reset_reaches_the_app_as_econnreset(handshake: str, stack: str) -> None:
     """The server sends 16 bytes then resets: the app reads exactly them, then ECONNRESET, at once."""
     from tunray.testing.echo import RESET_OFFSET, RESET_PREFIX, pattern
 
     with topology() as topo:
         _world(topo)
         cfg = tun_config(
-            _settings(["203.0.113.0/24"], handshake=handshake), _freedom(sockopt={"interface": topo.client_if})
+            _settings(["203.0.113.0/24"], handshake=handshake, stack=stack),
+            _freedom(sockopt={"interface": topo.client_if}),
         )
         cfg["policy"]["levels"]["0"].update(uplinkOnly=2, downlinkOnly=2)
         with topo.enter(topo.client):

@@ -63,13 +63,14 @@ async def test_nonsensical_flags_open_no_connection_and_no_dial(flags: int) -> N
         assert stats.get("tcp_connections") == 1, stats
 
 
-def test_a_deleted_tun_stops_its_inbound_and_the_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_deleted_tun_stops_its_inbound_and_the_process(tmp_path: Path, workers: int) -> None:
     """``ip link del`` under a running tunray: one log line, no traceback, exit non-zero (a supervisor restarts it).
 
     Before: an uncaught ``OSError: [Errno 77]`` from the reader, and a process idling forever.
     """
     cfg = tmp_path / "tun.json"
-    cfg.write_text(json.dumps(tun_config(_settings())))
+    cfg.write_text(json.dumps(tun_config(_settings(workers=workers))))
     with topology() as topo:
         _world(topo)
         tr = TunrayProcess(topo.client, str(cfg))
@@ -82,7 +83,7 @@ def test_a_deleted_tun_stops_its_inbound_and_the_process(tmp_path: Path) -> None
         assert rc == 1, tr.text
         assert link(topo.client, TUN) is None
         vanished = [ln for ln in tr.lines if "the device vanished or failed" in ln]
-        assert len(vanished) == 1, tr.text  # logged once
+        assert 1 <= len(vanished) <= workers, tr.text  # logged once (at most once per worker, none restarted)
         assert "no inbound left" in tr.text, tr.text
         assert not any("Traceback" in ln or "Exception in callback" in ln for ln in tr.lines), tr.text
 

@@ -64,6 +64,9 @@ class TunInbound(Inbound):
         """``stack`` must name an installed stack, ``stackSettings`` fit its schema, and
         ``handshake``/``offload`` ask only for what the stack's capabilities declare."""
         settings.parse_stack_settings(registry.stacks, s, path)
+        if inherited_fd() is None:
+            settings.stack_class(registry.stacks, s.stack, join(path, "stack")).check_link(
+                list(s.gateway), join(path, "gateway"))
 
     def __init__(self, config: InboundConfig, runtime: Runtime) -> None:
         super().__init__(config, runtime)
@@ -81,6 +84,7 @@ class TunInbound(Inbound):
                 "tun: settings.dns only applies on Windows; point the system resolver at it yourself"
             )
         self.ifname = s.name
+        self.mtu = settings.effective_mtu(self.stack_cls, s)
         self.device: FdDevice | None = None
         self.stack: Stack | None = None
         self.adopted = False
@@ -90,6 +94,8 @@ class TunInbound(Inbound):
         self._binder: UplinkBinder | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._flows: set[asyncio.Task[None]] = set()  # counted for stats; the dispatcher owns them
+        self._queues: list[FdDevice] = []  # supervisor: one per worker (prepare_workers)
+        self._queue: tuple[int, int] | None = None  # in a worker: (index, count)
         self._state = "new"  # new -> started -> stopped
         self.failed = False  # the device vanished: stop() leaves the (gone) link alone
 
@@ -109,8 +115,11 @@ class TunInbound(Inbound):
         s = self.settings
         self._worker = worker = netconf.NetlinkWorker()
         fd = inherited_fd()
-        if fd is not None:
-            self.device, self.ifname = adopt_tun(fd, expect_name=s.name, mtu=s.mtu)
+        if self._queue is not None:
+            self.device = self._queues[self._queue[0]]  # the supervisor owns the link and its routes
+            self.adopted = True
+        elif fd is not None:
+            self.device, self.ifname = adopt_tun(fd, expect_name=s.name, mtu=self.mtu)
             self.adopted = True
             if s.gateway or s.autoSystemRoutingTable:
                 logger.warning(
@@ -119,7 +128,7 @@ class TunInbound(Inbound):
         else:
             existed = bool(s.name) and await worker.call(netconf.link_index, s.name) is not None
             offload = settings.effective_offload(self.stack_cls, s)
-            self.device, self.ifname = open_tun(s.name or "tun%d", offload=offload, mtu=s.mtu)
+            self.device, self.ifname = open_tun(s.name or "tun%d", offload=offload, mtu=self.mtu)
             self._created = not existed
         index = await worker.call(netconf.link_index, self.ifname)
         if self.uplink_mode:
@@ -129,10 +138,10 @@ class TunInbound(Inbound):
             if index is None:
                 raise TunError(0, f"TUN {self.ifname} vanished right after it was opened")
             self._setup = netconf.LinkSetup(index)
-            await worker.call(self._setup.apply, s.mtu, list(s.gateway), list(s.autoSystemRoutingTable))
+            await worker.call(self._setup.apply, self.mtu, list(s.gateway), list(s.autoSystemRoutingTable))
         policy = self.runtime.policy(self.user_level)
         options = StackOptions(
-            mtu=s.mtu,
+            mtu=self.mtu,
             handshake=settings.effective_handshake(self.stack_cls, s),
             tcp_idle_timeout=policy.conn_idle,
             udp_idle_timeout=float(s.udpTimeout),
@@ -143,11 +152,85 @@ class TunInbound(Inbound):
             max_half_open_per_source=s.maxHalfOpenPerSource,
             tcp_buffer=s.tcpBufferSize * 1024,
             settings=self.stack_settings,
+            stacks=self.runtime.registry.stacks,
+            queue=self._queue,
         )
         self.stack = self.stack_cls(options)
         await self.stack.attach(self.device)
         self._accept_task = asyncio.get_running_loop().create_task(self._accept_loop(self.stack))
         logger.info("{} up", self.ifname)
+
+    # --- worker processes ---------------------------------------------------------------------
+
+    def prepare_workers(self) -> int:
+        """Open one TUN queue per worker, steer by source endpoint, configure the link (no loop yet)."""
+        s = self.settings
+        count = settings.worker_count(s)
+        if inherited_fd() is not None:
+            if count > 1 and s.workers is not None:
+                logger.warning("tun: a TUN handed over by fd has one queue: running one worker")
+            return 1
+        if count <= 1:
+            return 1
+        from tunray.net import steering
+
+        offload = settings.effective_offload(self.stack_cls, s)
+        try:
+            with netconf.sync_ipr() as ipr:
+                existed = bool(s.name) and netconf.link_index(ipr, s.name) is not None
+            first, self.ifname = open_tun(s.name or "tun%d", offload=offload, mtu=self.mtu, multi_queue=True)
+            self._queues = [first]
+            self._created = not existed
+            for _ in range(count - 1):
+                self._queues.append(open_tun(self.ifname, offload=offload, mtu=self.mtu, multi_queue=True)[0])
+            try:
+                prog = steering.load()
+                try:
+                    steering.attach(first.fileno(), prog)
+                finally:
+                    os.close(prog)
+            except OSError as exc:  # without it one app socket's datagrams would spread over workers
+                raise TunError(exc.errno or 0, f"tun: cannot steer {self.ifname}'s queues by source ({exc}); "
+                                               "set settings.workers to 1") from None
+            with netconf.sync_ipr() as ipr:
+                index = netconf.link_index(ipr, self.ifname)
+                if index is None:
+                    raise TunError(0, f"TUN {self.ifname} vanished right after it was opened")
+                self._setup = netconf.LinkSetup(index)
+                self._setup.apply(ipr, self.mtu, list(s.gateway), list(s.autoSystemRoutingTable))
+        except BaseException:
+            self.leave_workers()
+            raise
+        logger.info("{} up with {} queues", self.ifname, count)
+        return count
+
+    def enter_worker(self, index: int, count: int) -> bool:
+        if not self._queues:
+            return index == 0  # no queues of our own: one instance, in worker 0
+        for i, q in enumerate(self._queues):
+            if i != index:
+                q.close()  # this worker's copies only: the supervisor keeps every queue
+        self._queue = (index, count)
+        self._setup = None  # the link is the supervisor's
+        self._created = False
+        return True
+
+    def leave_workers(self) -> None:
+        setup, self._setup = self._setup, None
+        for q in self._queues:
+            q.close()
+        self._queues = []
+        if setup is None:
+            return
+        try:
+            with netconf.sync_ipr() as ipr:
+                setup.undo(ipr)
+                if self._created:
+                    netconf.delete_link(ipr, setup.index)
+                else:
+                    netconf.set_down(ipr, setup.index)
+        except Exception as exc:
+            logger.error("tun: while releasing {}: {}", self.ifname, exc)
 
     async def _accept_loop(self, stack: Stack) -> None:
         dispatcher = self.runtime.dispatcher

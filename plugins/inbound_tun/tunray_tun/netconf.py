@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import errno
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -73,6 +74,16 @@ class NetlinkWorker:
             await loop.run_in_executor(self._pool, self._close_ipr)
         finally:
             self._pool.shutdown(wait=False)
+
+
+@contextlib.contextmanager
+def sync_ipr() -> Iterator[Any]:
+    """An ``IPRoute`` for the calling thread, where no event loop runs (the workers' supervisor)."""
+    ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
 
 
 # --- functions run on the worker thread ------------------------------------------------------------

@@ -19,6 +19,7 @@ asked for explicitly from a stack that cannot, they are a config error naming th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,7 +45,8 @@ DEFAULT_STACK = "python"
 
 FIELDS: tuple[Field, ...] = (
     Field("name", Str(pattern=IFNAME), default="", doc="interface name; empty = the kernel's next free tunN"),
-    Field("mtu", Int(min=576, max=65535), default=1500, doc="link MTU, also the stack's MTU"),
+    Field("mtu", Int(min=576, max=65535), default=1500,
+          doc="link MTU, also the stack's MTU (left out: the stack's default_mtu, e.g. 65535 for system)"),
     Field(
         "gateway", ListOf(InterfaceAddress), default=[], doc="addresses (with prefix) put on the interface"
     ),
@@ -78,6 +80,8 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "maxFlows", Int(min=1), default=4096, doc="open flows at most; the stack refuses new ones beyond it"
     ),
+    Field("workers", Int(min=1, max=256), default=None,
+          doc="worker processes, one TUN queue each (tunray run only); absent = the number of CPUs"),
     Field(
         "maxHalfOpen",
         Int(min=1),
@@ -165,6 +169,20 @@ def effective_handshake(stack_cls: type[Stack], s: Settings) -> str:
 def effective_offload(stack_cls: type[Stack], s: Settings) -> bool:
     """``settings.offload``, or off when it was left out and the stack cannot read vnet headers."""
     return bool(s.offload) and stack_cls.capabilities.vnet_hdr
+
+
+def effective_mtu(stack_cls: type[Stack], s: Settings) -> int:
+    """``settings.mtu``, or the stack's :attr:`~tunray.stack.Stack.default_mtu` when it was left out."""
+    mtu: int = s.mtu
+    if not _given(s, "mtu") and stack_cls.default_mtu is not None:
+        return stack_cls.default_mtu
+    return mtu
+
+
+def worker_count(s: Settings) -> int:
+    """``settings.workers``, or the number of CPUs when it was left out."""
+    n: int | None = s.workers
+    return n if n is not None else (os.cpu_count() or 1)
 
 
 def uplink_mode(s: Settings) -> str:

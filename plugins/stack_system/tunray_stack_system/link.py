@@ -1,0 +1,186 @@
+"""``KernelByteLink``: a NATed TCP flow, whose app side is a socket the kernel accepted.
+
+The link is made when the app's SYN arrives (so routing and the outbound's dial run
+while the SYN is held), and paired with its socket when the listener accepts the
+connection.  Until then ``read``/``write`` wait for the socket; ``accept`` lets the held
+SYN through and waits for the socket (at most ``handshake_timeout`` seconds).  Once
+paired, every operation is the socket's (:class:`~tunray.net.stream.SocketStream`, with its
+EOF/:class:`~tunray.bytestream.StreamReset` semantics) and :meth:`fileno` /
+:meth:`take_for_splice` hand it to :func:`tunray.relay.relay`, which splices it to the
+outbound's socket when that one is a bare socket too (``freedom``).
+
+``abort`` resets: a held SYN is answered with RST by the core; a socket is closed with
+``SO_LINGER {1, 0}``, which makes the kernel send RST, whether it is paired already or
+arrives later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from typing import TYPE_CHECKING
+
+from tunray.link import ByteLink, LinkClosed
+from tunray.net.stream import SocketStream, open_stream
+
+if TYPE_CHECKING:
+    from tunray_stack_system.stack import SystemStack
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def reset_close(sock: socket.socket) -> None:
+    """Close *sock* so that the kernel sends RST, not FIN."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except OSError:
+        pass
+    sock.close()
+
+
+class KernelByteLink(ByteLink):
+    __slots__ = ("_accepted", "_closed", "_handle", "_opening", "_sock", "_sock_ready", "_stack", "_stream")
+
+    def __init__(self, stack: SystemStack, handle: int, accepted: bool) -> None:
+        self._stack = stack
+        self._handle = handle
+        self._accepted = accepted
+        self._closed = False
+        self._sock: socket.socket | None = None
+        self._stream: SocketStream | None = None
+        self._sock_ready: asyncio.Future[None] | None = None
+        self._opening: asyncio.Future[SocketStream | None] | None = None
+
+    @property
+    def handle(self) -> int:
+        return self._handle
+
+    @property
+    def accepted(self) -> bool:
+        return self._accepted
+
+    # --- called by the stack ----------------------------------------------------------------------
+
+    def _attach(self, sock: socket.socket) -> None:
+        """The listener accepted our connection."""
+        if self._closed:
+            reset_close(sock)
+            return
+        self._sock = sock
+        fut = self._sock_ready
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _ended(self) -> None:
+        """The app gave up (RST, or the entry expired) before the socket came."""
+        self._closed = True
+        fut = self._sock_ready
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    # --- the ByteLink contract ----------------------------------------------------------------------
+
+    async def _ready(self) -> SocketStream | None:
+        """The paired socket's stream; None if the flow ended first (or never paired in time)."""
+        stream = self._stream
+        if stream is not None:
+            return stream
+        if self._opening is None:  # one opener, however many callers wait (the relay reads and writes)
+            self._opening = asyncio.ensure_future(self._open())
+        return await asyncio.shield(self._opening)
+
+    async def _open(self) -> SocketStream | None:
+        if self._sock is None and not self._closed:
+            self._sock_ready = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._sock_ready, self._stack.options.handshake_timeout)
+            except TimeoutError:
+                self._stack.count("tcp_handshake_timeout")
+                self.abort()
+                return None
+        sock = self._sock
+        if self._closed or sock is None:
+            return None
+        try:
+            stream = await open_stream(sock, high_water=self._stack.options.tcp_buffer)
+        except OSError:  # reset-closed by abort() meanwhile
+            return None
+        if self._closed:  # aborted while the transport was made
+            stream.abort()
+            return None
+        self._stream = stream
+        self._stack.track(self)
+        return stream
+
+    async def accept(self) -> None:
+        if self._closed:
+            raise LinkClosed("the app reset the connection before it was accepted")
+        if not self._accepted:
+            self._accepted = True
+            self._stack.release_syn(self._handle)
+        if await self._ready() is None:
+            raise LinkClosed("the app's handshake did not complete")
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        stream = await self._ready()
+        if stream is None:
+            return b""
+        return await stream.read(max_bytes)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        stream = await self._ready()
+        if stream is None or self._closed:
+            raise LinkClosed("the flow is closed")
+        try:
+            await stream.write(data)
+        except ConnectionError as exc:
+            raise LinkClosed(str(exc)) from None
+
+    async def write_eof(self) -> None:
+        stream = self._stream
+        if stream is not None and not self._closed:
+            await stream.write_eof()
+
+    def abort(self) -> None:
+        if self._closed and self._sock is None:
+            return
+        first = not self._closed
+        self._closed = True
+        sock, stream = self._sock, self._stream
+        self._sock = self._stream = None
+        if stream is not None and sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass
+            stream.abort()
+            self._stack.untrack(self)
+        elif sock is not None:
+            reset_close(sock)
+        elif first:
+            self._stack.refuse(self._handle)
+        fut = self._sock_ready
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        stream = self._stream
+        if stream is None:
+            self.abort()  # never paired: a SYN not answered is refused, a half-made connection reset
+            return
+        self._closed = True
+        self._stream = self._sock = None
+        self._stack.untrack(self)
+        await stream.aclose()
+
+    def fileno(self) -> int | None:
+        stream = self._stream
+        return stream.fileno() if stream is not None and not self._closed else None
+
+    def take_for_splice(self) -> bytes | None:
+        """The paired socket's :meth:`~tunray.net.stream.SocketStream.take_for_splice` (None before pairing)."""
+        stream = self._stream
+        return stream.take_for_splice() if stream is not None and not self._closed else None

@@ -1,0 +1,227 @@
+"""``SystemStack`` (``"stack": "system"``) and ``MixedStack`` (``"stack": "mixed"``).
+
+The core's :class:`~tunray.stackdriver.StackDriver` reads and writes the TUN in batches
+and runs :class:`~tunray_stack_system.core.SystemCore`; this class adds the kernel side:
+listeners on the TUN's own addresses (:mod:`tunray_stack_system.kernel`), one
+:class:`~tunray_stack_system.link.KernelByteLink` per NATed connection, paired with the
+socket the listener accepts by the NAT port of its peer.
+
+MTU.  Without a user MTU the TUN inbound uses :attr:`SystemStack.default_mtu` = 65535 (as
+sing-box does on Linux): every packet costs Python one read, one header rewrite and one
+write whatever its size, so 64 KiB packets carry 45 times more bytes per unit of Python
+work than 1500-byte ones, and the kernel's TCP on both sides of the NAT segments and
+checksums (in hardware-free software, but in C) as it would for loopback.
+
+``mixed``: TCP as ``system``; UDP and ICMP by the Python stack's core (sing-box's
+``mixed`` pairs its system TCP with gVisor's UDP).  The Python stack is looked up by name
+in the registry the TUN inbound hands over (:attr:`~tunray.stack.StackOptions.stacks`),
+so this plugin depends on the core's contracts only.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from tunray.config.errors import ConfigError
+from tunray.device import PacketDevice
+from tunray.net.address import Destination, Network
+from tunray.stack import Flow, StackOptions
+from tunray.stackcore import CoreEvent, StackCapabilities, StackCore, TcpOpened, TcpReset
+from tunray.stackdriver import StackDriver, _ip
+
+from tunray_stack_system.core import SystemConfig, SystemCore
+from tunray_stack_system.kernel import Interface, open_listeners, usable
+from tunray_stack_system.link import KernelByteLink, reset_close
+from tunray_stack_system.nat import Side
+
+ACCEPT_BATCH = 64
+EMFILE_BACKOFF = 0.1
+
+
+class SystemStack(StackDriver):
+    name: ClassVar[str] = "system"
+    capabilities: ClassVar[StackCapabilities] = StackCapabilities(
+        lazy_handshake=True, icmp_echo=True, vnet_hdr=True, tso=False,
+    )
+    default_mtu: ClassVar[int | None] = 65535
+
+    def __init__(self, options: StackOptions) -> None:
+        super().__init__(options)
+        self._sides: dict[int, Side] = {}
+        self._listeners: dict[int, socket.socket] = {}
+        self._nat_links: dict[int, KernelByteLink] = {}  # handle -> link, until paired with its socket
+        self._live: set[KernelByteLink] = set()  # paired links (reset by aclose)
+        self._syscore: SystemCore | None = None
+
+    @classmethod
+    def check_link(cls, gateway: Sequence[Interface], path: str) -> None:
+        """The TUN needs an address whose prefix holds a second one (the NATed client)."""
+        if not gateway:
+            raise ConfigError(path, f"stack {cls.name!r} needs an address on the TUN whose prefix holds at least "
+                                    "two addresses (e.g. \"10.0.0.1/30\"): the listener's and the NATed client's")
+        found = usable(gateway)
+        for i, iface in enumerate(gateway):
+            if iface.version not in found:
+                raise ConfigError(f"{path}[{i}]",
+                                  f"{iface} leaves no second address in its prefix for stack {cls.name!r} "
+                                  "(the NATed client needs one; use a shorter prefix such as /30 or /126)")
+
+    def make_inner(self, vnet_hdr: bool) -> StackCore | None:
+        """The core for UDP and ICMP; None: this stack's own (:class:`tunray.stackudp.UdpTable` and ICMP echo)."""
+        return None
+
+    def make_core(self, vnet_hdr: bool) -> SystemCore:
+        o = self.options
+        config = SystemConfig(
+            mtu=o.mtu, vnet_hdr=vnet_hdr, eager=o.handshake == "eager", tcp_idle_timeout=o.tcp_idle_timeout,
+            udp_idle_timeout=o.udp_idle_timeout, udp_queue_packets=o.udp_queue_packets, max_flows=o.max_flows,
+        )
+        self._syscore = SystemCore(config, self._sides, self.make_inner(vnet_hdr))
+        return self._syscore
+
+    async def attach(self, device: PacketDevice) -> None:
+        self._sides, self._listeners = open_listeners(device.fileno(), self.options.queue)
+        try:
+            await super().attach(device)
+        except BaseException:
+            self._close_listeners()
+            raise
+        assert self.loop is not None
+        for version, sock in self._listeners.items():
+            self.loop.add_reader(sock.fileno(), self._on_accept, sock, version)
+
+    # --- the kernel side --------------------------------------------------------------------------
+
+    def _on_accept(self, lsock: socket.socket, version: int) -> None:
+        core = self._syscore
+        if core is None:
+            return
+        nat = core.nat
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, peer = lsock.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.count("tcp_accept_backoff")
+                    self._back_off(lsock, version)
+                    return
+                self.count("tcp_accept_error")
+                continue
+            sock.setblocking(False)
+            entry = nat.lookup_port(version, peer[1])
+            link = self._nat_links.pop(entry.handle, None) if entry is not None else None
+            if link is None:
+                self.count("tcp_orphan_accept")
+                reset_close(sock)
+                continue
+            link._attach(sock)
+
+    def _back_off(self, lsock: socket.socket, version: int) -> None:
+        """Out of fds: stop accepting for a moment instead of spinning (the backlog keeps the SYNs)."""
+        assert self.loop is not None
+        self.loop.remove_reader(lsock.fileno())
+
+        def resume() -> None:
+            if not self._closed and lsock.fileno() >= 0:
+                assert self.loop is not None
+                self.loop.add_reader(lsock.fileno(), self._on_accept, lsock, version)
+
+        self.loop.call_later(EMFILE_BACKOFF, resume)
+
+    def _dispatch(self, evs: Any) -> None:
+        rest: list[CoreEvent] = []
+        for ev in evs:
+            kind = type(ev)
+            if kind is TcpOpened and ev.handle < 0:
+                link = KernelByteLink(self, ev.handle, not ev.pending)
+                self._nat_links[ev.handle] = link
+                self._push(Flow(Network.TCP, Destination(Network.TCP, _ip(ev.src_ip), ev.src_port),
+                                Destination(Network.TCP, _ip(ev.dst_ip), ev.dst_port), link))
+            elif kind is TcpReset and ev.handle < 0:
+                ended = self._nat_links.pop(ev.handle, None)
+                if ended is not None:
+                    ended._ended()
+            else:
+                rest.append(ev)
+        if rest:
+            super()._dispatch(rest)
+
+    # --- called by links ----------------------------------------------------------------------------
+
+    def release_syn(self, handle: int) -> None:
+        if self.core is not None and not self._closed:
+            self.core.tcp_accept(handle, self.time())
+            self.kick()
+
+    def refuse(self, handle: int) -> None:
+        """The flow was aborted before its socket came: RST a held SYN; a later socket is reset too."""
+        if self.core is not None and not self._closed:
+            core = self._syscore
+            assert core is not None
+            entry = core.nat.by_handle.get(handle)
+            if entry is not None and entry.pending:
+                self._nat_links.pop(handle, None)
+                core.tcp_abort(handle, self.time())
+                self.kick()
+
+    def track(self, link: KernelByteLink) -> None:
+        self._live.add(link)
+
+    def untrack(self, link: KernelByteLink) -> None:
+        self._live.discard(link)
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    def _close_listeners(self) -> None:
+        for sock in self._listeners.values():
+            if self.loop is not None and sock.fileno() >= 0:
+                self.loop.remove_reader(sock.fileno())
+            sock.close()
+        self._listeners = {}
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._close_listeners()
+        for link in list(self._nat_links.values()) + list(self._live):
+            link.abort()
+        self._nat_links.clear()
+        self._live.clear()
+        await super().aclose()
+
+    def stats(self) -> dict[str, Any]:
+        out = super().stats()
+        out["tcp_paired"] = len(self._live)
+        return out
+
+
+class MixedStack(SystemStack):
+    """System TCP; UDP and ICMP by the Python stack's core (see the module docstring)."""
+
+    name: ClassVar[str] = "mixed"
+
+    def make_inner(self, vnet_hdr: bool) -> StackCore | None:
+        stacks = self.options.stacks or _registry_stacks()
+        python = stacks.get("python")
+        if python is None or not issubclass(python, StackDriver):
+            raise RuntimeError('stack "mixed" needs the "python" stack plugin (tunray-stack-python) for UDP')
+        inner = python(StackOptions(**{**_fields(self.options), "settings": python.settings_schema.parse({}, "")}))
+        assert isinstance(inner, StackDriver)
+        return inner.make_core(vnet_hdr)
+
+
+def _fields(options: StackOptions) -> dict[str, Any]:
+    return {name: getattr(options, name) for name in StackOptions.__dataclass_fields__}
+
+
+def _registry_stacks() -> dict[str, Any]:
+    """The installed stacks, for a ``mixed`` stack built without the inbound's registry (tests, benches)."""
+    from tunray.plugin.manager import PluginManager
+
+    stacks: dict[str, Any] = PluginManager().registry.stacks
+    return stacks
