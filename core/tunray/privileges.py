@@ -76,6 +76,20 @@ def _prctl(option: int, arg: int) -> None:
     _check(_libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)), "prctl")
 
 
+_PR_SET_PDEATHSIG, _PR_GET_PDEATHSIG = 1, 2
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Have the kernel send *sig* to this process when its parent dies (0: never)."""
+    _prctl(_PR_SET_PDEATHSIG, sig)
+
+
+def parent_death_signal() -> int:
+    value = ctypes.c_int(0)
+    _check(_libc.prctl(_PR_GET_PDEATHSIG, ctypes.byref(value), 0, 0, 0), "prctl(PR_GET_PDEATHSIG)")
+    return value.value
+
+
 def _keep_caps() -> None:
     _prctl(_PR_SET_KEEPCAPS, 1)
 
@@ -175,9 +189,12 @@ async def drop(who: Identity, caps: set[str], threads: list[ThreadRunner]) -> No
         await run(_drop_bounding(mask))
     _keep_caps()
     _drop_bounding(mask)()
+    deathsig = parent_death_signal()
     os.setgroups([])
     os.setresgid(who.gid, who.gid, who.gid)
     os.setresuid(who.uid, who.uid, who.uid)
+    if deathsig:  # the kernel clears it on a credential change; a worker keeps dying with its supervisor
+        set_parent_death_signal(deathsig)
     _restrict(mask)()
     for run in threads:
         await run(_restrict(mask))

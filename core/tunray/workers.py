@@ -47,6 +47,8 @@ from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequen
 
 from loguru import logger
 
+from tunray.privileges import set_parent_death_signal
+
 #: In a worker: (index, the pipe's write end to the supervisor); None in the supervisor.
 _worker: tuple[int, int] | None = None
 RELEASE = signal.SIGUSR2  # supervisor -> workers: every worker has drained, finish stopping
@@ -95,6 +97,8 @@ def run_workers(count: int, child: Callable[[int], int], release: Callable[[], N
     started: dict[int, float] = {}
     flaps = [0] * count
 
+    supervisor = os.getpid()
+
     def spawn(k: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -103,6 +107,12 @@ def run_workers(count: int, child: Callable[[int], int], release: Callable[[], N
             global _worker
             code = 1
             try:
+                # A worker never outlives its supervisor, even one killed with SIGKILL (which
+                # runs no clean-up): the kernel kills it too.  Checked after setting it, in
+                # case the supervisor died in between.
+                set_parent_death_signal(signal.SIGKILL)
+                if os.getppid() != supervisor:
+                    os._exit(1)
                 os.close(report_r)
                 _worker = (k, report_w)
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)

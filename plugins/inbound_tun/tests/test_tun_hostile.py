@@ -147,7 +147,8 @@ def test_limits_are_logged_once_and_reported_by_sigusr1(tmp_path: Path) -> None:
     import signal
 
     cfg = tmp_path / "tun.json"
-    cfg.write_text(json.dumps(tun_config(_settings(maxHalfOpen=8, maxHalfOpenPerSource=2))))
+    # one worker: each worker process has its own stack and logs its own limit line once
+    cfg.write_text(json.dumps(tun_config(_settings(maxHalfOpen=8, maxHalfOpenPerSource=2, workers=1))))
     with topology() as topo:
         _world(topo)
         tr = TunrayProcess(topo.client, str(cfg))
