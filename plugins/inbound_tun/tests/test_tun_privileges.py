@@ -85,6 +85,9 @@ def test_tunray_drops_to_nobody_keeping_net_admin(tmp_path: Path, how: str) -> N
         "gateway": ["172.19.20.1/30"],
         "autoSystemRoutingTable": ["203.0.113.0/24"],
         "autoOutboundsInterface": "veth-c",
+        # one process owning the link and routes keeps CAP_NET_ADMIN; with workers the
+        # supervisor owns them and the workers keep no capability at all
+        "workers": 1,
     }
     top: dict[str, Any] = {"process": {"user": "nobody"}} if how == "config" else {}
     cfg = tmp_path / "tun.json"
