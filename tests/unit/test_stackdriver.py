@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from collections import deque
 from typing import ClassVar
 
@@ -239,7 +240,9 @@ async def test_the_timer_follows_next_timer() -> None:
         deadline = core.timer = loop.time() + 0.05
         stack.kick()
         await asyncio.sleep(0.2)
-        assert len(core.timers_run) == 1 and core.timers_run[0] >= deadline
+        # asyncio runs a timer once loop.time() is within its clock resolution of the deadline
+        early = time.get_clock_info("monotonic").resolution
+        assert len(core.timers_run) == 1 and core.timers_run[0] >= deadline - early
         assert kernel.read() == b"timer fired", "what handle_timer caused was not written"
     finally:
         await stop(stack)
