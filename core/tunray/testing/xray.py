@@ -67,6 +67,17 @@ class RunningXray:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_for_log(self, text: str, timeout: float = 5.0) -> bool:
+        """True once *text* is in the log.  Xray writes its log from a goroutine fed by a
+        16-slot queue, so a line lands some time after the event (and is dropped outright
+        when the queue is full: never rely on a line from a busy server)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log_text():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
 
 def start_xray(
     host: PeerHost,

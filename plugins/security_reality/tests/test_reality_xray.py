@@ -163,7 +163,7 @@ async def test_reality_refuses_the_decoy_and_sends_nothing_after_the_hello(
         await layer.wrap(recorder, _dest(PORT, vision_peer.host.v4))
     recorder.abort()
     assert len(recorder.written) == 1 and recorder.written[0][:1] == b"\x16"  # the ClientHello record only
-    assert "hs.c.conn == conn: false" in vision_peer.xray.log_text()  # Xray forwarded it to the decoy
+    assert vision_peer.xray.wait_for_log("hs.c.conn == conn: false")  # Xray forwarded it to the decoy
 
     async with running(cfg) as rt:  # and through the outbound: the app's flow is reset
         app, task = driver_of(rt).open_tcp("10.0.0.2:40000", _dest(ECHO))
@@ -183,7 +183,7 @@ async def test_reality_wrong_uuid_resets_the_flow(vision_peer: RealityPeer) -> N
         assert await app.recv_all() == b""
         await asyncio.wait_for(task, 10)
         assert app.reset
-    assert "invalid request user id" in vision_peer.xray.log_text()
+    assert vision_peer.xray.wait_for_log("invalid request user id")
 
 
 @pytest.mark.timeout(120)
