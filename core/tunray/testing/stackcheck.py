@@ -301,7 +301,7 @@ async def stack_harness(
     require(stack_cls, handshake=handshake, offload=offload)
     parsed = stack_cls.settings_schema.parse(dict(settings or {}), "stack.settings")
     stack = stack_cls(StackOptions(mtu=mtu, handshake=handshake, settings=parsed, **options))
-    ns = f"trstk-{secrets.token_hex(4)}"
+    ns = f"{_NS_PREFIX}{secrets.token_hex(4)}"
     device: PacketDevice | None = None
     harness: StackHarness | None = None
     _ip("netns", "add", ns)
@@ -346,10 +346,14 @@ def _remove_namespace(ns: str) -> None:
         raise RuntimeError(f"namespace {ns} could not be removed")
 
 
+_NS_PREFIX = f"trstk-{os.getpid():x}-"
+
+
 def namespaces_left() -> list[str]:
-    """Namespaces made by this suite that still exist (should be none)."""
+    """Namespaces made by this process's checks that still exist (should be none); other
+    processes running the suite at the same time have their own prefix."""
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in out.splitlines() if line.startswith("trstk-")]
+    return [line.split()[0] for line in out.splitlines() if line.startswith(_NS_PREFIX)]
 
 
 # --- the checks -------------------------------------------------------------------------------------
