@@ -111,6 +111,14 @@ class ByteStream(ABC):
         """
         return None
 
+    async def drain_for_splice(self) -> None:
+        """Wait until every byte written has left the stream's own buffer for the kernel.
+
+        The relay calls it on a stream with a :meth:`fileno` before
+        :meth:`take_for_splice`, so bytes it then writes on the descriptor directly come
+        after every byte written through the stream.  Cancelling the wait is safe.  A
+        stream without a descriptor of its own has nothing to drain.
+        """
 
 class RecordStream(ByteStream):
     """A record-oriented security layer (TLS, REALITY) as XTLS Vision uses it."""

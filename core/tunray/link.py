@@ -158,6 +158,12 @@ class PrefixedByteLink(ByteLink):
     def fileno(self) -> int | None:
         return None if self._prefix else self._inner.fileno()
 
+    def take_for_splice(self) -> bytes | None:
+        return None if self._prefix else self._inner.take_for_splice()
+
+    async def drain_for_splice(self) -> None:
+        await self._inner.drain_for_splice()
+
     @property
     def accepted(self) -> bool:
         return self._inner.accepted

@@ -6,9 +6,13 @@ backpressure is end to end: a slow reader on one side stops the loop, which stop
 reading the other side, whose TCP window then closes.
 
 When both ends are bare kernel sockets (:meth:`~tunray.bytestream.ByteStream.take_for_splice`,
-e.g. ``freedom`` behind a ``system`` stack or a socket inbound), the two directions use
-``splice(2)`` instead (:mod:`tunray.splice`): the same ends, timers and counters,
-without copying the bytes through Python.
+e.g. ``freedom`` behind a ``system`` stack or a socket inbound), a bulk flow switches to
+``splice(2)`` (:mod:`tunray.splice`): the same ends, timers and counters, without copying
+the bytes through Python.  Every flow starts copying; once one direction has copied
+:data:`SPLICE_AFTER` bytes it drains its destination and asks to switch, the other
+direction's loop is cancelled where it waits, and both streams hand over what they had
+buffered (sent first by the splice loops).  A refused hand-over copies on, starting with
+what was handed over, and asks again after another :data:`SPLICE_AFTER` bytes.
 
 Timeouts follow Xray's policy: the flow ends after ``connIdle`` seconds with no byte
 in either direction; once the app half-closes (uplink done) the downlink has
@@ -47,6 +51,12 @@ class IdleTimeout(TimeoutError):
 
 
 CHUNK = 256 * 1024
+
+#: Bytes one direction copies before the flow tries to switch to ``splice(2)``.  Setting a
+#: splice up costs ~50 µs per direction (two ``dup``\ s, a pipe resized to 1 MiB, readiness
+#: waits on new descriptors), which copying through Python (~1.7 µs/KiB against ~0.8 for
+#: splice, bench/bench_splice.py) earns back after ~50 KiB; a short flow never pays it.
+SPLICE_AFTER = 64 * 1024
 
 
 class _Watch:
@@ -87,7 +97,7 @@ class _Watch:
 
 def _take_for_splice(app: Stream, upstream: Stream) -> tuple[tuple[int, int] | None, bytes, bytes]:
     """(both descriptors if splicing, bytes taken from the app, bytes taken from upstream)."""
-    if not splice.AVAILABLE or not isinstance(app, ByteStream) or not isinstance(upstream, ByteStream):
+    if not isinstance(app, ByteStream) or not isinstance(upstream, ByteStream):
         return None, b"", b""
     a, u = app.fileno(), upstream.fileno()
     if a is None or u is None:
@@ -101,103 +111,240 @@ def _take_for_splice(app: Stream, upstream: Stream) -> tuple[tuple[int, int] | N
     return (a, u), from_app, from_up
 
 
+class _Relay:
+    """One flow's relay: the copy loops, the switch to splice, and what they share.
+
+    The uplink loop runs in the caller's task (:attr:`this`), the downlink loop in
+    :attr:`down`.  A loop that has copied :data:`SPLICE_AFTER` bytes since it started
+    (or since the last try) drains its destination and asks to switch; the loop on the
+    other side is then cancelled where it waits, which is safe: a copy loop never holds
+    a byte across an ``await`` (``write`` hands the bytes to the stream before waiting).
+    """
+
+    __slots__ = (
+        "app",
+        "copied",
+        "counter",
+        "down",
+        "down_done",
+        "dups",
+        "failed",
+        "from_app",
+        "from_up",
+        "loop",
+        "own_cancels",
+        "policy",
+        "spliceable",
+        "switch_cancels",
+        "this",
+        "up_active",
+        "up_done",
+        "upstream",
+        "watch",
+    )
+
+    def __init__(self, app: Stream, upstream: Stream, policy: LevelPolicy, counter: Counter | None) -> None:
+        self.loop = asyncio.get_running_loop()
+        this = asyncio.current_task()
+        assert this is not None
+        self.this = this
+        self.app = app
+        self.upstream = upstream
+        self.policy = policy
+        self.counter = counter
+        self.watch = _Watch(self.loop, this, policy.conn_idle)
+        self.spliceable = splice.AVAILABLE and isinstance(app, ByteStream) and isinstance(upstream, ByteStream)
+        self.down: asyncio.Task[bool] | None = None
+        self.failed: asyncio.Task[Any] | None = None
+        self.dups: splice.Duplicates | None = None
+        self.from_app = self.from_up = b""  # taken for a splice, written first when copying resumes
+        self.up_active = self.up_done = self.down_done = False
+        self.own_cancels = 0  # cancels of this task by the relay itself: idle, downlink failed
+        self.switch_cancels = 0  # ... and by the downlink asking to splice
+        self.copied = 0  # bytes the copy loops moved (both ways)
+
+    def _fail_fast(self, t: asyncio.Task[Any]) -> None:
+        # The flow ends at once if the downlink fails, even while the uplink waits.
+        if not t.cancelled() and t.exception() is not None:
+            self.failed = t
+            self.own_cancels += 1
+            self.this.cancel(msg="downlink failed")
+
+    def _spawn_down(self, coro: Coroutine[Any, Any, bool]) -> asyncio.Task[bool]:
+        down = self.down = self.loop.create_task(coro)
+        down.add_done_callback(self._fail_fast)
+        return down
+
+    async def _may_switch(self, dst: Stream) -> bool:
+        """After :data:`SPLICE_AFTER` bytes: whether to stop copying and splice (dst drained)."""
+        if not (self.spliceable and not self.up_done and not self.down_done):
+            return False
+        assert isinstance(self.app, ByteStream) and isinstance(dst, ByteStream)
+        if self.app.fileno() is None or self.upstream.fileno() is None:  # type: ignore[attr-defined]
+            return False
+        await dst.drain_for_splice()
+        return not (self.up_done or self.down_done)
+
+    async def _copy_up(self) -> bool:
+        """Copy app -> upstream; True if it stopped to switch to splice."""
+        app, upstream, watch, counter = self.app, self.upstream, self.watch, self.counter
+        data, self.from_app = self.from_app, b""
+        moved = 0
+        while True:
+            if not data:
+                data = await app.read(CHUNK)
+                if not data:
+                    break
+            watch.last = time.monotonic()
+            n = len(data)
+            if counter is not None:
+                counter.uplink_bytes += n
+            await upstream.write(data)
+            data = b""
+            moved += n
+            self.copied += n
+            if moved >= SPLICE_AFTER:
+                moved = 0
+                if await self._may_switch(upstream):
+                    return True
+        await upstream.write_eof()
+        self.up_done = True
+        watch.tighten(self.policy.downlink_only)
+        return False
+
+    async def _copy_down(self) -> bool:
+        """Copy upstream -> app; True if it stopped to switch to splice."""
+        app, upstream, watch, counter = self.app, self.upstream, self.watch, self.counter
+        moved = 0
+        while True:
+            data = await upstream.read(CHUNK)
+            if not data:
+                break
+            watch.last = time.monotonic()
+            n = len(data)
+            if counter is not None:
+                counter.downlink_bytes += n
+            await app.write(data)
+            moved += n
+            self.copied += n
+            if moved >= SPLICE_AFTER:
+                moved = 0
+                if await self._may_switch(app):
+                    if self.up_active:  # the uplink waits in the caller's task: stop it there
+                        self.switch_cancels += 1
+                        self.this.cancel(msg="splice")
+                    return True
+        await app.write_eof()
+        self.down_done = True
+        watch.tighten(self.policy.uplink_only)
+        return False
+
+    async def copy(self) -> bool:
+        """Copy both ways until both end (False) or one side asks to splice (True, both stopped)."""
+        down = None if self.down_done else self._spawn_down(self._copy_down())
+        switch = False
+        if not self.up_done:
+            self.up_active = True
+            try:
+                switch = await self._copy_up()
+            except asyncio.CancelledError:
+                if not self.switch_cancels:
+                    raise
+                left = 1
+                while self.switch_cancels:
+                    self.switch_cancels -= 1
+                    left = self.this.uncancel()
+                if left:
+                    raise
+                switch = True
+            finally:
+                self.up_active = False
+        if down is None:
+            return switch
+        if switch:
+            down.cancel()  # a no-op if it already stopped to switch itself
+            try:
+                await down
+            except asyncio.CancelledError:
+                if self.this.cancelling():
+                    raise
+            return True
+        return await down
+
+    def take(self) -> bool:
+        """Both loops stopped: hand the descriptors to splice, or keep what was taken and copy on."""
+        fds, from_app, from_up = _take_for_splice(self.app, self.upstream)
+        self.from_app = from_app
+        if fds is None:
+            return False
+        self.from_up = from_up
+        self.dups = splice.Duplicates(*fds)
+        splice.stats.flows += 1
+        splice.stats.copied += self.copied
+        return True
+
+    def _up_bytes(self, n: int) -> None:
+        self.watch.last = time.monotonic()
+        if self.counter is not None:
+            self.counter.uplink_bytes += n
+
+    def _down_bytes(self, n: int) -> None:
+        self.watch.last = time.monotonic()
+        if self.counter is not None:
+            self.counter.downlink_bytes += n
+
+    async def _splice_down(self) -> bool:
+        assert self.dups is not None
+        await splice.splice_one_way(self.dups.fds[1], self.dups.fds[0], self._down_bytes, self.from_up)
+        self.watch.tighten(self.policy.uplink_only)
+        return False
+
+    async def splice(self) -> None:
+        """Splice both ways until both directions end."""
+        assert self.dups is not None
+        down = self._spawn_down(self._splice_down())
+        await splice.splice_one_way(self.dups.fds[0], self.dups.fds[1], self._up_bytes, self.from_app)
+        self.watch.tighten(self.policy.downlink_only)
+        await down
+
+    async def close(self) -> None:
+        self.watch.cancel()
+        down = self.down
+        if down is not None:
+            down.remove_done_callback(self._fail_fast)
+            if not down.done():
+                down.cancel()
+                await asyncio.gather(down, return_exceptions=True)
+        if self.dups is not None:
+            self.dups.close()
+
+
 async def relay(app: Stream, upstream: Stream, policy: LevelPolicy, counter: Counter | None = None) -> None:
     """Copy both ways until both directions end; raises :class:`IdleTimeout` on a policy timeout.
 
     A reset of either side (:class:`~tunray.bytestream.StreamReset`) is raised, so the
     caller resets the other side.
     """
-    loop = asyncio.get_running_loop()
-    this = asyncio.current_task()
-    assert this is not None
-    watch = _Watch(loop, this, policy.conn_idle)
-    fds, from_app, from_up = _take_for_splice(app, upstream)
-    dups: splice.Duplicates | None = None
-    if fds is not None:
-        dups = splice.Duplicates(*fds)
-        splice.stats.flows += 1
-
-    def up_bytes(n: int) -> None:
-        watch.last = time.monotonic()
-        if counter is not None:
-            counter.uplink_bytes += n
-
-    def down_bytes(n: int) -> None:
-        watch.last = time.monotonic()
-        if counter is not None:
-            counter.downlink_bytes += n
-
-    async def uplink() -> None:
-        if dups is not None:
-            await splice.splice_one_way(dups.fds[0], dups.fds[1], up_bytes, from_app)
-            watch.tighten(policy.downlink_only)
-            return
-        if from_app:
-            up_bytes(len(from_app))
-            await upstream.write(from_app)
-        while True:
-            data = await app.read(CHUNK)
-            if not data:
-                break
-            watch.last = time.monotonic()
-            if counter is not None:
-                counter.uplink_bytes += len(data)
-            await upstream.write(data)
-        await upstream.write_eof()
-        watch.tighten(policy.downlink_only)
-
-    async def downlink() -> None:
-        if dups is not None:
-            await splice.splice_one_way(dups.fds[1], dups.fds[0], down_bytes, from_up)
-            watch.tighten(policy.uplink_only)
-            return
-        while True:
-            data = await upstream.read(CHUNK)
-            if not data:
-                break
-            watch.last = time.monotonic()
-            if counter is not None:
-                counter.downlink_bytes += len(data)
-            await app.write(data)
-        await app.write_eof()
-        watch.tighten(policy.uplink_only)
-
-    # The uplink runs in this task and only the downlink gets its own: one task per flow
-    # instead of two plus an asyncio.wait and a gather.  Measured on relay() over in-memory
-    # streams carrying 32 bytes each way (uvloop): 37 -> 14 µs per flow, about 5% of the
-    # proxy's CPU per connection in bench/bench_cps.py.
-    down = loop.create_task(downlink())
-    own_cancels = 0
-
-    def fail_fast(t: asyncio.Task[None]) -> None:
-        # The flow ends at once if the downlink fails, even while the uplink waits.
-        nonlocal own_cancels
-        if not t.cancelled() and t.exception() is not None:
-            own_cancels += 1
-            this.cancel(msg="downlink failed")
-
-    down.add_done_callback(fail_fast)
+    r = _Relay(app, upstream, policy, counter)
+    this = r.this
     try:
-        await uplink()
-        await down
+        while await r.copy():
+            if r.take():
+                await r.splice()
+                break
     except asyncio.CancelledError:
-        if watch.expired:
-            own_cancels += 1
-        while own_cancels:
-            own_cancels -= 1
+        if r.watch.expired:
+            r.own_cancels += 1
+        while r.own_cancels:
+            r.own_cancels -= 1
             if this.uncancel() == 0:
-                if down.done() and not down.cancelled() and (exc := down.exception()) is not None:
+                failed = r.failed
+                if failed is not None and (exc := failed.exception()) is not None:
                     raise exc from None
                 raise IdleTimeout("flow idle timeout") from None
         raise
     finally:
-        watch.cancel()
-        down.remove_done_callback(fail_fast)
-        if not down.done():
-            down.cancel()
-            await asyncio.gather(down, return_exceptions=True)
-        if dups is not None:
-            dups.close()
+        await r.close()
 
 
 class Activity:

@@ -1,7 +1,7 @@
 """Kernel-to-kernel copying with ``splice(2)`` when both ends of a flow are bare sockets.
 
-Theory of operation.  When :func:`tunray.relay.relay` finds that the app's link and the
-upstream stream are both plain kernel sockets with nothing buffered
+Theory of operation.  When :func:`tunray.relay.relay` finds that a bulk flow's app link and
+upstream stream are both plain kernel sockets with no write pending
 (:meth:`~tunray.bytestream.ByteStream.take_for_splice`), each direction first sends
 what the stream had already received, then moves bytes
 socket → pipe → socket with ``os.splice`` and never copies them into Python.  The
@@ -39,8 +39,12 @@ AVAILABLE = hasattr(os, "splice")
 
 @dataclass(slots=True)
 class SpliceStats:
+    #: flows that switched to splice
     flows: int = 0
+    #: bytes those flows moved with splice (including what the streams had buffered)
     bytes: int = 0
+    #: bytes those flows had copied before they switched
+    copied: int = 0
 
 
 stats = SpliceStats()

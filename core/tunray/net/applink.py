@@ -88,6 +88,9 @@ class SocketByteLink(ByteLink):
         data, self._prefix = self._prefix + taken, b""
         return data
 
+    async def drain_for_splice(self) -> None:
+        await self._stream.drain_for_splice()
+
     @property
     def accepted(self) -> bool:
         return self._accepted

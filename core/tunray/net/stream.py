@@ -216,6 +216,27 @@ class SocketStream(ByteStream):
         p._buf.clear()
         return data
 
+    async def drain_for_splice(self) -> None:
+        p = self._proto
+        t = self._transport
+        if not t.get_write_buffer_size():
+            return
+        # A high-water mark of 0 pauses the protocol now and resumes it once the buffer
+        # is empty (asyncio and uvloop alike); the mark is restored however the wait ends.
+        t.set_write_buffer_limits(high=0)
+        try:
+            while t.get_write_buffer_size() and not (p._closed or p._local):
+                p._drain_waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await p._drain_waiter
+                except ConnectionError:
+                    return  # reset meanwhile: take_for_splice refuses, the copy raises it
+                finally:
+                    p._drain_waiter = None
+        finally:
+            if not t.is_closing():
+                t.set_write_buffer_limits(high=p._high)
+
     @property
     def transport(self) -> asyncio.Transport:
         """The asyncio transport (the relay pauses it while splicing)."""

@@ -184,3 +184,8 @@ class KernelByteLink(ByteLink):
         """The paired socket's :meth:`~tunray.net.stream.SocketStream.take_for_splice` (None before pairing)."""
         stream = self._stream
         return stream.take_for_splice() if stream is not None and not self._closed else None
+
+    async def drain_for_splice(self) -> None:
+        stream = self._stream
+        if stream is not None:
+            await stream.drain_for_splice()
