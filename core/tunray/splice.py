@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from tunray.bytestream import StreamReset
+from tunray.net.ready import wait_ready
 
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -50,20 +51,6 @@ class SpliceStats:
 stats = SpliceStats()
 
 
-async def _wait(loop: asyncio.AbstractEventLoop, fd: int, write: bool) -> None:
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def ready() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    (loop.add_writer if write else loop.add_reader)(fd, ready)
-    try:
-        await fut
-    finally:
-        (loop.remove_writer if write else loop.remove_reader)(fd)
-
-
 def _raise(exc: OSError, where: str) -> NoReturn:
     """Raise *exc* as a :class:`StreamReset` when it means the peer reset, else as is."""
     if exc.errno in _RESETS:
@@ -80,7 +67,7 @@ async def _send_all(loop: asyncio.AbstractEventLoop, fd: int, data: bytes) -> No
         try:
             view = view[os.write(fd, view) :]
         except BlockingIOError:
-            await _wait(loop, fd, True)
+            await wait_ready(loop, fd, True)
         except OSError as exc:
             _raise(exc, "writing the socket")
 
@@ -106,7 +93,7 @@ async def splice_one_way(src: int, dst: int, on_bytes: Callable[[int], None], fi
             try:
                 n = os.splice(src, w, PIPE_SIZE, flags=_FLAGS)
             except BlockingIOError:
-                await _wait(loop, src, False)
+                await wait_ready(loop, src, False)
                 continue
             except OSError as exc:
                 _raise(exc, "reading the socket")
@@ -117,7 +104,7 @@ async def splice_one_way(src: int, dst: int, on_bytes: Callable[[int], None], fi
                 try:
                     left -= os.splice(r, dst, left, flags=_FLAGS)
                 except BlockingIOError:
-                    await _wait(loop, dst, True)
+                    await wait_ready(loop, dst, True)
                 except OSError as exc:
                     _raise(exc, "writing the socket")
             stats.bytes += n
