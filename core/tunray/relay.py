@@ -144,10 +144,10 @@ class _Relay:
     )
 
     def __init__(self, app: Stream, upstream: Stream, policy: LevelPolicy, counter: Counter | None) -> None:
-        self.loop = asyncio.get_running_loop()
         this = asyncio.current_task()
         assert this is not None
         self.this = this
+        self.loop = this.get_loop()  # (each get_running_loop() is a getpid() on Python 3.11)
         self.app = app
         self.upstream = upstream
         self.policy = policy

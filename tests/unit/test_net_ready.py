@@ -1,4 +1,4 @@
-"""tunray.net.ready.connect: done at once when connect(2) completes the handshake, else waited for.
+"""tunray.net.ready.connect and the dialer: done at once when connect(2) completes the handshake, else waited for.
 
 Loopback only.  The slow path is made real with a listener whose accept queue is full:
 the kernel drops the SYN, so the connect is still in progress when connect(2) returns,
@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import socket
 import time
 
 import pytest
+from tunray.net.address import Destination, Network
+from tunray.net.dialer import Dialer, DialError
 from tunray.net.ready import connect
 
 
@@ -61,3 +64,25 @@ def _listen(srv: socket.socket) -> str:
     srv.bind(("127.0.0.1", 0))
     srv.listen(0)
     return "127.0.0.1"
+
+
+async def test_the_dialer_connects_at_once_and_refused_is_a_dial_error() -> None:
+    dialer = Dialer()
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+        sock = await dialer.connect_tcp(Destination(Network.TCP, ipaddress.IPv4Address("127.0.0.1"), port))
+        with sock, srv.accept()[0] as peer:
+            assert sock.getblocking() is False
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            assert sock.getpeername() == peer.getsockname()
+    with pytest.raises(DialError, match="refused"):
+        await dialer.connect_tcp(Destination(Network.TCP, ipaddress.IPv4Address("127.0.0.1"), port))
+
+
+async def test_the_dialer_times_out_on_a_connect_that_never_completes() -> None:
+    with socket.socket() as srv, socket.create_connection((_listen(srv), srv.getsockname()[1])):
+        dest = Destination(Network.TCP, ipaddress.IPv4Address("127.0.0.1"), srv.getsockname()[1])
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await Dialer().connect_tcp(dest, timeout=0.3)
+        assert 0.25 <= time.monotonic() - started < 1.0  # before the SYN is sent again

@@ -21,7 +21,7 @@ from tunray.dns.resolver import families
 from tunray.net import sockopt
 from tunray.net.address import Destination, IPAddress
 from tunray.net.hostfence import HostAccessDenied, HostFence
-from tunray.net.ready import connect
+from tunray.net.ready import connect_now, wait_connected
 
 if TYPE_CHECKING:
     from tunray.dns import Resolver
@@ -83,9 +83,8 @@ class Dialer:
         self, ip: IPAddress, kind: int, opts: Settings | None, send_through: str
     ) -> socket.socket:
         family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-        sock = socket.socket(family, kind)
+        sock = socket.socket(family, kind | socket.SOCK_NONBLOCK)  # (no FIONBIO ioctl)
         try:
-            sock.setblocking(False)
             tcp = kind == socket.SOCK_STREAM
             if tcp:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -118,27 +117,42 @@ class Dialer:
         With a *fence* (the flow's ``host_fence``), resolved addresses of the host itself
         are skipped; if nothing else is left the dial fails with :class:`HostAccessDenied`.
         """
-        async with asyncio.timeout(timeout):
-            ips = await self.resolve(dest, strategy)
-            if fence is not None:
-                ips = self._fenced(ips, dest.port, fence)
-            if len(ips) > 1 and dest.is_domain and strategy != "AsIs":
-                random.shuffle(ips)
-            last: OSError | None = None
-            for ip in ips:
-                sock = self._socket(ip, socket.SOCK_STREAM, opts, send_through)
-                try:
-                    await connect(sock, (_ip_text(ip), dest.port))
-                    return sock
-                except OSError as exc:
-                    sock.close()
-                    last = exc
-                except BaseException:
-                    sock.close()
-                    raise
-            if last is None:
-                raise DialError(f"no address for {dest.netloc}")
-            raise DialError(f"dial {dest.netloc} failed: {last.strerror or last}")
+        # One deadline for resolving and every connect attempt, armed only when something
+        # waits: a numeric destination that connects inside connect(2) (loopback, a local
+        # namespace) costs no timer.
+        deadline: float | None = None
+        if dest.ip is not None:
+            ips = [dest.ip]
+        else:
+            deadline = asyncio.get_running_loop().time() + timeout
+            async with asyncio.timeout_at(deadline):
+                ips = await self.resolve(dest, strategy)
+        if fence is not None:
+            ips = self._fenced(ips, dest.port, fence)
+        if len(ips) > 1 and dest.is_domain and strategy != "AsIs":
+            random.shuffle(ips)
+        last: OSError | None = None
+        for ip in ips:
+            sock = self._socket(ip, socket.SOCK_STREAM, opts, send_through)
+            waited: asyncio.Timeout | None = None
+            try:
+                if not connect_now(sock, (_ip_text(ip), dest.port)):
+                    if deadline is None:
+                        deadline = asyncio.get_running_loop().time() + timeout
+                    async with (waited := asyncio.timeout_at(deadline)):
+                        await wait_connected(sock)
+                return sock
+            except OSError as exc:
+                sock.close()
+                if waited is not None and waited.expired():
+                    raise  # the dial's time is up (TimeoutError): no other address is tried
+                last = exc
+            except BaseException:
+                sock.close()
+                raise
+        if last is None:
+            raise DialError(f"no address for {dest.netloc}")
+        raise DialError(f"dial {dest.netloc} failed: {last.strerror or last}")
 
     @staticmethod
     def _fenced(ips: list[IPAddress], port: int, fence: HostFence) -> list[IPAddress]:

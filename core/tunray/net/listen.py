@@ -154,7 +154,8 @@ class _Accepted(_Proto):
     __slots__ = ("_server",)
 
     def __init__(self, server: StreamServer) -> None:
-        super().__init__(server.high_water)
+        assert server.loop is not None
+        super().__init__(server.high_water, server.loop)
         self._server = server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -174,9 +175,11 @@ class StreamServer:
         self.tasks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.AbstractServer] = []
         self._unix_paths: list[str] = []
+        #: the loop the server listens in (kept: see :class:`~tunray.net.stream._Proto`)
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def listen(self, sock: socket.socket, backlog: int = 1024) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         if sock.family == socket.AF_UNIX:
             name = sock.getsockname()
             if isinstance(name, str) and name:
@@ -186,7 +189,8 @@ class StreamServer:
         self._servers.append(server)
 
     def spawn(self, stream: SocketStream, sock: socket.socket) -> None:
-        task = asyncio.get_running_loop().create_task(self.handler(stream, sock))
+        assert self.loop is not None
+        task = self.loop.create_task(self.handler(stream, sock))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 

@@ -29,19 +29,33 @@ async def wait_ready(loop: asyncio.AbstractEventLoop, fd: int, write: bool) -> N
         (loop.remove_writer if write else loop.remove_reader)(fd)
 
 
-async def connect(sock: socket.socket, address: tuple[str, int] | tuple[str, int, int, int]) -> None:
-    """Connect the non-blocking *sock* to the numeric *address*; raises ``OSError`` as ``connect(2)``."""
+def connect_now(sock: socket.socket, address: tuple[str, int] | tuple[str, int, int, int]) -> bool:
+    """Start connecting the non-blocking *sock* to the numeric *address*; True if it is connected.
+
+    False: the handshake is in progress, finish it with :func:`wait_connected`.  Raises
+    ``OSError`` as ``connect(2)``.
+    """
     try:
         sock.connect(address)
-        return
+        return True
     except BlockingIOError:  # EINPROGRESS
         pass
     try:
         sock.getpeername()  # the handshake already completed inside connect(2)
-        return
+        return True
     except OSError:
-        pass
+        return False
+
+
+async def wait_connected(sock: socket.socket) -> None:
+    """Wait for a connect in progress to complete; raises ``OSError`` as ``connect(2)`` would."""
     await wait_ready(asyncio.get_running_loop(), sock.fileno(), True)
     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, os.strerror(err))
+
+
+async def connect(sock: socket.socket, address: tuple[str, int] | tuple[str, int, int, int]) -> None:
+    """Connect the non-blocking *sock* to the numeric *address*; raises ``OSError`` as ``connect(2)``."""
+    if not connect_now(sock, address):
+        await wait_connected(sock)

@@ -36,13 +36,17 @@ class _Proto(asyncio.Protocol):
         "_exc",
         "_high",
         "_local",
+        "_loop",
         "_paused_reading",
         "_paused_writing",
         "_read_waiter",
         "transport",
     )
 
-    def __init__(self, high_water: int) -> None:
+    def __init__(self, high_water: int, loop: asyncio.AbstractEventLoop) -> None:
+        # The loop is kept: on Python 3.11 every asyncio.get_running_loop() is a getpid()
+        # system call, and a flow's streams wait for data several times.
+        self._loop = loop
         self._buf = bytearray()
         self._eof = False
         self._closed = False
@@ -127,7 +131,7 @@ class SocketStream(ByteStream):
             if p._paused_reading and not p._closed:  # e.g. after splice_ready() then a copy after all
                 p._paused_reading = False
                 self._transport.resume_reading()
-            p._read_waiter = asyncio.get_running_loop().create_future()
+            p._read_waiter = p._loop.create_future()
             try:
                 await p._read_waiter
             finally:
@@ -154,7 +158,7 @@ class SocketStream(ByteStream):
             raise StreamReset("the connection is gone")
         self._transport.write(data)
         if p._paused_writing:
-            p._drain_waiter = asyncio.get_running_loop().create_future()
+            p._drain_waiter = p._loop.create_future()
             try:
                 await p._drain_waiter
             finally:
@@ -226,7 +230,7 @@ class SocketStream(ByteStream):
         t.set_write_buffer_limits(high=0)
         try:
             while t.get_write_buffer_size() and not (p._closed or p._local):
-                p._drain_waiter = asyncio.get_running_loop().create_future()
+                p._drain_waiter = p._loop.create_future()
                 try:
                     await p._drain_waiter
                 except ConnectionError:
@@ -251,6 +255,6 @@ async def open_stream(sock: socket.socket, high_water: int = DEFAULT_HIGH_WATER)
     """Wrap a connected non-blocking socket; the stream owns it from now on."""
     loop = asyncio.get_running_loop()
     fd = sock.fileno()
-    transport, proto = await loop.create_connection(lambda: _Proto(high_water), sock=sock)
+    transport, proto = await loop.create_connection(lambda: _Proto(high_water, loop), sock=sock)
     transport.set_write_buffer_limits(high=high_water)
     return SocketStream(transport, proto, fd)

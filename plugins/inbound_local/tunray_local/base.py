@@ -152,15 +152,17 @@ class LocalInbound(Inbound):
         await self.server.aclose()
 
     async def _serve(self, stream: SocketStream, sock: socket.socket) -> None:
-        try:
-            if sock.family == socket.AF_UNIX:
-                peer = local = None
-            else:
-                peer = sockaddr_destination(sock.getpeername())
-                local = sockaddr_destination(sock.getsockname())
-        except OSError:
-            stream.abort()
-            return
+        if sock.family == socket.AF_UNIX:
+            peer = local = None
+        else:
+            # The transport read both addresses when it was made (uvloop and asyncio alike);
+            # asking the socket again costs four system calls per connection.
+            transport = stream.transport
+            peername, sockname = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+            if not peername or not sockname:  # gone before it was accepted
+                stream.abort()
+                return
+            peer, local = sockaddr_destination(peername), sockaddr_destination(sockname)
         try:
             await self.handle(stream, sock, peer, local)
         except Refused as exc:
