@@ -162,7 +162,7 @@ class Dispatcher:
         outbound = rt.outbounds.get(tag)
         if outbound is None:
             return None
-        network = ctx.target.network.value
+        network = ctx.target.network._value_  # (.value is a Python-level descriptor call)
         if network not in outbound.networks:
             raise FlowDropped(f"outbound {tag!r} ({outbound.protocol}) does not carry {network}")
         return outbound

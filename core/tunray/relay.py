@@ -153,7 +153,7 @@ class _Relay:
         self.policy = policy
         self.counter = counter
         self.watch = _Watch(self.loop, this, policy.conn_idle)
-        self.spliceable = splice.AVAILABLE and isinstance(app, ByteStream) and isinstance(upstream, ByteStream)
+        self.spliceable = splice.AVAILABLE  # and both ends bare sockets: asked when it matters
         self.down: asyncio.Task[bool] | None = None
         self.failed: asyncio.Task[Any] | None = None
         self.dups: splice.Duplicates | None = None
@@ -177,10 +177,13 @@ class _Relay:
 
     async def _may_switch(self, dst: Stream) -> bool:
         """After :data:`SPLICE_AFTER` bytes: whether to stop copying and splice (dst drained)."""
+        app, upstream = self.app, self.upstream
         if not (self.spliceable and not self.up_done and not self.down_done):
             return False
-        assert isinstance(self.app, ByteStream) and isinstance(dst, ByteStream)
-        if self.app.fileno() is None or self.upstream.fileno() is None:  # type: ignore[attr-defined]
+        if not (isinstance(app, ByteStream) and isinstance(upstream, ByteStream) and isinstance(dst, ByteStream)):
+            self.spliceable = False
+            return False
+        if app.fileno() is None or upstream.fileno() is None:
             return False
         await dst.drain_for_splice()
         return not (self.up_done or self.down_done)

@@ -152,7 +152,7 @@ class LocalInbound(Inbound):
         await self.server.aclose()
 
     async def _serve(self, stream: SocketStream, sock: socket.socket) -> None:
-        if sock.family == socket.AF_UNIX:
+        if self.address.unix:
             peer = local = None
         else:
             # The transport read both addresses when it was made (uvloop and asyncio alike);

@@ -46,6 +46,10 @@ class ProtocolError(ValueError):
 
 
 class State(enum.Enum):
+    # Members are singletons compared by identity: hashing by identity is exact, and
+    # skips Enum.__hash__ (a Python-level call; a handshake hashes states ~9 times).
+    __hash__ = object.__hash__
+
     START = "start"
     METHODS = "methods"
     PASSWORD = "password"
@@ -55,6 +59,8 @@ class State(enum.Enum):
 
 
 class Input(enum.Enum):
+    __hash__ = object.__hash__  # as State's
+
     V4 = "socks4 request"
     V5 = "socks5 greeting"
     NO_AUTH = "no auth needed"
