@@ -167,6 +167,8 @@ class Router:
 
     async def pick_route(self, ctx: FlowContext) -> Route | None:
         """The route for *ctx*, or None for the default outbound."""
+        if not self.rules:
+            return None
         view = _View(ctx)
         k = self._scan(view, 0, self._on_demand)
         while k <= -2:  # IPOnDemand reached an IP condition with a domain target

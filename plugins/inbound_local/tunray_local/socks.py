@@ -18,6 +18,7 @@ when the TCP connection closes or the flow ends (idle), and then closes both.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from loguru import logger
 from tunray.config.errors import ConfigError
 from tunray.config.schema import IP, Bool, Enum, Field, Int, Schema, Settings
-from tunray.net.address import Destination, Network
+from tunray.net.address import Destination, Host, Network
 from tunray.net.applink import QueuePacketLink, SocketByteLink
 from tunray.net.listen import sockaddr_destination
 from tunray.net.stream import SocketStream
@@ -117,7 +118,7 @@ class SocksInbound(LocalInbound):
             ok, refused = sp.SUCCESS4, sp.REFUSED4
         else:
             bound = local or Destination(Network.TCP, sp.ZERO, 0)
-            ok, refused = sp.reply5(sp.REP_OK, bound.host, bound.port), sp.REFUSED5
+            ok, refused = _success5(bound.host, bound.port), sp.REFUSED5
         link = SocketByteLink(stream, leftover, accept_reply=ok, refuse_reply=refused)
         ctx = self.context(peer, req.destination, req.user)
         await self.runtime.dispatcher.dispatch_link(ctx, req.destination, link)
@@ -173,6 +174,12 @@ class SocksInbound(LocalInbound):
         finally:
             assoc.link.abort()
             transport.close()
+
+
+@functools.lru_cache(maxsize=256)
+def _success5(host: Host, port: int) -> bytes:
+    # The bound address is one of the few the inbound listens on: encode each once.
+    return sp.reply5(sp.REP_OK, host, port)
 
 
 async def _drain_until_closed(stream: SocketStream) -> None:
