@@ -5,7 +5,8 @@ before the switch) on two loopback TCP connections joined by :func:`tunray.relay
 and through ``freedom`` with a socket-backed app link: a short flow is only copied; a bulk
 one switches after :data:`~tunray.relay.SPLICE_AFTER` bytes whichever way it is bulk;
 bytes intact and in order across the switch, half-close both ways, a reset on either side
-passed on as a reset, a refused switch copies on and retries.
+passed on as a reset, a refused switch copies on and retries, a sniffed link (replaying
+what it peeked) switches once the replay is copied.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import pytest
 from tunray import splice
 from tunray.bytestream import ByteStream, StreamReset
+from tunray.link import PrefixedByteLink
 from tunray.net.applink import SocketByteLink
 from tunray.net.stream import SocketStream
 from tunray.policy import LevelPolicy
@@ -204,6 +206,24 @@ async def test_a_refused_switch_copies_on_and_retries() -> None:
         await server.write(b"bye")
         await server.write_eof()
         assert await asyncio.wait_for(read_all(app), 5) == b"bye"
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_sniffed_link_splices_once_its_replayed_bytes_are_copied() -> None:
+    """After sniffing, the app link replays what it peeked; the flow switches only after that."""
+    before = splice.stats.flows
+    bulk = os.urandom(2 << 20)
+    async with joined() as (app, app_side, up_side, server):
+        assert isinstance(app_side, SocketStream)
+        link = PrefixedByteLink(SocketByteLink(app_side), b"GET / HTTP/1.1\r\n")
+        task = asyncio.ensure_future(relay(link, up_side, POLICY))
+        sender = asyncio.ensure_future(_send(app, bulk))
+        got = await asyncio.wait_for(read_all(server), 10)
+        await sender
+        assert got == b"GET / HTTP/1.1\r\n" + bulk
+        assert splice.stats.flows == before + 1, "the sniffed flow did not switch to splice"
+        await server.write_eof()
+        assert await asyncio.wait_for(read_all(app), 5) == b""
         await asyncio.wait_for(task, 5)
 
 
