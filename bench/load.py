@@ -5,8 +5,9 @@
     python bench/load.py udprtt HOST PORT --count N
         one datagram at a time to a UDP echo server; round-trip p50/p99 in microseconds.
     python bench/load.py hold HOST PORT --flows N
-        open N TCP connections (each echoes 32 bytes once, so it is proxied end to end),
-        print {"held": N, ...}, keep them open until stdin closes.
+        open N TCP connections (each echoes 32 bytes, so it is proxied end to end), then echo
+        on every one again once all are open; print {"held": N, "echoing": N, ...}, keep them
+        open until stdin closes.
 
 The same client drives every proxy, so a slow client lowers every result alike.
 """
@@ -94,10 +95,17 @@ def udprtt(host: str, port: int, count: int) -> dict[str, float]:
 
 
 async def hold(host: str, port: int, flows: int, batch: int = 100) -> None:
-    writers: list[asyncio.StreamWriter] = []
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     failed = 0
     sem = asyncio.Semaphore(batch)
     t0 = time.monotonic()
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(PAYLOAD)
+        try:
+            return await asyncio.wait_for(reader.readexactly(len(PAYLOAD)), 10.0) == PAYLOAD
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            return False
 
     async def open_one() -> None:
         nonlocal failed
@@ -108,22 +116,26 @@ async def hold(host: str, port: int, flows: int, batch: int = 100) -> None:
                 except (OSError, TimeoutError):
                     await asyncio.sleep(0.1)
                     continue
-                try:
-                    writer.write(PAYLOAD)
-                    await asyncio.wait_for(reader.readexactly(len(PAYLOAD)), 10.0)
-                except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                if not await echo(reader, writer):
                     writer.close()
                     await asyncio.sleep(0.1)
                     continue
-                writers.append(writer)
+                conns.append((reader, writer))
                 return
             failed += 1
 
+    async def still(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        async with sem:
+            return await echo(reader, writer)
+
     await asyncio.gather(*(open_one() for _ in range(flows)))
-    print(json.dumps({"held": len(writers), "failed": failed, "open_seconds": time.monotonic() - t0}), flush=True)
+    opened = time.monotonic() - t0
+    # every flow once more, now that all are open at the same time: "held" means still proxied
+    echoing = sum(await asyncio.gather(*(still(r, w) for r, w in conns)))
+    print(json.dumps({"held": len(conns), "echoing": echoing, "failed": failed, "open_seconds": opened}), flush=True)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.read)  # until the harness closes our stdin
-    for w in writers:
+    for _r, w in conns:
         w.close()
 
 

@@ -152,7 +152,8 @@ def proc_cpu_s(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def hold_flows(world: World, pid: int, flows: int) -> dict[str, float]:
+def hold_flows(world: World, pid: int, flows: int, during: Callable[[], int] | None = None) -> dict[str, float]:
+    """Hold *flows* through the proxy (bench/load.py hold); *during* is called while they are held."""
     cpu0 = proc_cpu_s(pid)
     rss0 = proc_rss_mib(pid)
     pss0 = proc_pss_mib(pid)
@@ -170,8 +171,11 @@ def hold_flows(world: World, pid: int, flows: int) -> dict[str, float]:
         rss = proc_rss_mib(pid)
         pss = proc_pss_mib(pid)
         cpu = proc_cpu_s(pid) - cpu0
+        extra = {"fds_held": during()} if during is not None else {}
         if info["held"] < flows * 0.99:
             raise RuntimeError(f"only {info['held']}/{flows} flows opened")
+        if info["echoing"] < flows * 0.99:
+            raise RuntimeError(f"only {info['echoing']}/{flows} held flows still echoed once all were open")
     finally:
         if proc.stdin is not None:
             proc.stdin.close()
@@ -184,7 +188,7 @@ def hold_flows(world: World, pid: int, flows: int) -> dict[str, float]:
             if pipe is not None:
                 pipe.close()
     return {"rss_idle": rss0, "rss_flows": rss, "pss_idle": pss0, "pss_flows": pss, "cpu_flows": cpu,
-            "held": info["held"]}
+            "held": info["held"], **extra}
 
 
 def connrate(world: World, plan: Plan) -> float:

@@ -21,10 +21,12 @@ so this plugin depends on the core's contracts only.
 from __future__ import annotations
 
 import errno
+import resource
 import socket
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from loguru import logger
 from tunray.config.errors import ConfigError
 from tunray.device import PacketDevice
 from tunray.net.address import Destination, Network
@@ -39,6 +41,8 @@ from tunray_stack_system.nat import Side
 
 ACCEPT_BATCH = 64
 EMFILE_BACKOFF = 0.1
+FDS_PER_FLOW = 2  # the socket the listener accepted and the outbound's
+FDS_SPARE = 256  # the TUN, listeners, DNS and log files, a few dials in progress
 
 
 class SystemStack(StackDriver):
@@ -83,6 +87,7 @@ class SystemStack(StackDriver):
         return self._syscore
 
     async def attach(self, device: PacketDevice) -> None:
+        fd_budget(self.name, self.options.max_flows)
         self._sides, self._listeners = open_listeners(device.fileno(), self.options.queue)
         try:
             await super().attach(device)
@@ -198,6 +203,31 @@ class SystemStack(StackDriver):
         out = super().stats()
         out["tcp_paired"] = len(self._live)
         return out
+
+
+def fd_budget(name: str, max_flows: int) -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` towards what *max_flows* TCP flows need; return the flows it holds.
+
+    Every NATed flow holds :data:`FDS_PER_FLOW` descriptors for its whole life (Go
+    programs such as sing-box lift the soft limit to the hard one at start for the same
+    reason).  When even the hard limit is short, log one line saying how many flows fit:
+    past that, a new flow's dial fails with EMFILE and its held SYN is refused with RST.
+    """
+    need = max_flows * FDS_PER_FLOW + FDS_SPARE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need and soft != hard:
+        want = hard if hard == resource.RLIM_INFINITY else min(hard, need)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    fits = max(0, (soft - FDS_SPARE) // FDS_PER_FLOW) if soft != resource.RLIM_INFINITY else max_flows
+    if fits < max_flows:
+        logger.warning("stack {}: RLIMIT_NOFILE (hard limit {}) holds about {} TCP flows at {} descriptors each, "
+                       "fewer than maxFlows {}; raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or use "
+                       "more workers", name, hard, fits, FDS_PER_FLOW, max_flows)
+    return fits
 
 
 class MixedStack(SystemStack):
