@@ -89,7 +89,7 @@ class Proxy:
         return [str(SING_BOX), "run", "-c", str(config_path), "--disable-color"]
 
 
-PROXIES = (
+PROXIES: tuple[Proxy, ...] = (
     Proxy("tunray", "tunray (python stack)", "tunray0", 1),
     Proxy("tunray-system", "tunray (system stack)", "tunray0", 2),
     Proxy("tunray-mixed", "tunray (mixed stack)", "tunray0", 2),
