@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -221,6 +222,24 @@ def _run(args: argparse.Namespace) -> int:
     return _serve_workers(runtime, count, args.drain, mask, reread, (user, group))
 
 
+#: The cyclic GC's first threshold while serving (Python's default: 700).
+GC_THRESHOLD0 = 7000
+
+
+def _settle_gc() -> None:
+    """Once started: move every object alive now (modules, config, plugins) out of the cyclic
+    GC's sight, and collect the youngest generation ten times less often.
+
+    A flow's objects are nearly all freed by reference counting; what the collector does
+    per flow is rescan the ~60,000 start-up objects (full collections) and the young flows
+    in flight.  ``bench/bench_cps.py`` on the system stack, GC time measured with
+    ``gc.callbacks``: 27 µs per connection before, 8.5 after the freeze alone, 0.5 with both.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD0, *gc.get_threshold()[1:])
+
+
 def _raise_nofile() -> None:
     """Lift the soft descriptor limit to the hard one, as Go programs (sing-box) do at start:
     a ``system`` stack flow holds two sockets (the accepted one and the outbound's)."""
@@ -339,6 +358,7 @@ def _serve(
                 await runtime.stop(drain_timeout=0.0)
                 raise SystemExit(1) from None
         logger.warning("tunray {} started", __version__)
+        _settle_gc()
         waits = [loop.create_task(stop.wait()), loop.create_task(runtime.no_inbound_left.wait())]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for w in waits:
