@@ -39,6 +39,11 @@ def reset_close(sock: socket.socket) -> None:
     sock.close()
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class KernelByteLink(ByteLink):
     __slots__ = ("_accepted", "_closed", "_handle", "_opening", "_sock", "_sock_ready", "_stack", "_stream")
 
@@ -49,8 +54,8 @@ class KernelByteLink(ByteLink):
         self._closed = False
         self._sock: socket.socket | None = None
         self._stream: SocketStream | None = None
-        self._sock_ready: asyncio.Future[None] | None = None
-        self._opening: asyncio.Future[SocketStream | None] | None = None
+        self._sock_ready: asyncio.Future[None] | None = None  # set when the socket comes or the flow ends
+        self._opening: asyncio.Future[SocketStream | None] | None = None  # done when the opener finished
 
     @property
     def handle(self) -> int:
@@ -68,34 +73,49 @@ class KernelByteLink(ByteLink):
             reset_close(sock)
             return
         self._sock = sock
-        fut = self._sock_ready
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+        if self._sock_ready is not None:
+            _wake(self._sock_ready)
 
     def _ended(self) -> None:
         """The app gave up (RST, or the entry expired) before the socket came."""
         self._closed = True
-        fut = self._sock_ready
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+        if self._sock_ready is not None:
+            _wake(self._sock_ready)
 
     # --- the ByteLink contract ----------------------------------------------------------------------
 
     async def _ready(self) -> SocketStream | None:
-        """The paired socket's stream; None if the flow ended first (or never paired in time)."""
+        """The paired socket's stream; None if the flow ended first (or never paired in time).
+
+        The first caller (``accept``, as a rule) opens it itself; a caller that comes while
+        it does waits on :attr:`_opening` (shielded, so its cancellation does not end the
+        opening); if the opener is cancelled, the flow is being torn down and every later
+        caller gets None.  No task, shield or ``wait_for`` per flow on the common path.
+        """
         stream = self._stream
         if stream is not None:
             return stream
-        if self._opening is None:  # one opener, however many callers wait (the relay reads and writes)
-            self._opening = asyncio.ensure_future(self._open())
-        return await asyncio.shield(self._opening)
+        opening = self._opening
+        if opening is not None:
+            return await asyncio.shield(opening)
+        loop = asyncio.get_running_loop()
+        self._opening = opening = loop.create_future()
+        try:
+            stream = await self._open(loop)
+        finally:
+            if not opening.done():
+                opening.set_result(self._stream)
+        return stream
 
-    async def _open(self) -> SocketStream | None:
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> SocketStream | None:
         if self._sock is None and not self._closed:
-            self._sock_ready = asyncio.get_running_loop().create_future()
+            ready = self._sock_ready = loop.create_future()
+            timer = loop.call_later(self._stack.options.handshake_timeout, _wake, ready)
             try:
-                await asyncio.wait_for(self._sock_ready, self._stack.options.handshake_timeout)
-            except TimeoutError:
+                await ready
+            finally:
+                timer.cancel()
+            if self._sock is None and not self._closed:
                 self._stack.count("tcp_handshake_timeout")
                 self.abort()
                 return None
