@@ -107,6 +107,52 @@ def test_a_partial_checksum_gets_only_the_address_delta(version: int) -> None:
     assert checksum(pseudo(nxt, tun, TCP, len(full)) + bytes(full)) == 0
 
 
+@pytest.mark.parametrize("vnet", [False, True], ids=["plain", "vnet"])
+@pytest.mark.parametrize("version", [4, 6])
+def test_feed_into_rewrites_in_place_exactly_as_feed_does(version: int, vnet: bool) -> None:
+    """The driver's reused-buffer path: a packet the fast path takes is rewritten in the buffer
+    to the very bytes :meth:`feed` would send, and the table moves the same way; anything
+    else is refused with the buffer and the counters untouched, for :meth:`feed` to handle."""
+    app, far, tun, nxt = ends(version)
+    ours, twin = core(vnet=vnet), core(vnet=vnet)
+    prefix = vnet_header() if vnet else b""
+    buf = bytearray(b"\xee" * 70000)
+
+    def step(pkt: bytes, now: float, fast: bool) -> list[bytes]:
+        pkt = prefix + pkt
+        n = len(pkt)
+        buf[:] = b"\xee" * len(buf)
+        buf[:n] = pkt
+        counters = dict(ours.counters)
+        took = ours.feed_into(buf, n, now)
+        assert took is fast, f"feed_into took {pkt[:60]!r}: {took}"
+        assert buf[n:n + 16] == b"\xee" * 16, "wrote past the packet"
+        twin.feed(pkt, now)
+        expected = [bytes(x) for x in twin.drain(now)]
+        if took:
+            assert [bytes(buf[:n])] == expected
+        else:
+            assert bytes(buf[:n]) == pkt and ours.counters == counters, "a refused packet was changed or counted"
+            ours.feed(pkt, now)
+            assert [bytes(x) for x in ours.drain(now)] == expected
+        assert ours.counters == twin.counters
+        return expected
+
+    step(packet(version, app, far, 5555, 443, SYN), 1.0, False)  # a new connection: the general path
+    step(packet(version, app, far, 5555, 443, ACK | PSH, bytes(range(256)) * 7 + b"x"), 1.1, True)
+    step(packet(version, tun, nxt, LPORT, PORT_FIRST, SYN | ACK, b"", 77, 1001), 1.2, True)
+    step(packet(version, tun, nxt, LPORT, PORT_FIRST, ACK | PSH, b"y" * 60000, 78, 1001), 1.3, True)
+    step(packet(version, tun, nxt, LPORT, PORT_FIRST + 1, ACK, b"", 78, 1001), 1.4, False)  # no such NAT port
+    bad = packet(version, app, far, 5555, 443, ACK, b"bad")
+    bad = bad[:-4] + bytes([bad[-4] ^ 0xFF]) + bad[-3:]  # a payload byte flipped: the TCP checksum is wrong
+    step(bad, 1.5, False)  # a small segment's checksum is checked: the general path drops and counts it
+    step(packet(version, app, far, 5555, 443, FIN | ACK), 1.6, True)
+    step(packet(version, tun, nxt, LPORT, PORT_FIRST, FIN | ACK, b"", 60078, 1002), 1.7, True)
+    [entry] = ours.nat.by_key.values()
+    [twin_entry] = twin.nat.by_key.values()
+    assert entry.linger_until == twin_entry.linger_until == 1.7 + LINGER
+
+
 def test_nat_ports_skip_live_entries_and_wrap() -> None:
     nat = TcpNat(SIDES, max_entries=10, idle=300.0)
     first = nat.open(4, key(APP4, 1, FAR4, 80), 0.0)

@@ -83,9 +83,10 @@ class SystemCore:
                             new_handle=self._new_udp_handle)
         self._prefix = vnet_header() if config.vnet_hdr else b""
         self._vnet = config.vnet_hdr
-        side4 = sides.get(4)
-        # what bytes 12..22 of an IPv4 packet from the kernel's listener start with (src, dst, sport)
+        side4, side6 = sides.get(4), sides.get(6)
+        # what a packet from the kernel's listener starts its table key with (src, dst, sport)
         self._reply4 = side4.local + side4.peer + side4.port.to_bytes(2, "big") if side4 is not None else b"-"
+        self._reply6 = side6.local + side6.peer + side6.port.to_bytes(2, "big") if side6 is not None else b"-"
 
     def _new_udp_handle(self) -> int | None:
         if len(self.udp) >= self.config.max_flows:
@@ -122,6 +123,9 @@ class SystemCore:
             ip = VNET_LEN
         if len(packet) >= ip + 40 and packet[ip] == 0x45 and packet[ip + 9] == PROTO_TCP \
                 and self._fast4(packet, len(packet), ip, partial, csum_ok, now, False):
+            return
+        if len(packet) >= ip + 60 and packet[ip] >> 4 == 6 and packet[ip + 6] == PROTO_TCP \
+                and self._fast6(packet, len(packet), ip, partial, csum_ok, now, False):
             return
         parsed = parse_ip(packet, ip, self._vnet and packet[1] != 0)
         if isinstance(parsed, str):
@@ -161,8 +165,10 @@ class SystemCore:
             partial = bool(flags & VNET_F_NEEDS_CSUM)
             csum_ok = bool(flags & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID))
             ip = VNET_LEN
-        return n >= ip + 40 and buf[ip] == 0x45 and buf[ip + 9] == PROTO_TCP \
-            and self._fast4(buf, n, ip, partial, csum_ok, now, True)
+        if n >= ip + 40 and buf[ip] == 0x45 and buf[ip + 9] == PROTO_TCP:
+            return self._fast4(buf, n, ip, partial, csum_ok, now, True)
+        return n >= ip + 60 and buf[ip] >> 4 == 6 and buf[ip + 6] == PROTO_TCP \
+            and self._fast6(buf, n, ip, partial, csum_ok, now, True)
 
     def _fast4(self, p: bytes | bytearray, n: int, ip: int, partial: bool, csum_ok: bool, now: float,
                inplace: bool) -> bool:
@@ -222,6 +228,55 @@ class SystemCore:
         ip_sum = 0xFFFF - ((0xFFFF - ip_sum) + d_ip) % 0xFFFF
         buf[ip + 10] = ip_sum >> 8
         buf[ip + 11] = ip_sum & 0xFF
+        buf[l4:l4 + 4] = ports
+        c = ((c + d_ip) % 0xFFFF or 0xFFFF) if partial else 0xFFFF - ((0xFFFF - c) + d_l4) % 0xFFFF
+        buf[l4 + 16] = c >> 8
+        buf[l4 + 17] = c & 0xFF
+        return True
+
+    def _fast6(self, p: bytes | bytearray, n: int, ip: int, partial: bool, csum_ok: bool, now: float,
+               inplace: bool) -> bool:
+        """:meth:`_fast4` for IPv6 whose next header is TCP (no extension headers)."""
+        total = 40 + ((p[ip + 4] << 8) | p[ip + 5])
+        if total > n - ip:
+            return False
+        l4 = ip + 40
+        flags = p[l4 + 13]
+        hlen = (p[l4 + 12] >> 4) * 4
+        if hlen < 20 or hlen > total - 40:
+            return False
+        if not csum_ok and (total <= VERIFY_MAX + 40 or flags & 7):
+            seg = p[l4:ip + total]
+            value = _FROM(seg, "big")
+            if len(seg) & 1:
+                value <<= 8
+            if (_FROM(p[ip + 8:ip + 40], "big") + PROTO_TCP + total - 40 + value) % 0xFFFF:
+                return False
+        nat = self.nat
+        key = bytes(p[ip + 8:l4 + 4])  # addresses then ports: with no extension header they are adjacent
+        if key[:34] == self._reply6:
+            entry = nat.by_port.get(65536 + ((p[l4 + 2] << 8) | p[l4 + 3]))
+            if entry is None:
+                return False
+            addr, ports, d_ip, d_l4 = entry.back_addr, entry.back_ports, entry.back_ip, entry.back_l4
+            if flags & (FIN | RST):
+                nat.ending(entry, flags, False, now)
+        else:
+            entry = nat.by_key.get(key)
+            if entry is None or entry.pending or (entry.linger_until and flags & (SYN | ACK) == SYN):
+                return False
+            addr, ports, d_ip, d_l4 = entry.fwd_addr, entry.fwd_ports, entry.fwd_ip, entry.fwd_l4
+            if flags & (FIN | RST):
+                nat.ending(entry, flags, True, now)
+        entry.last = now
+        c = (p[l4 + 16] << 8) | p[l4 + 17]
+        if inplace:
+            buf = p
+        else:
+            buf = bytearray(p)
+            self.out.append(buf)  # type: ignore[arg-type]
+        assert isinstance(buf, bytearray)
+        buf[ip + 8:ip + 40] = addr
         buf[l4:l4 + 4] = ports
         c = ((c + d_ip) % 0xFFFF or 0xFFFF) if partial else 0xFFFF - ((0xFFFF - c) + d_l4) % 0xFFFF
         buf[l4 + 16] = c >> 8
