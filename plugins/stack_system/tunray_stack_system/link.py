@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 def reset_close(sock: socket.socket) -> None:
     """Close *sock* so that the kernel sends RST, not FIN."""
     try:
@@ -37,11 +42,6 @@ def reset_close(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 class KernelByteLink(ByteLink):
@@ -54,8 +54,8 @@ class KernelByteLink(ByteLink):
         self._closed = False
         self._sock: socket.socket | None = None
         self._stream: SocketStream | None = None
-        self._sock_ready: asyncio.Future[None] | None = None  # set when the socket comes or the flow ends
-        self._opening: asyncio.Future[SocketStream | None] | None = None  # done when the opener finished
+        self._sock_ready: asyncio.Future[None] | None = None
+        self._opening: asyncio.Future[SocketStream | None] | None = None
 
     @property
     def handle(self) -> int:
@@ -73,14 +73,16 @@ class KernelByteLink(ByteLink):
             reset_close(sock)
             return
         self._sock = sock
-        if self._sock_ready is not None:
-            _wake(self._sock_ready)
+        fut = self._sock_ready
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
     def _ended(self) -> None:
         """The app gave up (RST, or the entry expired) before the socket came."""
         self._closed = True
-        if self._sock_ready is not None:
-            _wake(self._sock_ready)
+        fut = self._sock_ready
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
     # --- the ByteLink contract ----------------------------------------------------------------------
 
@@ -98,7 +100,7 @@ class KernelByteLink(ByteLink):
         opening = self._opening
         if opening is not None:
             return await asyncio.shield(opening)
-        loop = asyncio.get_running_loop()
+        loop = self._stack.loop or asyncio.get_running_loop()  # Python 3.11: get_running_loop() is a getpid()
         self._opening = opening = loop.create_future()
         try:
             stream = await self._open(loop)
