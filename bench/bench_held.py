@@ -46,9 +46,10 @@ def main() -> None:
             idle = open_fds(pid)
             out: dict[str, object] = {"proxy": proxy.key, "flows": a.flows,
                                       "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)}
+            fds: list[int] = []
             try:
-                held = hold_flows(world, pid, a.flows, during=lambda: open_fds(pid))
-                out.update(held, fds_per_flow=round((held["fds_held"] - idle) / a.flows, 2))
+                out.update(hold_flows(world, pid, a.flows, during=lambda: fds.append(open_fds(pid))))
+                out.update(fds_held=fds[0], fds_per_flow=round((fds[0] - idle) / a.flows, 2))
             except RuntimeError as exc:
                 out["error"] = str(exc)
         finally:

@@ -152,7 +152,7 @@ def proc_cpu_s(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def hold_flows(world: World, pid: int, flows: int, during: Callable[[], int] | None = None) -> dict[str, float]:
+def hold_flows(world: World, pid: int, flows: int, during: Callable[[], object] | None = None) -> dict[str, float]:
     """Hold *flows* through the proxy (bench/load.py hold); *during* is called while they are held."""
     cpu0 = proc_cpu_s(pid)
     rss0 = proc_rss_mib(pid)
@@ -171,7 +171,8 @@ def hold_flows(world: World, pid: int, flows: int, during: Callable[[], int] | N
         rss = proc_rss_mib(pid)
         pss = proc_pss_mib(pid)
         cpu = proc_cpu_s(pid) - cpu0
-        extra = {"fds_held": during()} if during is not None else {}
+        if during is not None:
+            during()
         if info["held"] < flows * 0.99:
             raise RuntimeError(f"only {info['held']}/{flows} flows opened")
         if info["echoing"] < flows * 0.99:
@@ -188,7 +189,7 @@ def hold_flows(world: World, pid: int, flows: int, during: Callable[[], int] | N
             if pipe is not None:
                 pipe.close()
     return {"rss_idle": rss0, "rss_flows": rss, "pss_idle": pss0, "pss_flows": pss, "cpu_flows": cpu,
-            "held": info["held"], **extra}
+            "held": info["held"]}
 
 
 def connrate(world: World, plan: Plan) -> float:
