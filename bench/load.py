@@ -101,10 +101,10 @@ async def hold(host: str, port: int, flows: int, batch: int = 100) -> None:
     t0 = time.monotonic()
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(PAYLOAD)
         try:
+            writer.write(PAYLOAD)  # uvloop raises RuntimeError on a transport the peer closed
             return await asyncio.wait_for(reader.readexactly(len(PAYLOAD)), 10.0) == PAYLOAD
-        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+        except (OSError, RuntimeError, TimeoutError, asyncio.IncompleteReadError):
             return False
 
     async def open_one() -> None:

@@ -57,7 +57,7 @@ async def main():
             try:
                 conn = await asyncio.wait_for(asyncio.open_connection(host, port), 60)
                 return conn if await echo(conn, i, 0) else None
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+            except (OSError, RuntimeError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
                 errors.append(repr(exc))
                 return None
     conns = await asyncio.gather(*(one(i) for i in range(n)))
@@ -67,7 +67,7 @@ async def main():
         async with sem:
             try:
                 return conn is not None and await echo(conn, i, 1)
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+            except (OSError, RuntimeError, asyncio.TimeoutError, asyncio.IncompleteReadError):
                 return False
     ok = await asyncio.gather(*(again(i, c) for i, c in enumerate(conns)))
     print(json.dumps({"echoed": sum(ok)}), flush=True)
