@@ -234,6 +234,10 @@ def _settle_gc() -> None:
     per flow is rescan the ~60,000 start-up objects (full collections) and the young flows
     in flight.  ``bench/bench_cps.py`` on the system stack, GC time measured with
     ``gc.callbacks``: 27 µs per connection before, 8.5 after the freeze alone, 0.5 with both.
+    The price: a frozen object that later ends up in a garbage cycle is never collected
+    (a SIGHUP reload's old routing and outbounds, if they hold cycles), which is bounded by
+    what a config builds; unfreezing to collect them would make the workers copy the pages
+    they share.
     """
     gc.collect()
     gc.freeze()
