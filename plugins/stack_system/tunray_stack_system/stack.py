@@ -123,8 +123,8 @@ class SystemStack(StackDriver):
         assert self.loop is not None
         now = self.loop.time()
         fd = device.fileno()
-        bufs = [self._rbuf]
-        view = self._rview
+        rbuf, view = self._rbuf, self._rview
+        bufs = [rbuf]
         readv, fast, feed, write = os.readv, core.feed_into, core.feed, device.write
         try:
             for _ in range(READ_BATCH):
@@ -134,7 +134,7 @@ class SystemStack(StackDriver):
                     break
                 if not n:
                     raise DeviceError(errno.ENODEV, f"reading {device.name}: end of file")
-                if fast(self._rbuf, n, now):
+                if fast(rbuf, n, now):
                     write(view[:n])
                     continue
                 feed(bytes(view[:n]), now)
@@ -269,7 +269,7 @@ def fd_budget(name: str, max_flows: int) -> int:
     need = max_flows * FDS_PER_FLOW + FDS_SPARE
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < need and soft != hard:
-        want = hard if hard == resource.RLIM_INFINITY else min(hard, need)
+        want = need if hard == resource.RLIM_INFINITY else min(hard, need)
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
             soft = want
