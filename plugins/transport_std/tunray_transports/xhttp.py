@@ -8,16 +8,17 @@ as the streaming POST body (stream-one, stream-up) or queues it for packet-up's
 uploader task, which sends one POST per batch and fails the stream if a POST is
 answered with anything but 200.  ``write_eof`` ends the streaming POST (a real
 half-close); packet-up has no way to say it, so the queued bytes are sent and nothing
-more.  A reset of any of the connection's streams resets the flow.
+more.  A reset of any of the connection's streams resets the flow.  The uplink side
+(write, half-close, the uploader's pacing) is shared with HTTP/1.1 in
+:mod:`tunray_transports.xhttpstream`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 
-from tunray.bytestream import ByteStream, StreamClosed, StreamReset
+from tunray.bytestream import ByteStream, StreamReset
 
 from tunray_transports.h2session import H2Error, H2Session, H2Stream
 from tunray_transports.xhttpframe import (
@@ -27,13 +28,14 @@ from tunray_transports.xhttpframe import (
     request_headers,
     request_target,
 )
+from tunray_transports.xhttpstream import XhttpStreamBase
 
 
-class XhttpStream(ByteStream):
-    """A :class:`~tunray.bytestream.ByteStream` over XHTTP; build with :func:`open_xhttp`.
+class XhttpStream(XhttpStreamBase[H2Stream]):
+    """A :class:`~tunray.bytestream.ByteStream` over XHTTP on HTTP/2; build with :func:`open_xhttp`.
 
-    ``half_close`` is ``False`` in packet-up mode (nothing on the wire says "no more
-    uplink"); the relay's timers then end the flow, as with WebSocket.
+    Writes, half-close and the packet-up uploader are :class:`~tunray_transports.xhttpstream.XhttpStreamBase`'s;
+    here: the downlink, and a packet-up POST as one more stream of the session.
     """
 
     def __init__(
@@ -45,21 +47,10 @@ class XhttpStream(ByteStream):
         post: tuple[XhttpOptions, str, str, random.Random] | None = None,
     ) -> None:
         self._session = session
-        self.half_close = up is not None
-        self._closed = False
         self._down = down
-        self._up = up
-        self._batcher = batcher
         self._checked = False
-        self._error: BaseException | None = None
-        self._wake = asyncio.Event()
-        self._drained = asyncio.Event()
-        self._eof_sent = False
-        self._uploader: asyncio.Task[None] | None = None
         self._post = post  # packet-up: (options, session id, authority, rng)
-        self._limit = 2 * post[0].max_post.hi if post is not None else 0
-        if batcher is not None:
-            self._uploader = asyncio.get_running_loop().create_task(self._upload())
+        super().__init__(up, batcher, 2 * post[0].max_post.hi if post is not None else 0)
 
     async def read(self, max_bytes: int = 65536) -> bytes:
         if self._closed:
@@ -79,68 +70,17 @@ class XhttpStream(ByteStream):
             raise
         return b"" if self._closed else data
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closed or self._eof_sent:
-            raise StreamClosed("XHTTP write side closed")
-        if self._error is not None:
-            raise self._error
-        if self._up is not None:
-            await self._up.write(data)
-            return
-        batcher = self._batcher
-        assert batcher is not None
-        batcher.feed(data)
-        self._wake.set()
-        while batcher.pending > self._limit and self._error is None:
-            self._drained.clear()
-            await self._drained.wait()
-        if self._error is not None:
-            raise self._error
-
-    async def write_eof(self) -> None:
-        if self._eof_sent or self._closed:
-            return
-        self._eof_sent = True
-        if self._up is not None:
-            await self._up.end()
-
-    def _fail(self, exc: BaseException) -> None:
-        if self._error is None:
-            self._error = exc
-        self._drained.set()
+    def _wake_reader(self, exc: BaseException) -> None:
         self._down._fail(exc)
 
-    async def _upload(self) -> None:
-        batcher = self._batcher
-        assert batcher is not None and self._post is not None
+    async def _send_post(self, seq: int, body: bytes) -> None:
+        assert self._post is not None
         opts, session_id, authority, rng = self._post
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                due = batcher.next_timer(loop.time())
-                if due is None:
-                    self._drained.set()
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
-                delay = due - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                post = batcher.next_post(loop.time())
-                if post is None:
-                    continue
-                seq, body = post
-                if batcher.pending <= self._limit:
-                    self._drained.set()
-                target = request_target(opts, session_id, seq)
-                headers = request_headers(opts, "POST", target, authority, rng, content_length=len(body))
-                stream = self._session.open(headers)
-                self._watch(stream)
-                await stream.write(body, end=True)
-        except asyncio.CancelledError:
-            raise
-        except (ConnectionError, OSError) as exc:
-            self._fail(exc)
+        target = request_target(opts, session_id, seq)
+        headers = request_headers(opts, "POST", target, authority, rng, content_length=len(body))
+        stream = self._session.open(headers)
+        self._watch(stream)
+        await stream.write(body, end=True)
 
     def _watch(self, post: H2Stream) -> None:
         """Fail the flow if this upload POST is answered with anything but 200."""
@@ -163,20 +103,10 @@ class XhttpStream(ByteStream):
         if status != b"200":
             self._fail(H2Error(f"XHTTP: the server answered an upload POST with HTTP {status.decode(errors='replace')}"))
 
-    def abort(self) -> None:
-        self._closed = True
-        if self._uploader is not None:
-            self._uploader.cancel()
+    def _abort_connections(self) -> None:
         self._session.abort()
 
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._uploader is not None:
-            self._uploader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._uploader
+    async def _close_connections(self) -> None:
         await self._session.aclose()
 
 

@@ -19,12 +19,11 @@ A response other than 200, or a connection ending inside a response, resets the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Awaitable, Callable
 
 import h11
-from tunray.bytestream import ByteStream, StreamClosed, StreamReset
+from tunray.bytestream import ByteStream, StreamReset
 
 from tunray_transports.h2session import H2Error
 from tunray_transports.xhttpframe import (
@@ -34,6 +33,7 @@ from tunray_transports.xhttpframe import (
     request_headers,
     request_target,
 )
+from tunray_transports.xhttpstream import XhttpStreamBase
 
 READ_CHUNK = 256 * 1024
 Redial = Callable[[], Awaitable[ByteStream]]
@@ -67,7 +67,7 @@ class H1Client:
             out += self.conn.send(h11.EndOfMessage()) or b""
         await self.stream.write(out)
 
-    async def send_data(self, data: bytes | bytearray | memoryview) -> None:
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
         await self.stream.write(self.conn.send(h11.Data(data=bytes(data))) or b"")
 
     async def end(self) -> None:
@@ -118,23 +118,25 @@ class H1Client:
         return False
 
 
-class XhttpH1Stream(ByteStream):
-    """A :class:`~tunray.bytestream.ByteStream` over XHTTP on HTTP/1.1; see the module docstring."""
+class XhttpH1Stream(XhttpStreamBase[H1Client]):
+    """A :class:`~tunray.bytestream.ByteStream` over XHTTP on HTTP/1.1; see the module docstring.
 
-    def __init__(self, down: H1Client, up: H1Client | None, mode: str) -> None:
+    Writes, half-close and the packet-up uploader are :class:`~tunray_transports.xhttpstream.XhttpStreamBase`'s;
+    here: the downlink, and a packet-up POST over the keep-alive upload connection.
+    """
+
+    def __init__(
+        self,
+        down: H1Client,
+        up: H1Client | None,
+        batcher: PacketBatcher | None = None,
+        post: tuple[Redial, XhttpOptions, str, str, random.Random] | None = None,
+    ) -> None:
         self._down = down
-        self._up = up
-        self._mode = mode
-        self.half_close = mode != "packet-up"
         self._checked = False
-        self._closed = False
-        self._eof_sent = False
-        self._error: BaseException | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._batcher: PacketBatcher | None = None
-        self._wake = asyncio.Event()
-        self._drained = asyncio.Event()
-        self._limit = 0
+        self._post = post  # packet-up: (redial, options, session id, authority, rng)
+        self._client: H1Client | None = None  # packet-up: the keep-alive upload connection
+        super().__init__(up, batcher, 2 * post[1].max_post.hi if post is not None else 0)
 
     async def read(self, max_bytes: int = 65536) -> bytes:
         if self._closed:
@@ -153,35 +155,7 @@ class XhttpH1Stream(ByteStream):
                 return b""
             raise
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closed or self._eof_sent:
-            raise StreamClosed("XHTTP write side closed")
-        if self._error is not None:
-            raise self._error
-        if self._up is not None:
-            await self._up.send_data(data)
-            return
-        batcher = self._batcher
-        assert batcher is not None
-        batcher.feed(data)
-        self._wake.set()
-        while batcher.pending > self._limit and self._error is None:
-            self._drained.clear()
-            await self._drained.wait()
-        if self._error is not None:
-            raise self._error
-
-    async def write_eof(self) -> None:
-        if self._eof_sent or self._closed:
-            return
-        self._eof_sent = True
-        if self._up is not None:
-            await self._up.end()
-
-    def _fail(self, exc: BaseException) -> None:
-        if self._error is None:
-            self._error = exc
-        self._drained.set()
+    def _wake_reader(self, exc: BaseException) -> None:
         self._down.stream.abort()  # wakes a waiting read, which then raises
 
     async def _drain_stream_up(self) -> None:
@@ -196,65 +170,33 @@ class XhttpH1Stream(ByteStream):
             if not self._closed:
                 self._fail(exc)
 
-    async def _upload(self, redial: Redial, opts: XhttpOptions, session: str, authority: str, rng: random.Random) -> None:
-        batcher = self._batcher
-        assert batcher is not None
-        loop = asyncio.get_running_loop()
-        client: H1Client | None = None
-        try:
-            while True:
-                due = batcher.next_timer(loop.time())
-                if due is None:
-                    self._drained.set()
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
-                if due > loop.time():
-                    await asyncio.sleep(due - loop.time())
-                post = batcher.next_post(loop.time())
-                if post is None:
-                    continue
-                if batcher.pending <= self._limit:
-                    self._drained.set()
-                seq, body = post
-                if client is None:
-                    client = H1Client(await redial())
-                target = request_target(opts, session, seq)
-                await client.request(request_headers(opts, "POST", target, authority, rng), body=body)
-                status = await client.response()
-                if status != 200:
-                    raise H2Error(f"XHTTP: the server answered an upload POST with HTTP {status}")
-                await client.drain()
-                if not client.reusable():
-                    client.stream.abort()
-                    client = None
-        except asyncio.CancelledError:
-            raise
-        except (ConnectionError, OSError) as exc:
-            self._fail(exc)
-        finally:
-            if client is not None:
-                client.stream.abort()
+    async def _send_post(self, seq: int, body: bytes) -> None:
+        assert self._post is not None
+        redial, opts, session, authority, rng = self._post
+        if self._client is None:
+            self._client = H1Client(await redial())
+        client = self._client
+        target = request_target(opts, session, seq)
+        await client.request(request_headers(opts, "POST", target, authority, rng), body=body)
+        status = await client.response()
+        if status != 200:
+            raise H2Error(f"XHTTP: the server answered an upload POST with HTTP {status}")
+        await client.drain()
+        if not client.reusable():
+            client.stream.abort()
+            self._client = None
 
-    def _close_all(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+    def _upload_ended(self) -> None:
+        if self._client is not None:
+            self._client.stream.abort()
+            self._client = None
 
-    def abort(self) -> None:
-        self._closed = True
-        self._close_all()
+    def _abort_connections(self) -> None:
         self._down.stream.abort()
         if self._up is not None and self._up is not self._down:
             self._up.stream.abort()
 
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._close_all()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async def _close_connections(self) -> None:
         if self._up is not None and self._up is not self._down:
             await self._up.stream.aclose()
         await self._down.stream.aclose()
@@ -265,7 +207,7 @@ async def open_xhttp1(inner: ByteStream, opts: XhttpOptions, mode: str, authorit
     down = H1Client(inner)
     if mode == "stream-one":
         await down.request(request_headers(opts, "POST", request_target(opts), authority, rng, streaming_body=True), chunked=True)
-        return XhttpH1Stream(down, down, mode)
+        return XhttpH1Stream(down, down)
     session = new_session_id()
     await down.request(request_headers(opts, "GET", request_target(opts, session), authority, rng))
     if mode == "stream-up":
@@ -276,11 +218,8 @@ async def open_xhttp1(inner: ByteStream, opts: XhttpOptions, mode: str, authorit
         except BaseException:
             up.stream.abort()
             raise
-        stream = XhttpH1Stream(down, up, mode)
+        stream = XhttpH1Stream(down, up)
         stream._tasks.append(asyncio.get_running_loop().create_task(stream._drain_stream_up()))
         return stream
-    stream = XhttpH1Stream(down, None, mode)
-    stream._batcher = PacketBatcher(opts.max_post, opts.min_interval_ms, rng)
-    stream._limit = 2 * opts.max_post.hi
-    stream._tasks.append(asyncio.get_running_loop().create_task(stream._upload(redial, opts, session, authority, rng)))
-    return stream
+    batcher = PacketBatcher(opts.max_post, opts.min_interval_ms, rng)
+    return XhttpH1Stream(down, None, batcher, (redial, opts, session, authority, rng))
