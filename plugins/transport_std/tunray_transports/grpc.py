@@ -51,6 +51,7 @@ import h2.settings
 from tunray.bytestream import ByteStream, StreamClosed, StreamReset
 
 from tunray_transports.grpcframe import GrpcFramingError, MessageReader, encode_hunks
+from tunray_transports.h2flow import queue_data, take
 from tunray_transports.settings import GrpcOptions
 
 READ_CHUNK = 256 * 1024
@@ -251,12 +252,7 @@ class GrpcStream(ByteStream):
                 return b""
             self._readable.clear()
             await self._readable.wait()
-        if len(rbuf) <= max_bytes:
-            out = bytes(rbuf)
-            rbuf.clear()
-        else:
-            out = bytes(rbuf[:max_bytes])
-            del rbuf[:max_bytes]
+        out = take(rbuf, max_bytes)
         if self._unacked and len(rbuf) < self._opts.window // 2 and self._error is None:
             n, self._unacked = self._unacked, 0
             with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
@@ -276,21 +272,16 @@ class GrpcStream(ByteStream):
             if self._error is not None:
                 raise self._error
             try:
-                window = conn.local_flow_control_window(sid)
+                sent = queue_data(conn, sid, view, pos, False)
             except h2.exceptions.StreamClosedError:
                 raise GrpcError("gRPC stream closed by the server") from None
-            if window <= 0:
+            if sent == pos:
                 if self._pump is None or self._pump.done():
                     raise GrpcError("gRPC connection closed while waiting for the send window")
                 self._window.clear()
                 await self._window.wait()
                 continue
-            frame = conn.max_outbound_frame_size
-            end = min(total, pos + window)
-            while pos < end:
-                n = min(frame, end - pos)
-                conn.send_data(sid, bytes(view[pos : pos + n]))
-                pos += n
+            pos = sent
             await self._flush()
 
     async def write_eof(self) -> None:

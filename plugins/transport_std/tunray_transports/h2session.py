@@ -30,6 +30,8 @@ import h2.exceptions
 import h2.settings
 from tunray.bytestream import ByteStream, StreamReset
 
+from tunray_transports.h2flow import queue_data, take
+
 READ_CHUNK = 256 * 1024
 DEFAULT_WINDOW = 1 << 20
 
@@ -97,12 +99,7 @@ class H2Stream:
                 return b""
             self._readable.clear()
             await self._readable.wait()
-        if len(buf) <= max_bytes:
-            out = bytes(buf)
-            buf.clear()
-        else:
-            out = bytes(buf[:max_bytes])
-            del buf[:max_bytes]
+        out = take(buf, max_bytes)
         if self._unacked and len(buf) < self._session.window // 2 and not self._eof:
             n, self._unacked = self._unacked, 0
             self._session._ack(self.sid, n)
@@ -231,19 +228,14 @@ class H2Session:
             if err is not None:
                 raise err
             try:
-                window = conn.local_flow_control_window(sid)
+                sent = queue_data(conn, sid, view, pos, end)
             except h2.exceptions.StreamClosedError:
                 raise H2Error("HTTP/2 stream closed by the server") from None
-            if window <= 0:
+            if sent == pos:
                 self._send_window.clear()
                 await self._send_window.wait()
                 continue
-            frame = conn.max_outbound_frame_size
-            stop = min(total, pos + window)
-            while pos < stop:
-                n = min(frame, stop - pos)
-                conn.send_data(sid, bytes(view[pos : pos + n]), end_stream=end and pos + n == total)
-                pos += n
+            pos = sent
             await self.flush()
         if end and total == 0:
             await self.end_stream(sid)
