@@ -33,47 +33,13 @@ from tunray.net.address import Destination, Network, parse_host  # noqa: E402
 from tunray.testing.certs import SelfSigned, make_cert  # noqa: E402
 from tunray.testing.echo import pattern  # noqa: E402
 from tunray.testing.harness import driver_of, running  # noqa: E402
+from tunray.testing.throughput import download_mib_s, echo_mib_s  # noqa: E402
 from vless_servers import USER_ID, RunningServer, free_port, sing_box_path, start_sing_box, vless_outbound  # noqa: E402
 
 BLOCK = 1 << 18
 
 
 # --- tunray as the client ----------------------------------------------------------------
-
-
-async def _tunray_echo(drv: Any, echo: int, size: int) -> float:
-    app, task = drv.open_tcp("10.0.0.2:30000", Destination(Network.TCP, parse_host("127.0.0.1"), echo))
-    block = pattern(BLOCK)
-    started = time.monotonic()
-
-    async def send() -> None:
-        for _ in range(size // BLOCK):
-            await app.send(block)
-
-    sender = asyncio.create_task(send())
-    got = 0
-    while got < size:
-        got += len(await app.recv(1 << 20))
-    elapsed = time.monotonic() - started
-    await sender
-    app.shutdown_write()
-    await app.recv_all()
-    await task
-    return size / elapsed / (1 << 20)
-
-
-async def _tunray_download(drv: Any, echo: int, size: int) -> float:
-    app, task = drv.open_tcp("10.0.0.2:30001", Destination(Network.TCP, parse_host("127.0.0.1"), echo + 1))
-    started = time.monotonic()
-    await app.send(struct.pack("!Q", size))
-    app.shutdown_write()
-    got = 0
-    while chunk := await app.recv(1 << 20):
-        got += len(chunk)
-    elapsed = time.monotonic() - started
-    await task
-    assert got == size, got
-    return size / elapsed / (1 << 20)
 
 
 async def _tunray_cps(drv: Any, echo: int, seconds: float) -> float:
@@ -95,8 +61,8 @@ async def bench_tunray(ob: dict[str, Any], echo: int, size: int, seconds: float)
     cfg = {"log": {"loglevel": "none", "access": "none"}, "inbounds": [{"protocol": "driver"}], "outbounds": [ob]}
     async with running(cfg) as rt:
         drv = driver_of(rt)
-        up = await _tunray_echo(drv, echo, size)
-        down = await _tunray_download(drv, echo, size)
+        up = await echo_mib_s(drv, echo, size)
+        down = await download_mib_s(drv, echo, size)
         cps = await _tunray_cps(drv, echo, seconds)
     return up, down, cps
 

@@ -50,6 +50,7 @@ from tunray.net.address import Destination, Network, parse_host  # noqa: E402
 from tunray.net.stream import open_stream  # noqa: E402
 from tunray.testing.echo import pattern  # noqa: E402
 from tunray.testing.harness import driver_of, running  # noqa: E402
+from tunray.testing.throughput import download_mib_s, echo_mib_s  # noqa: E402
 from tunray_reality.layer import RealitySecurity  # noqa: E402
 from tunray_tls.layer import TlsSecurity  # noqa: E402
 
@@ -132,43 +133,6 @@ async def _flows(drv: Any, n: int) -> float:
     return n / (time.monotonic() - started)
 
 
-async def _echo(drv: Any, size: int) -> float:
-    app, task = drv.open_tcp("10.0.0.2:30000", Destination(Network.TCP, parse_host("127.0.0.1"), ECHO))
-    block = pattern(BLOCK)
-    started = time.monotonic()
-
-    async def send() -> None:
-        for _ in range(size // BLOCK):
-            await app.send(block)
-
-    sender = asyncio.create_task(send())
-    got = 0
-    while got < size:
-        got += len(await app.recv(1 << 20))
-    elapsed = time.monotonic() - started
-    await sender
-    app.shutdown_write()
-    await app.recv_all()
-    await task
-    return size / elapsed / (1 << 20)
-
-
-async def _download(drv: Any, size: int) -> float:
-    app, task = drv.open_tcp("10.0.0.2:30001", Destination(Network.TCP, parse_host("127.0.0.1"), ECHO + 1))
-    started = time.monotonic()
-    await app.send(struct.pack("!Q", size))
-    got = 0
-    while got < size:
-        chunk = await app.recv(1 << 20)
-        assert chunk, f"download ended after {got} bytes"
-        got += len(chunk)
-    elapsed = time.monotonic() - started
-    app.shutdown_write()
-    await app.recv_all()
-    await task
-    return size / elapsed / (1 << 20)
-
-
 async def main(mib: int, conns: int, decoy: str) -> None:
     size = max(BLOCK, mib << 20) // BLOCK * BLOCK
     extra_inbound = _tls_inbound()
@@ -185,8 +149,8 @@ async def main(mib: int, conns: int, decoy: str) -> None:
             async with running(_client(host, port, streams[name])) as rt:
                 drv = driver_of(rt)
                 row["conn/s"] = await _flows(drv, conns)
-                row["echo MiB/s"] = await _echo(drv, size)
-                row["download MiB/s"] = await _download(drv, size)
+                row["echo MiB/s"] = await echo_mib_s(drv, ECHO, size)
+                row["download MiB/s"] = await download_mib_s(drv, ECHO, size)
             rows[name] = row
     cols = ["handshake ms", "client CPU ms", "conn/s", "echo MiB/s", "download MiB/s"]
     print(f"{'VLESS+Vision over':<18}" + "".join(f"{c:>16}" for c in cols))
