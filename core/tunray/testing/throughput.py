@@ -18,9 +18,19 @@ import time
 from tunray.net.address import Destination, Network, parse_host
 from tunray.testing.driver import DriverInbound
 from tunray.testing.echo import pattern
+from tunray.testing.links import AppEnd
 
 BLOCK = 1 << 18  # bytes per send
 MIB = 1 << 20
+
+
+async def _receive(app: AppEnd, size: int, what: str) -> None:
+    got = 0
+    while got < size:
+        chunk = await app.recv(MIB)
+        if not chunk:
+            raise RuntimeError(f"{what} ended after {got} of {size} bytes")
+        got += len(chunk)
 
 
 async def echo_mib_s(drv: DriverInbound, port: int, size: int, host: str = "127.0.0.1") -> float:
@@ -35,12 +45,7 @@ async def echo_mib_s(drv: DriverInbound, port: int, size: int, host: str = "127.
             await app.send(block)
 
     sender = asyncio.create_task(send())
-    got = 0
-    while got < size:
-        chunk = await app.recv(MIB)
-        if not chunk:
-            raise RuntimeError(f"echo ended after {got} of {size} bytes")
-        got += len(chunk)
+    await _receive(app, size, "echo")
     elapsed = time.monotonic() - started
     await sender
     app.shutdown_write()
@@ -54,12 +59,7 @@ async def download_mib_s(drv: DriverInbound, port: int, size: int, host: str = "
     app, task = drv.open_tcp("10.0.0.2:30001", Destination(Network.TCP, parse_host(host), port + 1))
     started = time.monotonic()
     await app.send(struct.pack("!Q", size))
-    got = 0
-    while got < size:
-        chunk = await app.recv(MIB)
-        if not chunk:
-            raise RuntimeError(f"download ended after {got} of {size} bytes")
-        got += len(chunk)
+    await _receive(app, size, "download")
     elapsed = time.monotonic() - started
     app.shutdown_write()
     extra = await app.recv_all()
