@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import random
 import socket
 import struct
 from dataclasses import dataclass
@@ -170,10 +171,39 @@ class DirectClient:
         return await asyncio.open_connection(self.host, self.port)
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
-    """A port free on *host* right now (for configs a test writes)."""
+    """A port free for TCP and UDP on *host* right now, for a config a test writes and a
+    peer binds later.
+
+    Drawn below the kernel's ephemeral range, so a connection made in between cannot take
+    it as its source port (a port from ``bind(0)`` can), and never handed out twice by one
+    process.  *kind* is kept for callers; both kinds are checked.
+    """
+    del kind
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, kind) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
+    high = min(32000, _ephemeral_low())
+    rng = random.SystemRandom()
+    for _ in range(500):
+        port = rng.randrange(20000, high)
+        if port in _HANDED_OUT:
+            continue
+        try:
+            for k in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(family, k) as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        _HANDED_OUT.add(port)
         return port
+    raise RuntimeError(f"no free port found on {host} between 20000 and {high}")

