@@ -378,9 +378,15 @@ class SystemCore:
         return evs
 
     def next_timer(self) -> float | None:
-        times = [t for t in (self.nat.next_timer(), self.udp.next_timer(),
-                             self.inner.next_timer() if self.inner is not None else None) if t is not None]
-        return min(times) if times else None
+        t = self.nat.next_timer()  # asked after every batch of packets: no list per call
+        u = self.udp.next_timer()
+        if u is not None and (t is None or u < t):
+            t = u
+        if self.inner is not None:
+            u = self.inner.next_timer()
+            if u is not None and (t is None or u < t):
+                t = u
+        return t
 
     def handle_timer(self, now: float) -> None:
         for entry in self.nat.expire(now):
