@@ -111,6 +111,13 @@ class SystemCore:
     # --- packets in ---------------------------------------------------------------------------------
 
     def feed(self, packet: bytes, now: float) -> None:
+        self._feed(packet, now, True)
+
+    def feed_slow(self, packet: bytes, now: float) -> None:
+        """:meth:`feed` for a packet :meth:`feed_into` has just declined: the fast path is not tried twice."""
+        self._feed(packet, now, False)
+
+    def _feed(self, packet: bytes, now: float, fast: bool) -> None:
         ip = 0
         partial = csum_ok = False
         if self._vnet:
@@ -121,12 +128,13 @@ class SystemCore:
             partial = bool(flags & VNET_F_NEEDS_CSUM)
             csum_ok = bool(flags & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID))
             ip = VNET_LEN
-        if len(packet) >= ip + 40 and packet[ip] == 0x45 and packet[ip + 9] == PROTO_TCP \
-                and self._fast4(packet, len(packet), ip, partial, csum_ok, now, False):
-            return
-        if len(packet) >= ip + 60 and packet[ip] >> 4 == 6 and packet[ip + 6] == PROTO_TCP \
-                and self._fast6(packet, len(packet), ip, partial, csum_ok, now, False):
-            return
+        if fast:
+            if len(packet) >= ip + 40 and packet[ip] == 0x45 and packet[ip + 9] == PROTO_TCP \
+                    and self._fast4(packet, len(packet), ip, partial, csum_ok, now, False):
+                return
+            if len(packet) >= ip + 60 and packet[ip] >> 4 == 6 and packet[ip + 6] == PROTO_TCP \
+                    and self._fast6(packet, len(packet), ip, partial, csum_ok, now, False):
+                return
         parsed = parse_ip(packet, ip, self._vnet and packet[1] != 0)
         if isinstance(parsed, str):
             self.count(parsed)

@@ -125,7 +125,7 @@ class SystemStack(StackDriver):
         fd = device.fileno()
         rbuf, view = self._rbuf, self._rview
         bufs = [rbuf]
-        readv, fast, feed, write = os.readv, core.feed_into, core.feed, device.write
+        readv, fast, feed, write = os.readv, core.feed_into, core.feed_slow, device.write
         try:
             for _ in range(READ_BATCH):
                 try:
