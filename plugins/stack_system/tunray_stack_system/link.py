@@ -30,11 +30,6 @@ if TYPE_CHECKING:
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 def reset_close(sock: socket.socket) -> None:
     """Close *sock* so that the kernel sends RST, not FIN."""
     try:
@@ -77,6 +72,12 @@ class KernelByteLink(ByteLink):
         if fut is not None and not fut.done():
             fut.set_result(None)
 
+    def _timed_out(self) -> None:
+        """Waited handshake_timeout for the socket: wake the waiter, which gives up if it still has none."""
+        fut = self._sock_ready
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
     def _ended(self) -> None:
         """The app gave up (RST, or the entry expired) before the socket came."""
         self._closed = True
@@ -112,11 +113,11 @@ class KernelByteLink(ByteLink):
     async def _open(self, loop: asyncio.AbstractEventLoop) -> SocketStream | None:
         if self._sock is None and not self._closed:
             ready = self._sock_ready = loop.create_future()
-            timer = loop.call_later(self._stack.options.handshake_timeout, _wake, ready)
+            self._stack.wait_socket(self)  # wakes *ready* after handshake_timeout (no timer per flow)
             try:
                 await ready
             finally:
-                timer.cancel()
+                self._stack.stop_waiting(self)
             if self._sock is None and not self._closed:
                 self._stack.count("tcp_handshake_timeout")
                 self.abort()

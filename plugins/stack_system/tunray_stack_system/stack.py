@@ -20,6 +20,7 @@ so this plugin depends on the core's contracts only.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import resource
@@ -60,6 +61,9 @@ class SystemStack(StackDriver):
         self._listeners: dict[int, socket.socket] = {}
         self._nat_links: dict[int, KernelByteLink] = {}  # handle -> link, until paired with its socket
         self._live: set[KernelByteLink] = set()  # paired links (reset by aclose)
+        # links waiting for their socket -> when they give up; in that order (one timeout for all)
+        self._waiting: dict[KernelByteLink, float] = {}
+        self._wait_timer: asyncio.TimerHandle | None = None
         self._syscore: SystemCore | None = None
         self._rbuf = bytearray(READ_SIZE)  # every packet is read into this one buffer (see _on_readable)
         self._rview = memoryview(self._rbuf)
@@ -227,6 +231,34 @@ class SystemStack(StackDriver):
                 core.tcp_abort(handle, self.time())
                 self.kick()
 
+    def wait_socket(self, link: KernelByteLink) -> None:
+        """Wake *link* (:meth:`KernelByteLink._timed_out`) if its socket has not come in handshake_timeout.
+
+        One timer for every waiting link instead of one per flow: the timeout is the same for
+        all, so the dict's insertion order is the order they give up in.
+        """
+        assert self.loop is not None
+        deadline = self.loop.time() + self.options.handshake_timeout
+        self._waiting[link] = deadline
+        if self._wait_timer is None:
+            self._wait_timer = self.loop.call_at(deadline, self._wait_expired)
+
+    def stop_waiting(self, link: KernelByteLink) -> None:
+        self._waiting.pop(link, None)
+
+    def _wait_expired(self) -> None:
+        self._wait_timer = None
+        assert self.loop is not None
+        now = self.loop.time()
+        waiting = self._waiting
+        while waiting:
+            link, deadline = next(iter(waiting.items()))
+            if deadline > now:
+                self._wait_timer = self.loop.call_at(deadline, self._wait_expired)
+                return
+            del waiting[link]
+            link._timed_out()
+
     def track(self, link: KernelByteLink) -> None:
         self._live.add(link)
 
@@ -246,6 +278,9 @@ class SystemStack(StackDriver):
         if self._closed:
             return
         self._close_listeners()
+        if self._wait_timer is not None:
+            self._wait_timer.cancel()
+            self._wait_timer = None
         for link in list(self._nat_links.values()) + list(self._live):
             link.abort()
         self._nat_links.clear()
