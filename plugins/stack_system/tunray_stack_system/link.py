@@ -146,13 +146,17 @@ class KernelByteLink(ByteLink):
             raise LinkClosed("the app's handshake did not complete")
 
     async def read(self, max_bytes: int = 65536) -> bytes:
-        stream = await self._ready()
+        stream = self._stream  # paired (the common case): no wait
         if stream is None:
-            return b""
+            stream = await self._ready()
+            if stream is None:
+                return b""
         return await stream.read(max_bytes)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        stream = await self._ready()
+        stream = self._stream
+        if stream is None:
+            stream = await self._ready()
         if stream is None or self._closed:
             raise LinkClosed("the flow is closed")
         try:

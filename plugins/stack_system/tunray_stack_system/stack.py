@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 from loguru import logger
 from tunray.config.errors import ConfigError
 from tunray.device import DeviceError, FdDevice, PacketDevice
-from tunray.net.address import Destination, Network
+from tunray.net.address import Destination, IPAddress, Network
 from tunray.stack import Flow, StackOptions
 from tunray.stackcore import CoreEvent, StackCapabilities, StackCore, TcpOpened, TcpReset
 from tunray.stackdriver import READ_BATCH, StackDriver, _ip
@@ -45,6 +45,7 @@ ACCEPT_BATCH = 64
 EMFILE_BACKOFF = 0.1
 FDS_PER_FLOW = 2  # the socket the listener accepted and the outbound's
 FDS_SPARE = 256  # the TUN, listeners, DNS and log files, a few dials in progress
+SOURCES_CACHED = 1024  # app addresses kept as ipaddress objects (cleared when full)
 READ_SIZE = 65536 + 64  # a 64 KiB (super-)packet and its virtio header
 
 
@@ -63,6 +64,7 @@ class SystemStack(StackDriver):
         self._live: set[KernelByteLink] = set()  # paired links (reset by aclose)
         # links waiting for their socket -> when they give up; in that order (one timeout for all)
         self._waiting: dict[KernelByteLink, float] = {}
+        self._sources: dict[bytes, IPAddress] = {}  # the apps' addresses, as a flow's source wants them
         self._wait_timer: asyncio.TimerHandle | None = None
         self._syscore: SystemCore | None = None
         self._rbuf = bytearray(READ_SIZE)  # every packet is read into this one buffer (see _on_readable)
@@ -162,9 +164,10 @@ class SystemStack(StackDriver):
         if core is None:
             return
         nat = core.nat
+        family = lsock.family.value  # socket.accept() converts both to enums again for every socket
         for _ in range(ACCEPT_BATCH):
             try:
-                sock, peer = lsock.accept()
+                fd, peer = lsock._accept()  # type: ignore[attr-defined]
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -174,6 +177,7 @@ class SystemStack(StackDriver):
                     return
                 self.count("tcp_accept_error")
                 continue
+            sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             sock.setblocking(False)
             entry = nat.lookup_port(version, peer[1])
             link = self._nat_links.pop(entry.handle, None) if entry is not None else None
@@ -202,7 +206,12 @@ class SystemStack(StackDriver):
             if kind is TcpOpened and ev.handle < 0:
                 link = KernelByteLink(self, ev.handle, not ev.pending)
                 self._nat_links[ev.handle] = link
-                self._push(Flow(Network.TCP, Destination(Network.TCP, _ip(ev.src_ip), ev.src_port),
+                src = self._sources.get(ev.src_ip)
+                if src is None:  # a handful of apps open every flow: their addresses are made once
+                    if len(self._sources) >= SOURCES_CACHED:
+                        self._sources.clear()
+                    src = self._sources[ev.src_ip] = _ip(ev.src_ip)
+                self._push(Flow(Network.TCP, Destination(Network.TCP, src, ev.src_port),
                                 Destination(Network.TCP, _ip(ev.dst_ip), ev.dst_port), link))
             elif kind is TcpReset and ev.handle < 0:
                 ended = self._nat_links.pop(ev.handle, None)
