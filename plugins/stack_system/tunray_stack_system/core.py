@@ -332,12 +332,15 @@ class SystemCore:
         sport, dport = (key[2 * alen] << 8) | key[2 * alen + 1], (key[2 * alen + 2] << 8) | key[2 * alen + 3]
         self.events.append(TcpOpened(entry.handle, key[:alen], sport, dst, dport, not self.config.eager))
         if self.config.eager:
-            self._pass_syn(entry, packet)
+            syn = self._pass_syn(entry, packet)
+            if syn is not None:
+                self.out.append(syn)  # type: ignore[arg-type]
         else:
             entry.pending = True
             entry.syn = packet
 
-    def _pass_syn(self, entry: NatEntry, packet: bytes) -> None:
+    def _pass_syn(self, entry: NatEntry, packet: bytes) -> bytearray | None:
+        """The SYN rewritten for the kernel (None: an IPv6 header that no longer parses)."""
         partial = False
         ip = 0
         if self.config.vnet_hdr:
@@ -347,10 +350,10 @@ class SystemCore:
         if entry.version == 6:
             parsed = parse_ip(packet, ip, False)
             if isinstance(parsed, str):
-                return
+                return None
             l4 = parsed[4]
-        self.out.append(rewrite(packet, ip, l4, entry.version, entry.fwd_addr, entry.fwd_ports, entry.fwd_ip,
-                                entry.fwd_l4, partial))  # type: ignore[arg-type]
+        return rewrite(packet, ip, l4, entry.version, entry.fwd_addr, entry.fwd_ports, entry.fwd_ip, entry.fwd_l4,
+                       partial)
 
     def _answer_rst(self, packet: bytes, ip: int, l4: int, end: int, version: int, src: bytes, dst: bytes) -> None:
         rst = rst_for(packet, ip, l4, end, version, src, dst, self._prefix)
@@ -423,11 +426,18 @@ class SystemCore:
     # --- TCP by handle (NAT entries) ----------------------------------------------------------------
 
     def tcp_accept(self, handle: int, now: float) -> None:
+        syn = self.release_syn(handle)
+        if syn is not None:
+            self.out.append(syn)  # type: ignore[arg-type]
+
+    def release_syn(self, handle: int) -> bytearray | None:
+        """:meth:`tcp_accept` for a driver that writes the SYN itself: the held SYN, rewritten for the kernel."""
         entry = self.nat.by_handle.get(handle)
-        if entry is not None and entry.pending and entry.syn is not None:
-            entry.pending = False
-            self._pass_syn(entry, entry.syn)
-            entry.syn = None
+        if entry is None or not entry.pending or entry.syn is None:
+            return None
+        entry.pending = False
+        syn, entry.syn = entry.syn, None
+        return self._pass_syn(entry, syn)
 
     def tcp_abort(self, handle: int, now: float) -> None:
         """Refuse a held SYN (RST) and free the entry; an entry past its SYN ends with the kernel socket."""

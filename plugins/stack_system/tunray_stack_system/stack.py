@@ -228,9 +228,16 @@ class SystemStack(StackDriver):
     # --- called by links ----------------------------------------------------------------------------
 
     def release_syn(self, handle: int) -> None:
-        if self.core is not None and not self._closed:
-            self.core.tcp_accept(handle, self.time())
-            self.kick()
+        """Let the flow's held SYN through: written to the device now, not on the next flush."""
+        core, device = self._syscore, self._device
+        if core is None or self.core is not core or self._closed or device is None:
+            return
+        syn = core.release_syn(handle)
+        if syn is not None:
+            try:
+                device.write(syn)
+            except OSError as exc:
+                self._fail(exc)
 
     def refuse(self, handle: int) -> None:
         """The flow was aborted before its socket came: RST a held SYN; a later socket is reset too."""
