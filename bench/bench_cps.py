@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=64)
     ap.add_argument("--profile", help="write a py-spy flame graph of the proxy during run 1 here")
     ap.add_argument("--workers", type=int, default=1, help="tunray: the TUN's worker processes")
+    ap.add_argument("--mtu", type=int, default=1500, help="the TUN's MTU (the issue's target is at 65535)")
     a = ap.parse_args()
     proxy = next(p for p in PROXIES if p.key == a.proxy)
     if proxy.tunray and a.workers != 1:
@@ -54,12 +55,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tunray-cps-") as tmp:
         world = World(Path(tmp))
         try:
-            pid = world.start(proxy, 1500)
+            pid = world.start(proxy, a.mtu)
             for i in range(a.runs):
                 spy = None
                 if a.profile and i == 0:
                     spy = subprocess.Popen([str(PY_SPY), "record", "-o", a.profile, "--pid", str(pid),
-                                            "-d", str(int(a.seconds) + 1), "-r", "400", "--nonblocking", "-f", "raw"],
+                                            "-d", str(int(a.seconds) + 1), "-r", "400", "-f", "raw",
+                                            *(["--native"] if os.environ.get("PYSPY_NATIVE") else ["--nonblocking"])],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 argv = [sys.executable, LOAD, "connrate", HOST4, str(ECHO_PORT),
                         "--seconds", str(a.seconds), "--parallel", str(a.parallel)]

@@ -15,8 +15,11 @@ median over rounds.  Metrics:
   HTTP/TLS sniffing on (the 32 bytes are neither, as with SSH or a database), the latter in
   a fresh world so that neither run inherits the other's client ports in TIME_WAIT;
 * UDP echo round trip p50 / p99;
-* RSS and CPU seconds of the proxy holding 5,000 TCP flows, and PSS (``/proc/PID/smaps_rollup``) idle and
-  holding them; all three summed over the proxy's processes (tunray's supervisor and workers).
+* memory: RSS and PSS (``/proc/PID/smaps_rollup``) idle right after start (one probe flow, no other
+  traffic), PSS idle again :data:`SETTLE` seconds after the iperf3, connection and UDP runs, and
+  RSS, PSS and CPU seconds holding 5,000 TCP flows; each summed over the proxy's processes
+  (tunray's supervisor and workers).  PSS splits a page shared by N processes N ways, so the sum
+  counts it once; summed RSS would count it N times.
 
 The tunray stacks (python, system, mixed) run with the TUN's ``workers`` set to 1 unless ``--workers``
 lists counts: then every tunray stack runs once per count, each a column of its own.
@@ -55,6 +58,8 @@ DOC = REPO / "docs" / "benchmarks.md"
 CHART = REPO / "docs" / "benchmarks.png"
 NOTES: set[str] = set()
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+IDLE_WAIT = 1.0  # seconds between the first flow through and the idle reading
+SETTLE = 12.0  # seconds idle before the after-traffic reading (tunray trims its heap every 10 s)
 
 
 @dataclass(frozen=True)
@@ -94,8 +99,9 @@ def metrics(plan: Plan) -> list[Metric]:
         Metric("cps_sniff", "TCP connections per second, sniffing http+tls on", "conn/s", True, ">= 0.5"),
         Metric("udp_p50", "UDP echo RTT p50", "µs", False),
         Metric("udp_p99", "UDP echo RTT p99", "µs", False),
-        Metric("rss_idle", "RSS idle", "MiB", False),
-        Metric("pss_idle", "PSS idle, all processes", "MiB", False, "<= 1.5"),
+        Metric("rss_idle", "RSS idle (right after start)", "MiB", False),
+        Metric("pss_idle", "PSS idle (right after start), all processes", "MiB", False, "<= 1.5"),
+        Metric("pss_after", f"PSS idle again {SETTLE:g} s after the traffic above, all processes", "MiB", False),
         Metric("pss_flows", f"PSS at {plan.flows:,} TCP flows, all processes", "MiB", False),
         Metric("rss_flows", f"RSS at {plan.flows:,} TCP flows", "MiB", False, "<= 2.0"),
         Metric("cpu_flows", f"CPU s to open {plan.flows:,} flows", "s", False),
@@ -155,8 +161,6 @@ def proc_cpu_s(pid: int) -> float:
 def hold_flows(world: World, pid: int, flows: int, during: Callable[[], object] | None = None) -> dict[str, float]:
     """Hold *flows* through the proxy (bench/load.py hold); *during* is called while they are held."""
     cpu0 = proc_cpu_s(pid)
-    rss0 = proc_rss_mib(pid)
-    pss0 = proc_pss_mib(pid)
     argv = ["ip", "netns", "exec", world.client, sys.executable, LOAD, "hold", HOST4, str(ECHO_PORT), "--flows", str(flows)]
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -188,8 +192,7 @@ def hold_flows(world: World, pid: int, flows: int, during: Callable[[], object] 
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
-    return {"rss_idle": rss0, "rss_flows": rss, "pss_idle": pss0, "pss_flows": pss, "cpu_flows": cpu,
-            "held": info["held"]}
+    return {"rss_flows": rss, "pss_flows": pss, "cpu_flows": cpu, "held": info["held"]}
 
 
 def connrate(world: World, plan: Plan) -> float:
@@ -204,6 +207,12 @@ def run_proxy(proxy: Proxy, mtu: int, plan: Plan, workdir: Path, say: Callable[[
     world = World(workdir)
     try:
         pid = world.start(proxy, mtu)
+        if mtu == 1500:
+            # Idle means idle: read before any traffic but the one probe flow start() sends (after
+            # iperf3 and thousands of connections a heap holds buffers it has not given back yet:
+            # that is the separate "after" reading below).
+            time.sleep(IDLE_WAIT)
+            res["rss_idle"], res["pss_idle"] = proc_rss_mib(pid), proc_pss_mib(pid)
         t = plan.iperf_seconds
         res[f"up1@{mtu}"] = iperf(world, t)
         res[f"down1@{mtu}"] = iperf(world, t, reverse=True)
@@ -212,6 +221,8 @@ def run_proxy(proxy: Proxy, mtu: int, plan: Plan, workdir: Path, say: Callable[[
             res["cps"] = connrate(world, plan)
             u = load(world, "udprtt", HOST4, str(ECHO_PORT), "--count", str(plan.udp_count), timeout=120)
             res["udp_p50"], res["udp_p99"] = u["p50_us"], u["p99_us"]
+            time.sleep(SETTLE)
+            res["pss_after"] = proc_pss_mib(pid)
             limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
             if proxy.fds_per_flow * plan.flows + 500 > limit:
                 NOTES.add(f"{proxy.label} holds {proxy.fds_per_flow} descriptors per TCP flow; "

@@ -130,6 +130,11 @@ def test_workers_share_the_load_survive_a_crash_and_stop_cleanly(stack: str, tmp
             for _ in range(20):
                 held.append(socket.create_connection((HOST_A, ECHO), timeout=10))
         assert all(_echo_once(c, b"hello") for c in held), "a held flow did not echo"
+        # With a named uplink a worker needs no netlink thread (nor its pyroute2 loop and malloc
+        # arena): the supervisor configured the link.  Dialing a numeric address needs no resolver
+        # thread either (tunray.net.dialer.connect_socket).  So every worker runs on one thread.
+        threads = {w: sorted(os.listdir(f"/proc/{w}/task")) for w in workers}
+        assert all(len(t) == 1 for t in threads.values()), f"worker threads: {threads}"
 
         # a worker dies mid-run: logged, forked again, the other worker's flows carry on
         victim = workers[0]

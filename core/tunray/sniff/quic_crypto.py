@@ -2,6 +2,9 @@
 
 Initial keys are derived from the client's Destination Connection ID and a per-version salt,
 so anyone on the path can read a client Initial: that is what the QUIC sniffer relies on.
+
+``cryptography`` is imported on the first decryption, not with this module: its Rust
+extension maps ~7 MiB and a config without QUIC sniffing (or TLS, REALITY) never needs it.
 """
 
 from __future__ import annotations
@@ -10,10 +13,10 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers import CipherContext
 
 VERSION_1 = 0x00000001
 VERSION_DRAFT29 = 0xFF00001D
@@ -42,11 +45,16 @@ class InitialKeys:
 
     def header_mask(self, sample: bytes) -> bytes:
         """AES-ECB of the 16-byte ciphertext sample (RFC 9001 §5.4.3)."""
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
         encryptor: CipherContext = Cipher(algorithms.AES(self.hp), modes.ECB()).encryptor()
         return encryptor.update(sample)
 
     def open(self, packet_number: int, header: bytes, ciphertext: bytes) -> bytes | None:
         """Decrypt a payload; ``None`` if authentication fails."""
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         nonce = (int.from_bytes(self.iv, "big") ^ packet_number).to_bytes(12, "big")
         try:
             return AESGCM(self.key).decrypt(nonce, ciphertext, header)

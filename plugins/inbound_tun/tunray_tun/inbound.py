@@ -96,6 +96,7 @@ class TunInbound(Inbound):
         self._flows: set[asyncio.Task[None]] = set()  # counted for stats; the dispatcher owns them
         self._queues: list[FdDevice] = []  # supervisor: one per worker (prepare_workers)
         self._queue: tuple[int, int] | None = None  # in a worker: (index, count)
+        self._link_index: int | None = None  # in a worker: the link's index (the supervisor's lookup)
         self._state = "new"  # new -> started -> stopped
         self.failed = False  # the device vanished: stop() leaves the (gone) link alone
 
@@ -113,12 +114,21 @@ class TunInbound(Inbound):
 
     async def _start(self) -> None:
         s = self.settings
-        self._worker = worker = netconf.NetlinkWorker()
         fd = inherited_fd()
         if self._queue is not None:
-            self.device = self._queues[self._queue[0]]  # the supervisor owns the link and its routes
+            # A worker: the supervisor configured the link and knows its index, so a worker starts
+            # no netlink thread (with its pyroute2 loop and malloc arena) unless "auto" uplink
+            # detection needs one.
+            self.device = self._queues[self._queue[0]]
             self.adopted = True
-        elif fd is not None:
+            if self.uplink_mode:
+                worker = self._worker = netconf.NetlinkWorker() if self.uplink_mode == "auto" else None
+                self._binder = UplinkBinder(self.uplink_mode, self.runtime.dialer, worker, self._link_index)
+                await self._binder.start()
+            await self._start_stack()
+            return
+        self._worker = worker = netconf.NetlinkWorker()
+        if fd is not None:
             self.device, self.ifname = adopt_tun(fd, expect_name=s.name, mtu=self.mtu)
             self.adopted = True
             if s.gateway or s.autoSystemRoutingTable:
@@ -139,6 +149,11 @@ class TunInbound(Inbound):
                 raise TunError(0, f"TUN {self.ifname} vanished right after it was opened")
             self._setup = netconf.LinkSetup(index)
             await worker.call(self._setup.apply, self.mtu, list(s.gateway), list(s.autoSystemRoutingTable))
+        await self._start_stack()
+
+    async def _start_stack(self) -> None:
+        s = self.settings
+        assert self.device is not None
         policy = self.runtime.policy(self.user_level)
         options = StackOptions(
             mtu=self.mtu,
@@ -211,6 +226,7 @@ class TunInbound(Inbound):
             if i != index:
                 q.close()  # this worker's copies only: the supervisor keeps every queue
         self._queue = (index, count)
+        self._link_index = self._setup.index if self._setup is not None else None
         self._setup = None  # the link is the supervisor's
         self._created = False
         return True

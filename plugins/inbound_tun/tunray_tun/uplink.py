@@ -79,7 +79,8 @@ def _is_loopback(ip: IPAddress) -> bool:
 class UplinkBinder:
     """Binds every outbound socket to the uplink; see the module docstring."""
 
-    def __init__(self, mode: str, dialer: Dialer, worker: NetlinkWorker, tun_index: int | None) -> None:
+    def __init__(self, mode: str, dialer: Dialer, worker: NetlinkWorker | None, tun_index: int | None) -> None:
+        """*worker* runs the detection dumps; only ``"auto"`` needs one."""
         self.mode = mode
         self.dialer = dialer
         self.worker = worker
@@ -117,6 +118,8 @@ class UplinkBinder:
         self._installed = True
 
     async def _detect_once(self) -> None:
+        if self.worker is None:
+            raise RuntimeError("uplink detection needs a netlink worker")
         name = await self.worker.call(detect_uplink, self.tun_index)
         if name != self.current:
             if name is None:

@@ -7,7 +7,6 @@ import ipaddress
 import ssl
 from typing import ClassVar
 
-from cryptography import x509
 from loguru import logger
 from tunray.bytestream import ByteStream
 from tunray.config.errors import ConfigError, join
@@ -35,6 +34,8 @@ def _name_matches(pattern: str, name: str) -> bool:
 
 def cert_matches(der: bytes, names: tuple[str, ...]) -> bool:
     """True if the certificate's subjectAltName covers one of *names* (DNS or IP)."""
+    from cryptography import x509  # here: only pinned-certificate checks need it (~10 MiB mapped)
+
     cert = x509.load_der_x509_certificate(der)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

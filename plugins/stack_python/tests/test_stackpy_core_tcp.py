@@ -312,3 +312,35 @@ def test_idle_timeout_resets() -> None:
     assert out and out[0].flags & RST
     assert not core.conns and core.counters["tcp_idle_timeout"] == 1
     assert peer.conn is not None and core.events == [events.TcpReset(peer.conn.handle)]
+
+
+def test_closed_connections_are_freed_long_before_their_timers_fire() -> None:
+    """A burst of short connections leaves neither the connections nor their buffers behind.
+
+    Each one is established, carries data the app never reads, and is reset by the app; its
+    idle timer (300 s) is still in the heap.  Lazy timer deletion used to keep every one of
+    them (and its receive buffer) alive until that deadline.
+    """
+    import gc
+
+    def alive() -> list[TcpConn]:
+        gc.collect()
+        return [o for o in gc.get_objects() if type(o) is TcpConn]
+
+    core = make_core(tcp_idle_timeout=300.0)
+    before = len(alive())
+    n = 2000
+    for i in range(n):
+        peer = Peer(core, sport=10000 + i)
+        peer.handshake()
+        conn = peer.conn
+        assert conn is not None
+        peer.send(ACK | PSH, b"x" * 1000)
+        core.tcp_abort(conn.handle, peer.now)
+        peer.drain()
+    del peer, conn
+    assert not core.conns and not core.tcp_handles
+    assert len(core._timers) <= 2 * len(core.conns) + 256  # compacted, not 2,000 stale entries
+    left = alive()
+    assert len(left) - before <= 256, f"{len(left) - before} of {n} closed connections still alive"
+    assert all(not c.rcvbuf and not c.sndbuf for c in left)  # and those hold no buffers

@@ -83,6 +83,14 @@ class CoreConfig:
 
 
 Owner = TcpConn
+TIMER_SLACK = 256  # stale timer entries tolerated beyond twice the live connections
+
+
+def _drop_buffers(conn: TcpConn) -> None:
+    """A closed connection nobody holds: its buffers go now, whatever still references it."""
+    conn.rcvbuf = bytearray()
+    conn.sndbuf = bytearray()
+    conn.ooo = None
 
 
 class Core:
@@ -337,6 +345,22 @@ class Core:
             self._timer_n += 1
             heapq.heappush(self._timers, (d, self._timer_n, owner))
 
+    def _compact_timers(self) -> None:
+        """Drop stale heap entries once they outnumber the live connections.
+
+        Lazy deletion leaves an entry behind whenever a deadline moves earlier or its
+        connection closes, and a stale entry keeps its (closed) connection alive until its
+        deadline passes: after a burst of short connections that was thousands of
+        connections and their buffers for up to ``connIdle``.  One O(n) rebuild per n stale
+        entries keeps the heap within :data:`TIMER_SLACK` of twice the live connections.
+        """
+        timers = self._timers
+        if len(timers) <= 2 * len(self.conns) + TIMER_SLACK:
+            return
+        live = [e for e in timers if e[2].scheduled == e[0] and e[2].state is not State.CLOSED]
+        heapq.heapify(live)
+        self._timers = live
+
     def next_timer(self) -> float | None:
         timers = self._timers
         while timers and timers[0][2].scheduled != timers[0][0]:
@@ -373,6 +397,9 @@ class Core:
         self._dirty.pop(conn, None)
         if conn.held:
             self.events.append(TcpReset(conn.handle) if conn.closed_reset else TcpClosed(conn.handle))
+        else:
+            _drop_buffers(conn)
+        self._compact_timers()
 
     # --- the StackCore protocol: events, stats --------------------------------------------------
 
@@ -451,12 +478,15 @@ class Core:
             conn.close_read()
             conn.shutdown()
             self._dirty[conn] = None
+        if conn.state is State.CLOSED:
+            _drop_buffers(conn)
 
     def tcp_abort(self, handle: int, now: float) -> None:
         conn = self.tcp_handles.pop(handle)
         conn.held = conn.want_read = conn.want_write = False
         self.now = now
         conn.abort()
+        _drop_buffers(conn)
 
     # --- the StackCore protocol: UDP by handle --------------------------------------------------
 
