@@ -1,6 +1,7 @@
 """Benchmark: app -> TUN -> VLESS -> sing-box server -> iperf3 / echo; tunray vs sing-box as the client.
 
     .venv/bin/python plugins/outbound_vless/bench/bench_vless_tun.py [--seconds 5] [--cps-seconds 3]
+    .venv/bin/python plugins/outbound_vless/bench/bench_vless_tun.py --no-iperf --path tls --rounds 3   # TLS conn/s only
 
 Root only.  One client/server namespace pair (:class:`tunray.testing.netns.Topology`)
 for the whole run::
@@ -14,15 +15,20 @@ Contenders, one at a time, same MTU (9000, as in ``configs/vless-*.json``): tunr
 (``python -m tunray run``, python stack) and sing-box with a ``tun`` inbound (gvisor
 and system stacks) and a ``vless`` outbound.  Per contender and path (raw, TLS):
 iperf3 single stream up and down (Mbit/s), then connections per second (sequential
-connect, 8-byte echo, close, through the TUN).  Prints a markdown table.
+connect, 8-byte echo, close, through the TUN) with the client proxy's CPU time per
+connection (user + system, summed over tunray's supervisor and workers), which varies
+less with other load on the machine than the rate does.  With ``--rounds`` the contenders
+alternate and each figure is the median.  Prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +41,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from tunray.testing.certs import SelfSigned, make_cert  # noqa: E402
 from tunray.testing.netns import Topology, ns_exec  # noqa: E402
+from tunray.workers import process_tree  # noqa: E402
 from vless_servers import USER_ID, RunningServer, sing_box_path, start_sing_box, vless_outbound  # noqa: E402
 
 HOST = "203.0.113.10"
@@ -63,7 +70,12 @@ print(count / (time.monotonic() - start))
 """
 
 
+PROFILE = os.environ.get("BENCH_PYSPY", "")  # write a py-spy raw profile of tunray's cps run here
+WORKERS: int | None = None  # --workers: the TUN's "workers" (None: the default, one per CPU)
+
+
 def tunray_config(server: RunningServer, cert: SelfSigned | None) -> dict[str, Any]:
+    extra = {} if WORKERS is None else {"workers": WORKERS}
     return {
         "log": {"loglevel": "warning", "access": "none"},
         "inbounds": [
@@ -78,6 +90,7 @@ def tunray_config(server: RunningServer, cert: SelfSigned | None) -> dict[str, A
                     "autoOutboundsInterface": "",  # the server is on the veth subnet: no loop
                     "stack": "python",
                     "maxFlows": 16384,
+                    **extra,
                 },
             }
         ],
@@ -113,6 +126,7 @@ class Bench:
         self.topo = Topology.create(prefix="vb")
         self.servers: list[RunningServer] = []
         self.proc: subprocess.Popen[bytes] | None = None
+        self.name = ""
 
     def build(self) -> tuple[RunningServer, RunningServer, SelfSigned]:
         t = self.topo
@@ -129,6 +143,7 @@ class Bench:
         return raw, tls, cert
 
     def start(self, name: str, argv: list[str], config: dict[str, Any], add_route: bool) -> None:
+        self.name = name
         path = self.workdir / f"{name}.json"
         path.write_text(json.dumps(config, indent=1))
         log = (self.workdir / f"{name}.log").open("wb")
@@ -180,11 +195,35 @@ class Bench:
         report = json.loads(res.stdout)
         return float(report["end"]["sum_received"]["bits_per_second"]) / 1e6
 
-    def cps(self, seconds: float) -> float:
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the running contender used so far, all its processes."""
+        assert self.proc is not None
+        total = 0
+        for p in process_tree(self.proc.pid):
+            try:
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def cps(self, seconds: float) -> tuple[float, float]:
+        """(connections per second, contender CPU µs per connection)."""
+        assert self.proc is not None
+        spy = None
+        if PROFILE and "tunray" in self.name:  # py-spy flame data of the contender during the run
+            spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "-o", PROFILE, "-f", "raw",
+                                    "-r", "400", "--subprocesses", *(["--native"] if os.environ.get("PYSPY_NATIVE") else ["--nonblocking"]), "--pid", str(self.proc.pid),
+                                    "-d", str(int(seconds))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cpu0 = self.cpu()
         res = ns_exec(self.topo.client, "/usr/bin/python3", "-c", CPS_APP, HOST, str(ECHO), str(seconds), check=False)
+        cpu = self.cpu() - cpu0
+        if spy is not None:
+            spy.wait(60)
         if res.returncode != 0:
             raise RuntimeError(f"cps app failed: {res.stderr[-400:]}")
-        return float(res.stdout.strip())
+        rate = float(res.stdout.strip())
+        return rate, cpu / max(1.0, rate * seconds) * 1e6
 
     def close(self) -> None:
         try:
@@ -201,42 +240,57 @@ class Bench:
 
 
 def main() -> None:
+    global WORKERS
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per direction")
     parser.add_argument("--cps-seconds", type=float, default=3.0)
+    parser.add_argument("--no-iperf", action="store_true", help="connections per second only")
+    parser.add_argument("--path", choices=("raw", "tls"), action="append", help="only these VLESS paths")
+    parser.add_argument("--only", choices=("tunray", "sb-gvisor", "sb-system"), action="append",
+                        help="only these clients")
+    parser.add_argument("--rounds", type=int, default=1, help="alternate the clients this many times; medians")
+    parser.add_argument("--workers", type=int, help="tunray's TUN workers (default: one per CPU)")
     args = parser.parse_args()
+    WORKERS = args.workers
     workdir = Path(tempfile.mkdtemp(prefix="bench-vless-tun-"))
     bench = Bench(workdir)
-    rows: list[tuple[str, str, float, float, float]] = []
+    samples: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
     try:
         raw, tls, cert = bench.build()
-        contenders: list[tuple[str, list[str], Any, bool]] = [
-            ("tunray (python stack)", [sys.executable, "-m", "tunray", "run", "-c"], tunray_config, False),
-            ("sing-box gvisor", [sing_box_path(), "run", "--disable-color", "-c"], "gvisor", True),
-            ("sing-box system", [sing_box_path(), "run", "--disable-color", "-c"], "system", True),
+        contenders: list[tuple[str, str, list[str], Any, bool]] = [
+            ("tunray", "tunray (python stack)", [sys.executable, "-m", "tunray", "run", "-c"], tunray_config, False),
+            ("sb-gvisor", "sing-box gvisor", [sing_box_path(), "run", "--disable-color", "-c"], "gvisor", True),
+            ("sb-system", "sing-box system", [sing_box_path(), "run", "--disable-color", "-c"], "system", True),
         ]
-        for label, argv, how, add_route in contenders:
-            for path, server, c in (("raw TCP", raw, None), ("TLS", tls, cert)):
-                config = how(server, c) if callable(how) else sing_box_config(server, c, how)
-                name = f"{label.split()[0]}-{how if isinstance(how, str) else 'tunray'}-{server.port}"
-                bench.start(name, argv, config, add_route)
-                try:
-                    up = bench.iperf(args.seconds, reverse=False)
-                    down = bench.iperf(args.seconds, reverse=True)
-                    cps = bench.cps(args.cps_seconds)
-                finally:
-                    bench.stop()
-                rows.append((label, path, up, down, cps))
-                print(f"{label:<22} {path:<8} up {up:8.0f} Mbit/s  down {down:8.0f} Mbit/s  {cps:6.0f} conn/s", flush=True)
+        contenders = [c for c in contenders if not args.only or c[0] in args.only]
+        paths = [p for p in (("raw TCP", raw, None), ("TLS", tls, cert))
+                 if not args.path or ("tls" if p[2] is not None else "raw") in args.path]
+        for r in range(args.rounds):
+            order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
+            for key, label, argv, how, add_route in order:
+                for path, server, c in paths:
+                    config = how(server, c) if callable(how) else sing_box_config(server, c, how)
+                    bench.start(f"{key}-{server.port}-{r}", argv, config, add_route)
+                    try:
+                        up = 0.0 if args.no_iperf else bench.iperf(args.seconds, reverse=False)
+                        down = 0.0 if args.no_iperf else bench.iperf(args.seconds, reverse=True)
+                        cps, cpu_us = bench.cps(args.cps_seconds)
+                    finally:
+                        bench.stop()
+                    samples.setdefault((label, path), []).append((up, down, cps, cpu_us))
+                    print(f"{label:<22} {path:<8} up {up:8.0f} Mbit/s  down {down:8.0f} Mbit/s  {cps:6.0f} conn/s"
+                          f"  {cpu_us:5.0f} µs CPU/conn", flush=True)
     finally:
         bench.close()
     print()
-    print(f"MTU {MTU}, iperf3 single stream {args.seconds:g} s per direction, connections for {args.cps_seconds:g} s")
+    print(f"MTU {MTU}, iperf3 single stream {args.seconds:g} s per direction, connections for {args.cps_seconds:g} s, "
+          f"{args.rounds} round(s), medians")
     print()
-    print("| client | VLESS path | upload Mbit/s | download Mbit/s | conn/s |")
-    print("|---|---|---:|---:|---:|")
-    for label, path, up, down, cps in rows:
-        print(f"| {label} | {path} | {up:.0f} | {down:.0f} | {cps:.0f} |")
+    print("| client | VLESS path | upload Mbit/s | download Mbit/s | conn/s | client CPU µs/conn |")
+    print("|---|---|---:|---:|---:|---:|")
+    for (label, path), rows in samples.items():
+        up, down, cps, cpu_us = (statistics.median(col) for col in zip(*rows, strict=True))
+        print(f"| {label} | {path} | {up:.0f} | {down:.0f} | {cps:.0f} | {cpu_us:.0f} |")
 
 
 if __name__ == "__main__":

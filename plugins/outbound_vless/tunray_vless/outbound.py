@@ -123,10 +123,12 @@ class VlessOutbound(Outbound):
                 check_vision_stream(stream)
             body = Body(stream, self.spec)
             await link.accept()
-            try:
-                first = await asyncio.wait_for(link.read(READ_CHUNK), FIRST_PAYLOAD_WAIT)
+            first = b""
+            try:  # a timeout scope, not wait_for: no extra task per connection
+                async with asyncio.timeout(FIRST_PAYLOAD_WAIT):
+                    first = await link.read(READ_CHUNK)
             except TimeoutError:
-                first = b""
+                pass
             ctx.uplink_bytes += len(first)
             header = encode_request(self.spec.user_id, Command.TCP, ctx.target, self._addons())
             await body.send_first(header, first)
