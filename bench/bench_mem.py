@@ -7,7 +7,10 @@
 Same topology and proxy configs as bench/run.py.  For every process of the proxy (tunray's
 supervisor and its workers) it prints PSS, RSS and the private dirty pages from
 ``/proc/PID/smaps_rollup``, and the sum of PSS: a page shared by N processes counts 1/N in
-each, so the sum counts it once (summed RSS counts it N times).  Readings:
+each, so the sum counts it once (summed RSS counts it N times).  PSS also divides pages
+shared with unrelated processes (other Pythons or sing-boxes on the machine), so the line
+also gives the pages resident in the group counted once each (``/proc/PID/pagemap``), which
+for a single process is its RSS.  Readings:
 
 * ``idle``: one second after the first flow got through (the probe), nothing else yet;
 * ``burst``: right after iperf3 up, down and 4 streams (2 s each) and a 3 s connection-rate run;
@@ -23,7 +26,7 @@ import time
 from pathlib import Path
 
 from run import QUICK, connrate, iperf, proc_rss_mib
-from tunray.workers import process_tree
+from tunray.workers import process_tree, unique_resident_kib
 from world import PROXIES, World
 
 FIELDS = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Private_Dirty")
@@ -49,7 +52,8 @@ def show(label: str, pid: int) -> float:
         except OSError:
             continue
     total = sum(r["Pss"] for _, r in rows) / 1024
-    print(f"{label}: PSS {total:.1f} MiB over {len(rows)} process(es), summed RSS {proc_rss_mib(pid):.1f} MiB")
+    print(f"{label}: PSS {total:.1f} MiB over {len(rows)} process(es), resident (each page once) "
+          f"{unique_resident_kib(pid) / 1024:.1f} MiB, summed RSS {proc_rss_mib(pid):.1f} MiB")
     for p, r in rows:
         print(f"  pid {p:<7} " + "  ".join(f"{k} {r.get(k, 0) / 1024:5.1f}" for k in FIELDS))
     return total

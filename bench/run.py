@@ -19,7 +19,10 @@ median over rounds.  Metrics:
   traffic), PSS idle again :data:`SETTLE` seconds after the iperf3, connection and UDP runs, and
   RSS, PSS and CPU seconds holding 5,000 TCP flows; each summed over the proxy's processes
   (tunray's supervisor and workers).  PSS splits a page shared by N processes N ways, so the sum
-  counts it once; summed RSS would count it N times.
+  counts it once; summed RSS would count it N times.  PSS also shrinks when *unrelated*
+  processes map the same pages (other Pythons, another sing-box on a shared machine), so
+  "resident, each page once" counts every physical page the proxy's processes keep
+  resident exactly once (``/proc/PID/pagemap``): for one process that is its RSS.
 
 The tunray stacks (python, system, mixed) run with the TUN's ``workers`` set to 1 unless ``--workers``
 lists counts: then every tunray stack runs once per count, each a column of its own.
@@ -50,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import png
-from tunray.workers import process_tree, total_pss_kib
+from tunray.workers import process_tree, total_pss_kib, unique_resident_kib
 from world import ECHO_PORT, HOST4, IPERF_PORT, PROXIES, REPO, SING_BOX, Proxy, World
 
 LOAD = str(Path(__file__).with_name("load.py"))
@@ -101,6 +104,7 @@ def metrics(plan: Plan) -> list[Metric]:
         Metric("udp_p99", "UDP echo RTT p99", "µs", False),
         Metric("rss_idle", "RSS idle (right after start)", "MiB", False),
         Metric("pss_idle", "PSS idle (right after start), all processes", "MiB", False, "<= 1.5"),
+        Metric("res_idle", "resident idle, each physical page once (pagemap), all processes", "MiB", False, "<= 1.5"),
         Metric("pss_after", f"PSS idle again {SETTLE:g} s after the traffic above, all processes", "MiB", False),
         Metric("pss_flows", f"PSS at {plan.flows:,} TCP flows, all processes", "MiB", False),
         Metric("rss_flows", f"RSS at {plan.flows:,} TCP flows", "MiB", False, "<= 2.0"),
@@ -213,6 +217,7 @@ def run_proxy(proxy: Proxy, mtu: int, plan: Plan, workdir: Path, say: Callable[[
             # that is the separate "after" reading below).
             time.sleep(IDLE_WAIT)
             res["rss_idle"], res["pss_idle"] = proc_rss_mib(pid), proc_pss_mib(pid)
+            res["res_idle"] = unique_resident_kib(pid) / 1024
         t = plan.iperf_seconds
         res[f"up1@{mtu}"] = iperf(world, t)
         res[f"down1@{mtu}"] = iperf(world, t, reverse=True)

@@ -329,3 +329,49 @@ def total_pss_kib(pid: int) -> int:
         except OSError:
             pass
     return total
+
+
+def unique_resident_kib(pid: int) -> int:
+    """Distinct physical pages resident in *pid* and its descendants, KiB (root only).
+
+    PSS divides a shared page among *every* process mapping it, so a proxy's PSS shrinks
+    when unrelated processes (other Pythons, another sing-box) map the same library pages.
+    This counts each physical page the group keeps resident exactly once, whoever else
+    shares it: for one process it equals its RSS.  Read from ``/proc/PID/pagemap``
+    (page frame numbers need CAP_SYS_ADMIN), walking only mappings with resident pages.
+    """
+    page = os.sysconf("SC_PAGE_SIZE")
+    frames: set[int] = set()
+    for p in process_tree(pid):
+        try:
+            ranges = _resident_ranges(p)
+            with open(f"/proc/{p}/pagemap", "rb") as pm:
+                for start, end in ranges:
+                    pm.seek(start // page * 8)
+                    raw = pm.read((end - start) // page * 8)
+                    for (entry,) in struct.iter_unpack("<Q", raw):
+                        if entry >> 63:  # present
+                            pfn = entry & ((1 << 55) - 1)
+                            if pfn == 0:
+                                raise PermissionError("pagemap hides frame numbers: needs root")
+                            frames.add(pfn)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return len(frames) * page // 1024
+
+
+def _resident_ranges(pid: int) -> list[tuple[int, int]]:
+    """Address ranges of *pid*'s mappings that have resident pages (from ``/proc/PID/smaps``)."""
+    out: list[tuple[int, int]] = []
+    span: tuple[int, int] | None = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(" ", 1)[0]
+            if "-" in head and ":" not in head:
+                lo, _, hi = head.partition("-")
+                span = (int(lo, 16), int(hi, 16))
+            elif line.startswith("Rss:") and span is not None:
+                if int(line.split()[1]):
+                    out.append(span)
+                span = None
+    return out
