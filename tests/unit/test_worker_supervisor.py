@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from tunray.net import steering
-from tunray.workers import SharedCounters, process_tree, pss_kib, total_pss_kib
+from tunray.workers import SharedCounters, process_tree, pss_kib, total_pss_kib, unique_resident_kib
 
 SUPERVISED = textwrap.dedent("""
     import os, signal, sys, time
@@ -158,6 +158,36 @@ def test_pss_of_this_process_tree() -> None:
         assert abs(total - sum(members.values())) <= sum(members.values()) // 50, (total, members)
     finally:
         child.communicate(b"")
+
+
+@pytest.mark.root
+def test_resident_pages_of_a_forked_group_count_shared_pages_once() -> None:
+    """A 32 MiB buffer shared copy-on-write with a child counts once (summed RSS: twice)."""
+
+    def rss_kib(pid: int) -> int:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    buf = bytearray(os.urandom(1 << 20)) * 32  # touched: resident
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        os.close(r)
+        os.write(w, b"1")
+        time.sleep(30)
+        os._exit(0)
+    os.close(w)
+    try:
+        assert os.read(r, 1) == b"1"
+        group = unique_resident_kib(os.getpid())
+        parent = rss_kib(os.getpid())
+        assert parent <= group < parent + 16 * 1024, (group, parent, rss_kib(child))  # the 32 MiB once
+        assert group < parent + rss_kib(child) - 24 * 1024  # summed RSS counts it twice
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(r)
+    del buf
 
 
 # --- steering against the kernel ----------------------------------------------------------------------------
