@@ -18,14 +18,52 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
+import importlib
+import importlib.util
 import ipaddress
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from loguru import logger
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+
+
+def _defer_pyroute2_init() -> None:
+    """Let ``pyroute2.iproute`` load without ``pyroute2/__init__.py`` running first.
+
+    That ``__init__`` imports every pyroute2 module (NDB with sqlite3, IPDB, nftables,
+    WireGuard, 9p, ...): ~10.5 MiB of RSS in every tunray process, of which ``IPRoute`` and
+    ``NetlinkError`` need ~4.5 (``bench/bench_mem.py``).  The package module is registered
+    without executing it; its module ``__getattr__`` (PEP 562) imports a submodule asked for
+    by name (``from pyroute2 import config``, as pyroute2's own modules do) and runs the real
+    ``__init__`` the first time anything asks the package for another name, so ``from
+    pyroute2 import NDB`` elsewhere in the process still works.  Nothing happens if pyroute2
+    is imported already.
+    """
+    if "pyroute2" in sys.modules:
+        return
+    spec = importlib.util.find_spec("pyroute2")
+    if spec is None or spec.loader is None:
+        return  # the import below fails with the usual message
+    loader = spec.loader
+    pkg = importlib.util.module_from_spec(spec)
+
+    def full_init(name: str) -> Any:
+        if not name.startswith("__") and importlib.util.find_spec(f"pyroute2.{name}") is not None:
+            return importlib.import_module(f"pyroute2.{name}")  # "from pyroute2 import config"
+        vars(pkg).pop("__getattr__", None)
+        loader.exec_module(pkg)
+        return getattr(pkg, name)
+
+    setattr(pkg, "__getattr__", full_init)  # a module __getattr__, which mypy does not model
+    sys.modules["pyroute2"] = pkg
+
+
+_defer_pyroute2_init()
+
+from pyroute2.iproute.linux import IPRoute  # noqa: E402
+from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
 
 T = TypeVar("T")
 
