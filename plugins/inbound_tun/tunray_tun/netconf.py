@@ -56,7 +56,7 @@ def _defer_pyroute2_init() -> None:
         loader.exec_module(pkg)
         return getattr(pkg, name)
 
-    setattr(pkg, "__getattr__", full_init)  # a module __getattr__, which mypy does not model
+    vars(pkg)["__getattr__"] = full_init  # PEP 562: consulted for names the module lacks
     sys.modules["pyroute2"] = pkg
 
 
