@@ -344,3 +344,46 @@ def test_closed_connections_are_freed_long_before_their_timers_fire() -> None:
     left = alive()
     assert len(left) - before <= 256, f"{len(left) - before} of {n} closed connections still alive"
     assert all(not c.rcvbuf and not c.sndbuf for c in left)  # and those hold no buffers
+
+
+def test_passive_close_acks_the_apps_fin_with_ours_or_after_40_ms() -> None:
+    """In CLOSE_WAIT the ACK of the app's FIN waits (as Linux's delayed ACK does) for our FIN."""
+    core = make_core()
+    peer = Peer(core)
+    peer.handshake()
+    conn = peer.conn
+    assert conn is not None
+    assert peer.send(ACK | FIN) == []  # nothing yet
+    assert conn.state is State.CLOSE_WAIT
+    core.tcp_shutdown(conn.handle, peer.now + 0.001)
+    out = peer.drain()
+    assert [(s.flags & (FIN | ACK), s.ack) for s in out] == [(FIN | ACK, peer.seq)]  # our FIN acks theirs
+
+    core = make_core()
+    peer = Peer(core)
+    peer.handshake()
+    assert peer.send(ACK | FIN) == []
+    t = core.next_timer()
+    assert t is not None and t == pytest.approx(peer.now + 0.04)
+    core.handle_timer(t)
+    out = [decode(p) for p in core.drain(t)]
+    assert [(s.flags, s.ack) for s in out] == [(ACK, peer.seq)]  # no FIN of ours in 40 ms: a bare ACK
+
+
+def test_a_fin_with_data_or_in_fin_wait_is_acked_at_once() -> None:
+    core = make_core()
+    peer = Peer(core)
+    peer.handshake()
+    out = peer.send(ACK | FIN | PSH, b"last words")
+    assert [(s.flags, s.ack) for s in out] == [(ACK, peer.seq)]  # the data's ACK covers the FIN too
+
+    core = make_core()
+    peer = Peer(core)
+    peer.handshake()
+    conn = peer.conn
+    assert conn is not None
+    core.tcp_shutdown(conn.handle, peer.now)
+    fin = peer.drain()[-1]
+    peer.ack = fin.seq + 1
+    out = peer.send(ACK | FIN)  # our FIN acked and theirs: FIN_WAIT -> TIME_WAIT, ACK now
+    assert [(s.flags, s.ack) for s in out] == [(ACK, peer.seq)]

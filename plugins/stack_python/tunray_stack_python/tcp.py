@@ -26,7 +26,7 @@ from __future__ import annotations
 from tunray.stackcore import TcpPeerEof, TcpReadable, TcpWritable
 
 from tunray_stack_python.reassembly import OutOfOrder
-from tunray_stack_python.tcp_base import INF
+from tunray_stack_python.tcp_base import FIN_ACK_DELAY, INF
 from tunray_stack_python.tcp_sender import TcpSender
 from tunray_stack_python.tcp_state import FIN_QUEUED, RECEIVING, TRANSITIONS, Input, State
 from tunray_stack_python.tcp_wire import ACK, FIN, M32, RST, SYN, seq_delta, syn_options
@@ -185,8 +185,14 @@ class TcpConn(TcpSender):
             self.peer_fin_off = off + n
         if self.peer_fin_off >= 0 and not self.fin_rcvd and self.rcv_nxt == self.peer_fin_off:
             self.fin_rcvd = True
-            self.ack_now = True
+            pending = self.ack_now or self.ack_pending
             self.go(Input.PEER_FIN)
+            if self.state is State.CLOSE_WAIT and not pending:
+                # A passive close, as Linux does it (delayed ACK once in CLOSE_WAIT): the app's
+                # FIN is ACKed by our own FIN if the outbound closes within FIN_ACK_DELAY.
+                self.delack = self.core.now + FIN_ACK_DELAY
+            else:
+                self.ack_now = True
             if self.held:
                 self.want_read = False
                 self.core.events.append(TcpPeerEof(self.handle))
@@ -228,7 +234,7 @@ class TcpConn(TcpSender):
         if state is State.TIME_WAIT or state is State.FIN_WAIT_2:
             return min(self.timer_deadline, self.rto_deadline)
         idle = self.last_active + self.core.config.tcp_idle_timeout
-        d = min(self.rto_deadline, idle, self.handshake_deadline)
+        d = min(self.rto_deadline, idle, self.handshake_deadline, self.delack)
         if (
             self.snd_wnd == 0
             and self.snd_una + len(self.sndbuf) > self.snd_nxt
@@ -244,6 +250,9 @@ class TcpConn(TcpSender):
     def on_timer(self, now: float) -> None:
         core = self.core
         state = self.state
+        if now >= self.delack:
+            self.delack = INF
+            self.ack_now = True  # the core drains this connection after its timer
         if state is State.TIME_WAIT or state is State.FIN_WAIT_2:
             if now >= self.timer_deadline:
                 if state is State.FIN_WAIT_2:

@@ -49,13 +49,17 @@ if TYPE_CHECKING:
 
 _II = struct.Struct("!II")
 INF = float("inf")
+#: How long the ACK of the app's FIN may wait for our own FIN to carry it (passive close),
+#: Linux's minimum delayed-ACK time: a short connection's close then costs one segment less.
+FIN_ACK_DELAY = 0.04
 
 
 class TcpBase:
     """A connection's state; instantiate :class:`~tunray_stack_python.tcp.TcpConn`, never this."""
 
     __slots__ = (
-        "ack_now", "ack_pending", "adv_right", "closed_reset", "core", "cwnd", "dupacks", "fin_acked", "fin_rcvd",
+        "ack_now", "ack_pending", "adv_right", "closed_reset", "core", "cwnd", "delack", "dupacks", "fin_acked",
+        "fin_rcvd",
         "fin_rtx", "fin_sent", "fin_wanted", "gso_max", "handle", "handshake_deadline", "held", "ip_base", "irs1",
         "iss", "iss1", "key",
         "last_active", "limit", "local_ip", "local_port", "mss", "ooo", "peer_fin_off", "peer_wscale", "probe",
@@ -122,6 +126,7 @@ class TcpBase:
         self.ts_ok = False
         self.ts_recent = 0
         self.ack_pending = False
+        self.delack = INF  # when a delayed ACK (of the app's FIN) must go out at the latest
         self.ack_now = False
         self.last_active = 0.0
         self.handshake_deadline = INF
@@ -162,6 +167,7 @@ class TcpBase:
     def _emit(self, seq: int, flags: int, ack: int, win: int, opts: bytes,
               payload: bytes | memoryview, gso_size: int) -> None:
         core = self.core
+        self.delack = INF  # every segment carries the current ACK
         hlen = 20 + len(opts)
         l4len = hlen + len(payload)
         if core.config.vnet_hdr:
