@@ -87,10 +87,8 @@ TIMER_SLACK = 256  # stale timer entries tolerated beyond twice the live connect
 
 
 def _drop_buffers(conn: TcpConn) -> None:
-    """A closed connection nobody holds: its buffers go now, whatever still references it."""
-    conn.rcvbuf = bytearray()
-    conn.sndbuf = bytearray()
-    conn.ooo = None
+    """A closed connection nobody holds: what it received and nobody will read goes now."""
+    conn.close_read()
 
 
 class Core:
