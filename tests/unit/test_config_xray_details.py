@@ -49,8 +49,8 @@ def test_keys_without_effect_are_refused_when_set(tmp_path: Path) -> None:
         ({"log": {"dnsLog": True}}, "log.dnsLog"),
         ({"policy": {"levels": {"0": {"statsUserUplink": True}}}}, "policy.levels.0.statsUserUplink"),
         ({"outbounds": [{"protocol": "vless", "settings": {"address": "127.0.0.1", "port": 1, "id": "a", "encryption": "none"},
-                         "streamSettings": {"security": "tls", "tlsSettings": {"enableSessionResumption": True}}}]},
-         "outbounds[0].streamSettings.tlsSettings.enableSessionResumption"),
+                         "streamSettings": {"security": "tls", "tlsSettings": {"cipherSuites": "TLS_AES_128_GCM_SHA256"}}}]},
+         "outbounds[0].streamSettings.tlsSettings.cipherSuites"),
     ):
         out = _test(tmp_path, cfg)
         assert out.returncode == 23 and out.stderr.startswith(f"config error: {path}: ") and "not supported" in out.stderr, out.stderr

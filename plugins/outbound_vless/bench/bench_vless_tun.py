@@ -71,11 +71,15 @@ print(count / (time.monotonic() - start))
 
 
 PROFILE = os.environ.get("BENCH_PYSPY", "")  # write a py-spy raw profile of tunray's cps run here
+RESUME = False  # --resume: tunray's tlsSettings.enableSessionResumption
 WORKERS: int | None = None  # --workers: the TUN's "workers" (None: the default, one per CPU)
 
 
 def tunray_config(server: RunningServer, cert: SelfSigned | None) -> dict[str, Any]:
     extra = {} if WORKERS is None else {"workers": WORKERS}
+    outbound = dict(vless_outbound(server, tls=cert), tag="proxy")
+    if RESUME and cert is not None:
+        outbound["streamSettings"]["tlsSettings"]["enableSessionResumption"] = True
     return {
         "log": {"loglevel": "warning", "access": "none"},
         "inbounds": [
@@ -94,7 +98,7 @@ def tunray_config(server: RunningServer, cert: SelfSigned | None) -> dict[str, A
                 },
             }
         ],
-        "outbounds": [dict(vless_outbound(server, tls=cert), tag="proxy")],
+        "outbounds": [outbound],
     }
 
 
@@ -240,7 +244,7 @@ class Bench:
 
 
 def main() -> None:
-    global WORKERS
+    global WORKERS, RESUME
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per direction")
     parser.add_argument("--cps-seconds", type=float, default=3.0)
@@ -250,8 +254,9 @@ def main() -> None:
                         help="only these clients")
     parser.add_argument("--rounds", type=int, default=1, help="alternate the clients this many times; medians")
     parser.add_argument("--workers", type=int, help="tunray's TUN workers (default: one per CPU)")
+    parser.add_argument("--resume", action="store_true", help="tunray: tlsSettings.enableSessionResumption")
     args = parser.parse_args()
-    WORKERS = args.workers
+    WORKERS, RESUME = args.workers, args.resume
     workdir = Path(tempfile.mkdtemp(prefix="bench-vless-tun-"))
     bench = Bench(workdir)
     samples: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}

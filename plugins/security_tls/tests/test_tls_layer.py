@@ -303,3 +303,32 @@ def test_alpn_default_follows_the_transport() -> None:
     assert parse_options(None, "tlsSettings", "httpupgrade").alpn == ("http/1.1",)
     assert parse_options(None, "tlsSettings", "grpc").alpn == ("h2",)
     assert parse_options({"alpn": ["h3"]}, "tlsSettings", "grpc").alpn == ("h3",)
+
+
+@pytest.mark.parametrize("version", ["1.3", "1.2"])
+async def test_session_resumption_only_when_enabled(tmp_path: Path, version: str) -> None:
+    """``enableSessionResumption`` offers the server's last ticket; without it every handshake is full."""
+    cert = make_cert(tmp_path)
+    verify = {"serverName": "vless.test", "maxVersion": version,
+              "certificates": [{"usage": "verify", "certificate": cert.cert_pem.splitlines()}]}
+
+    async def resumed(layer: TlsSecurity, port: int) -> list[bool]:
+        out = []
+        for _ in range(3):
+            stream = await _dial(port, layer)
+            await stream.write(b"ping")
+            assert await stream.read(4) == b"ping"  # TLS 1.3: the tickets arrive before the echo
+            assert stream.tls_version == f"TLSv{version}"
+            out.append(stream._obj.session_reused)
+            await stream.aclose()
+        return out
+
+    async def body(port: int) -> None:
+        layer = _layer({**verify, "enableSessionResumption": True})
+        assert await resumed(layer, port) == [False, True, True]
+        assert layer.sessions is not None and list(layer.sessions) == ["vless.test"]
+        plain = _layer(verify)
+        assert await resumed(plain, port) == [False, False, False]
+        assert plain.sessions is None
+
+    await _with_server(cert, _echo, body)

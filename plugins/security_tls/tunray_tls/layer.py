@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import ssl
+from collections import OrderedDict
 from typing import ClassVar
 
 from loguru import logger
@@ -18,6 +19,7 @@ from tunray_tls.settings import TlsOptions, build_context, parse_options
 from tunray_tls.stream import TlsError, TlsStream, handshake, leaf_der
 
 _fingerprint_logged = False
+SESSIONS = 128  # server names whose latest session a layer keeps (Xray: a 128-entry LRU cache)
 
 
 def _name_matches(pattern: str, name: str) -> bool:
@@ -69,6 +71,10 @@ class TlsSecurity(Layer):
             self.context = build_context(self.options)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError("streamSettings.tlsSettings.certificates", f"cannot load: {exc}") from None
+        #: ``enableSessionResumption``: the latest resumable session per server name, LRU.
+        self.sessions: OrderedDict[str, ssl.SSLSession] | None = (
+            OrderedDict() if self.options.session_resumption else None
+        )
         global _fingerprint_logged
         if self.options.fingerprint and not _fingerprint_logged:
             _fingerprint_logged = True
@@ -80,8 +86,19 @@ class TlsSecurity(Layer):
     async def wrap(self, inner: ByteStream, dest: Destination) -> TlsStream:
         opts = self.options
         name = opts.server_name or dest.host_text
+        sessions = self.sessions
+        session = sessions.get(name) if sessions is not None else None
+
+        def keep(new: ssl.SSLSession) -> None:
+            assert sessions is not None
+            sessions[name] = new
+            sessions.move_to_end(name)
+            if len(sessions) > SESSIONS:
+                sessions.popitem(last=False)
+
         try:
-            stream = await handshake(inner, self.context, name)
+            stream = await handshake(inner, self.context, name, session=session,
+                                     on_session=keep if sessions is not None else None)
         except TlsError as exc:
             logger.warning("tls: {} (server {}, serverName {!r})", exc, dest.netloc, name)
             raise TlsError(f"{exc} (server {dest.netloc}, serverName {name!r})") from None

@@ -62,7 +62,12 @@ TLS_SCHEMA = Schema(
     Field("certificates", ListOf(CERTIFICATE_SCHEMA), default=[], doc='CAs (usage "verify") or a client cert'),
     Field("disableSystemRoot", Bool(), default=False, doc="do not trust the system CA store"),
     Field("allowInsecure", Bool(), default=False, doc="refused when true: use pinnedPeerCertSha256"),
-    Unsupported("enableSessionResumption", "tlsSettings.enableSessionResumption (TLS session resumption)"),
+    Field(
+        "enableSessionResumption",
+        Bool(),
+        default=False,
+        doc="resume TLS sessions with tickets the server sent (per outbound, the last 128 server names)",
+    ),
     Field("masterKeyLog", Str(), default="", doc="NSS key log file (debugging)"),
     Field("rejectUnknownSni", Bool(), default=False, doc="server only; ignored"),
     Unsupported("cipherSuites", "tlsSettings.cipherSuites"),
@@ -105,6 +110,7 @@ class TlsOptions:
     client_cert: tuple[str, str] | None = None
     system_roots: bool = True
     key_log: str = ""
+    session_resumption: bool = False
 
 
 def parse_options(raw: object, path: str, network: str = "raw") -> TlsOptions:
@@ -155,6 +161,7 @@ def parse_options(raw: object, path: str, network: str = "raw") -> TlsOptions:
         client_cert=client,
         system_roots=not s.disableSystemRoot,
         key_log=s.masterKeyLog,
+        session_resumption=bool(s.enableSessionResumption),
     )
 
 

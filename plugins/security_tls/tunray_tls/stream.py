@@ -31,6 +31,7 @@ failure is :class:`TlsError`.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 
 from tunray.bytestream import ByteStream, RecordStream, StreamClosed
 
@@ -53,6 +54,7 @@ class TlsStream(RecordStream):
         "_in",
         "_inner",
         "_obj",
+        "_on_session",
         "_out",
         "_version",
         "_write_closed",
@@ -71,6 +73,16 @@ class TlsStream(RecordStream):
         self._close_notify_due = False
         self._version: str = obj.version() or ""
         self._alpn: str | None = obj.selected_alpn_protocol()
+        #: Called once with the session as soon as it holds a ticket (``enableSessionResumption``).
+        self._on_session: Callable[[ssl.SSLSession], None] | None = None
+
+    def _offer_session(self) -> None:
+        """Hand a resumable session to ``_on_session`` once (TLS 1.3 tickets arrive after the handshake)."""
+        sink = self._on_session
+        session = self._obj.session
+        if sink is not None and session is not None and session.has_ticket:
+            self._on_session = None
+            sink(session)
 
     @property
     def tls_version(self) -> str:
@@ -120,6 +132,8 @@ class TlsStream(RecordStream):
                 raise TlsError(f"tls read: {exc.reason or exc}") from None
             if self._out.pending:
                 await self._flush()  # e.g. a KeyUpdate answer
+            if self._on_session is not None:
+                self._offer_session()
             return data
 
     async def read(self, max_bytes: int = 65536) -> bytes:
@@ -211,15 +225,24 @@ class TlsStream(RecordStream):
 
 
 async def handshake(
-    inner: ByteStream, ctx: ssl.SSLContext, server_name: str | None, *, server_side: bool = False
+    inner: ByteStream,
+    ctx: ssl.SSLContext,
+    server_name: str | None,
+    *,
+    server_side: bool = False,
+    session: ssl.SSLSession | None = None,
+    on_session: Callable[[ssl.SSLSession], None] | None = None,
 ) -> TlsStream:
     """Run the handshake over *inner*; raise :class:`TlsError` (a ``ConnectionError``).
 
     ``server_side=True`` runs the server's side (test peers; tunray itself is a client).
+    A client offers *session* for resumption (the server may decline: then a full
+    handshake runs) and hands the new session to *on_session* once it holds a ticket.
     """
     incoming = ssl.MemoryBIO()
     outgoing = ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_side=server_side, server_hostname=server_name or None)
+    obj = ctx.wrap_bio(incoming, outgoing, server_side=server_side, server_hostname=server_name or None,
+                       session=session)
     while True:
         try:
             obj.do_handshake()
@@ -237,7 +260,11 @@ async def handshake(
             raise TlsError(f"tls handshake failed: {exc.reason or exc}") from None
     if outgoing.pending:
         await inner.write(outgoing.read())
-    return TlsStream(inner, obj, incoming, outgoing)
+    stream = TlsStream(inner, obj, incoming, outgoing)
+    if on_session is not None:
+        stream._on_session = on_session
+        stream._offer_session()  # TLS 1.2: the ticket came with the handshake
+    return stream
 
 
 def leaf_der(stream: TlsStream) -> bytes:
