@@ -361,10 +361,6 @@ def _serve(
                 logger.error("cannot drop privileges to {}: {}; stopping", drop_to[0], exc)
                 await runtime.stop(drain_timeout=0.0)
                 raise SystemExit(1) from None
-        # Everything start-up built lives as long as the process: out of the cyclic collector's
-        # sight, a full collection no longer walks it (about 4% of the CPU of short connections,
-        # bench/bench_cps.py) and never writes to (so copies) pages a worker shares.
-        gc.freeze()
         from tunray.memory import Trimmer
 
         trimmer = Trimmer()  # freed buffers go back to the kernel after a burst (tunray.memory)
