@@ -102,7 +102,7 @@ def metrics(plan: Plan) -> list[Metric]:
         Metric("cps_sniff", "TCP connections per second, sniffing http+tls on", "conn/s", True, ">= 0.5"),
         Metric("udp_p50", "UDP echo RTT p50", "µs", False),
         Metric("udp_p99", "UDP echo RTT p99", "µs", False),
-        Metric("rss_idle", "RSS idle (right after start)", "MiB", False),
+        Metric("rss_idle", "RSS idle (right after start), summed over processes", "MiB", False),
         Metric("pss_idle", "PSS idle (right after start), all processes", "MiB", False, "<= 1.5"),
         Metric("res_idle", "resident idle, each physical page once (pagemap), all processes", "MiB", False, "<= 1.5"),
         Metric("pss_after", f"PSS idle again {SETTLE:g} s after the traffic above, all processes", "MiB", False),
