@@ -280,6 +280,24 @@ def echo_reply(version: int, src: bytes, dst: bytes, message: bytes, vnet: bool)
 
 # --- GSO ------------------------------------------------------------------------------------------
 
+# --- TCP flags every stack refuses ----------------------------------------------------------------
+
+TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
+
+
+def _bad_flags(flags: int) -> bool:
+    syn = flags & TCP_SYN
+    return bool(syn and flags & (TCP_FIN | TCP_RST)) or not flags & (TCP_SYN | TCP_ACK | TCP_RST)
+
+
+#: Indexed by a TCP header's flags byte (offset 13): 1 for a combination no stack accepts, so every
+#: stack drops it (counted ``tcp_bad_flags``) before it can open a connection or reach a state
+#: machine.  SYN with FIN or RST (FreeBSD drops SYN+FIN always, Linux in LISTEN; RFC 9293 3.10.7
+#: gives a SYN no meaning beside RST), and a segment with none of SYN, ACK, RST: the null and
+#: FIN/PSH/URG-only "scans", FIN without ACK (every segment after the SYN carries ACK, RFC 9293
+#: 3.10.7.4; Linux discards the rest in ``tcp_validate_incoming``).
+BAD_TCP_FLAGS = bytes(_bad_flags(f) for f in range(256))
+
 _TCP_FIN_PSH = 0x09
 _TCP_CWR = 0x80
 

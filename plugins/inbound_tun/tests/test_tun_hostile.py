@@ -41,14 +41,16 @@ def _world(topo: Topology) -> None:
     topo.start_echo(port=ECHO)
 
 
+@pytest.mark.parametrize("stack", ["python", "lwip", "system"])
 @pytest.mark.parametrize("flags", [SYN | FIN, SYN | FIN | PSH | URG, FIN, 0])
-async def test_nonsensical_flags_open_no_connection_and_no_dial(flags: int) -> None:
-    """Before: SYN+FIN opened a connection and dialled the server; FIN-only/null drew a RST."""
+async def test_nonsensical_flags_open_no_connection_and_no_dial(flags: int, stack: str) -> None:
+    """Before: SYN+FIN opened a connection and dialled the server (every stack); FIN-only/null drew a RST."""
     with topology() as topo:
         _world(topo)
         log = io.StringIO()
         with topo.enter(topo.client):
-            async with running(tun_config(_settings()), extra=[tun_helpers], access_log=AccessLog(log)) as rt:
+            settings = _settings(stack=stack, mtu=1500)
+            async with running(tun_config(settings), extra=[tun_helpers], access_log=AccessLog(log)) as rt:
                 inject_tcp(topo, TUN, LAN, HOST, 41000, ECHO, flags).close()
                 # a real SYN afterwards: its SYN-ACK (after its dial) orders it behind the first
                 cap = inject_tcp(topo, TUN, LAN, HOST, 41001, ECHO, SYN)

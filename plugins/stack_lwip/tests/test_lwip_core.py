@@ -326,3 +326,26 @@ def test_lazy_max_flows_counts_each_pending_syn_once(clock: Clock) -> None:
     opened = [e for p in peers for e in p.events if isinstance(e, TcpOpened)]
     assert len(opened) == 2 and core.counters["tcp_max_flows"] == 1
     _end(core, clock)
+
+
+@pytest.mark.parametrize("flags", [SYN | FIN, SYN | RST, SYN | FIN | PSH, FIN, PSH, 0, FIN | PSH])
+@pytest.mark.parametrize("eager", [False, True])
+def test_nonsensical_flags_open_nothing_and_are_counted(clock: Clock, flags: int, eager: bool) -> None:
+    """The shared check (``tunray.net.packet.BAD_TCP_FLAGS``); before, SYN+FIN opened a flow (and a dial)."""
+    core = make_core(clock, eager=eager)
+    peer = Peer(core, clock)
+    peer.send(flags, b"x")
+    assert peer.recv() == [] and peer.events == [] and not core.tcp and not core.by_key
+    assert core.counters == {"tcp_bad_flags": 1}
+    _end(core, clock)
+
+
+def test_nonsensical_flags_inside_a_connection_are_dropped_too(clock: Clock) -> None:
+    core = make_core(clock)
+    peer = Peer(core, clock)
+    h = peer.handshake()
+    peer.send(FIN | PSH, b"not acked", seq=peer.snd)  # no ACK flag: not a segment of this connection
+    assert core.tcp_read(h, 100, clock.now) is None and core.counters["tcp_bad_flags"] == 1
+    peer.send(ACK | PSH, b"ok")
+    assert core.tcp_read(h, 100, clock.now) == b"ok"
+    _end(core, clock)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunray.net.packet import (
+    BAD_TCP_FLAGS,
     GSO_NONE,
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -181,6 +182,9 @@ class LwipCore:
             return
         version, src, dst, proto, l4, end = parsed
         if proto == PROTO_TCP:
+            if end - l4 >= 20 and BAD_TCP_FLAGS[packet[l4 + 13]]:  # SYN+FIN, no ACK, ...: never lwIP's
+                self.count("tcp_bad_flags")
+                return
             r = self.lib.tr_input(packet, start, l4, end, cflags, now, self._key, self._keylen)
             if r == 2:
                 self._collect()

@@ -112,7 +112,7 @@ def test_unknown_segment_gets_rst() -> None:
     assert core.counters["tcp_no_connection"] == 1
 
 
-@pytest.mark.parametrize("flags", [SYN | FIN, SYN | FIN | PSH | 0x20, FIN, PSH, 0x20, 0, FIN | PSH | 0x20])
+@pytest.mark.parametrize("flags", [SYN | FIN, SYN | FIN | PSH | 0x20, SYN | RST, FIN, PSH, 0x20, 0, FIN | PSH | 0x20])
 @pytest.mark.parametrize("eager", [False, True])
 def test_nonsensical_flags_open_nothing_and_are_counted(flags: int, eager: bool) -> None:
     """SYN+FIN and segments with none of SYN/ACK/RST are dropped silently, as Linux does in LISTEN

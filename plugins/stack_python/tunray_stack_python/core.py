@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tunray.net.packet import (
+    BAD_TCP_FLAGS,
     GSO_NONE,
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -59,7 +60,7 @@ from tunray_stack_python.synflood import SynCookies
 from tunray_stack_python.tcp import TcpConn
 from tunray_stack_python.tcp_base import INF
 from tunray_stack_python.tcp_state import FIN_QUEUED, State
-from tunray_stack_python.tcp_wire import ACK, FIN, HEADER, RST, SYN, Options, parse_options, syn_options
+from tunray_stack_python.tcp_wire import ACK, HEADER, RST, SYN, Options, parse_options, syn_options
 
 
 @dataclass(slots=True)
@@ -178,6 +179,9 @@ class Core:
         if not csum_ok and not valid(pseudo_sum(src, dst, PROTO_TCP, end - l4) + sum_of(view[l4:end])):
             self.count("tcp_bad_checksum")
             return
+        if BAD_TCP_FLAGS[flags]:  # SYN+FIN, SYN+RST, FIN without ACK, no flags...
+            self.count("tcp_bad_flags")
+            return
         ts: tuple[int, int] | None = None
         sack: list[tuple[int, int]] | None = None
         opts: Options | None = None
@@ -209,11 +213,6 @@ class Core:
                  flags: int, opts: Options | None, payload_len: int, now: float) -> None:
         if flags & RST:
             self.count("tcp_rst_unknown")
-            return
-        # Nonsense Linux drops silently in LISTEN (tcp_rcv_state_process): SYN+FIN, and a
-        # segment with none of SYN, ACK, RST (null and FIN/PSH/URG-only "scans").
-        if flags & (SYN | FIN) == SYN | FIN or not flags & (SYN | ACK):
-            self.count("tcp_bad_flags")
             return
         if flags & (SYN | ACK) != SYN:
             if (flags & SYN == 0 and self.counters.get("tcp_syn_cookies_sent")

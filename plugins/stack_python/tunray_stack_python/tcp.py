@@ -117,9 +117,7 @@ class TcpConn(TcpSender):
             else:
                 self.ack_now = True
             return
-        if not flags & ACK:
-            core.count("tcp_no_ack_flag")
-            return
+        # (a segment without ACK never gets here: the core drops it, tunray.net.packet.BAD_TCP_FLAGS)
         if ts is not None and self.ts_ok and off <= self.rcv_nxt:
             self.ts_recent = ts[0]
         if state is State.SYN_RCVD:

@@ -179,6 +179,26 @@ def test_the_table_is_bounded_and_a_full_table_resets() -> None:
     assert c.counters["tcp_max_flows"] == 1
 
 
+@pytest.mark.parametrize("flags", [SYN | FIN, SYN | RST, SYN | FIN | PSH, FIN, PSH, 0, FIN | PSH])
+@pytest.mark.parametrize("eager", [False, True])
+def test_nonsensical_flags_open_no_entry_and_are_counted(flags: int, eager: bool) -> None:
+    """The shared check (``tunray.net.packet.BAD_TCP_FLAGS``); before, SYN+FIN made an entry and a dial."""
+    c = core(eager=eager)
+    c.feed(packet(4, APP4, FAR4, 5555, 443, flags, b"x"), 1.0)
+    assert c.drain(1.0) == [] and not c.take_events() and not c.nat.by_key
+    assert c.counters == {"tcp_bad_flags": 1}
+
+
+def test_nonsensical_flags_on_a_live_entry_never_reach_the_kernel() -> None:
+    c = core()
+    c.feed(packet(4, APP4, FAR4, 5555, 443, SYN), 1.0)
+    c.drain(1.0)
+    c.feed(packet(4, APP4, FAR4, 5555, 443, FIN | PSH, b"x", seq=1001), 1.1)
+    assert c.drain(1.1) == [] and c.counters["tcp_bad_flags"] == 1
+    c.feed(packet(4, APP4, FAR4, 5555, 443, ACK | PSH, b"x", seq=1001), 1.2)
+    assert len(c.drain(1.2)) == 1
+
+
 def test_lazy_syn_waits_for_accept_and_abort_answers_rst() -> None:
     c = core(eager=False)
     c.feed(packet(4, APP4, FAR4, 5555, 443, SYN, seq=1000), 1.0)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tunray.net.packet import (
+    BAD_TCP_FLAGS,
     PROTO_ICMP,
     PROTO_ICMPV6,
     PROTO_TCP,
@@ -210,7 +211,7 @@ class SystemCore:
         """
         flags = p[l4 + 13]
         hlen = (p[l4 + 12] >> 4) * 4
-        if hlen < 20 or hlen > end - l4:
+        if hlen < 20 or hlen > end - l4 or BAD_TCP_FLAGS[flags]:
             return False
         key = p[addrs:l4 + 4]  # src, dst, sport, dport: the table key
         if not isinstance(key, bytes):  # a slice of the reused read buffer: dict keys must be bytes
@@ -273,6 +274,10 @@ class SystemCore:
             return
         nat = self.nat
         side = nat.sides.get(version)
+        if BAD_TCP_FLAGS[flags] and not (side is not None and src == side.local and dst == side.peer):
+            # from the app: SYN+FIN, no ACK, ... would open a NAT entry (and a dial) or reach the kernel
+            self.count("tcp_bad_flags")
+            return
         if side is not None and dst == side.peer and src == side.local \
                 and ((packet[l4] << 8) | packet[l4 + 1]) == side.port:
             # the kernel's listener answering: back to the app
