@@ -66,6 +66,9 @@ class StackOptions:
     max_half_open_per_source: int = 64
     udp_queue_packets: int = 1024
     tcp_buffer: int = 4 << 20
+    #: Bytes from apps a stack holds for all its TCP flows together (``tunray.stackbudget``); in a
+    #: worker, its share of the inbound's ``maxBufferedBytes``.
+    max_buffered_bytes: int = 64 << 20
     settings: Settings = field(default_factory=lambda: EMPTY.parse({}, ""))
     stacks: Mapping[str, type[Stack]] = field(default_factory=dict)
     """The registry's stacks (name -> class), for a stack built on another (``mixed``); may be empty."""

@@ -72,6 +72,7 @@ LIMITS = {
     "tcp_syn_cookies_sent": "maxHalfOpen/maxHalfOpenPerSource: SYNs are answered with SYN cookies",
     "tcp_half_open_evicted": "maxHalfOpen: stale half-open connections are reset",
     "udp_queue_full": "a UDP flow's queue: datagrams are dropped",
+    "tcp_buffer_budget_full": "maxBufferedBytes: receive windows stop opening until the outbounds read",
 }
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

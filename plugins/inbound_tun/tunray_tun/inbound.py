@@ -166,6 +166,7 @@ class TunInbound(Inbound):
             udp_queue_packets=s.udpQueuePackets,
             max_half_open_per_source=s.maxHalfOpenPerSource,
             tcp_buffer=s.tcpBufferSize * 1024,
+            max_buffered_bytes=s.maxBufferedBytes // (self._queue[1] if self._queue else 1),
             settings=self.stack_settings,
             stacks=self.runtime.registry.stacks,
             queue=self._queue,

@@ -103,6 +103,9 @@ FIELDS: tuple[Field, ...] = (
         doc='"rules": flows may reach this host\'s own addresses only where a routing rule\'s ip names them; "allow": as Xray',
     ),
     Field("tcpBufferSize", Int(min=16), default=4096, doc="per-TCP-flow buffer in KiB (receive window cap)"),
+    Field("maxBufferedBytes", Int(min=1 << 16), default=64 << 20,
+          doc="bytes from apps held for all TCP flows together (split between workers); beyond it "
+              "receive windows stop opening until outbounds read"),
 )
 
 

@@ -53,6 +53,7 @@ from tunray.stackcore import (
     TcpOpened,
     TcpReset,
 )
+from tunray.stackbudget import BufferBudget
 from tunray.stackudp import UdpTable
 
 from tunray_stack_python.settings import DEFAULTS
@@ -81,6 +82,7 @@ class CoreConfig:
     max_flows: int = 65536
     max_half_open: int = 256  # SYNs whose handshake is not complete (see synflood.py)
     max_half_open_per_source: int = 64
+    max_buffered: int = 64 << 20  # bytes from apps held for all TCP flows together; 0: no budget
 
 
 Owner = TcpConn
@@ -110,6 +112,7 @@ class Core:
         self.half_open: dict[TcpConn, float] = {}  # -> when its SYN came
         self.half_open_by_src: dict[bytes, dict[TcpConn, None]] = {}
         self.cookies = SynCookies()
+        self.budget = BufferBudget(config.max_buffered, self.count) if config.max_buffered else None
         self.udp = UdpTable(mtu=config.mtu, vnet_hdr=config.vnet_hdr, idle_timeout=config.udp_idle_timeout,
                             queue_packets=config.udp_queue_packets, count=self.count,
                             events=lambda ev: self.events.append(ev), out=lambda p: self.out.append(p),
@@ -324,6 +327,13 @@ class Core:
     def drain(self, now: float) -> list[bytes]:
         """Flush what the last operations caused; return (and forget) the packets to write."""
         self.now = now
+        budget = self.budget
+        if budget is not None and budget.waiters:  # room came back: window updates for the flows denied it
+            for conn in budget.take_waiters():
+                assert isinstance(conn, TcpConn)
+                if conn.state is not State.CLOSED:
+                    conn.ack_pending = True
+                    self._dirty[conn] = None
         if self._dirty:
             dirty, self._dirty = self._dirty, {}
             for conn in dirty:
@@ -387,6 +397,7 @@ class Core:
 
     def release(self, conn: TcpConn) -> None:
         """Called by a connection entering CLOSED."""
+        conn.release_budget()
         if conn in self.half_open:
             self.handshake_done(conn)
         if self.conns.get(conn.key) is conn:
@@ -407,7 +418,10 @@ class Core:
         return evs
 
     def stats(self) -> dict[str, int]:
-        return {"tcp_open": len(self.conns), "udp_open": len(self.udp)}
+        out = {"tcp_open": len(self.conns), "tcp_half_open": len(self.half_open), "udp_open": len(self.udp)}
+        if self.budget is not None:
+            out.update(self.budget.stats())
+        return out
 
     def reset_all(self, now: float) -> None:
         self.now = now

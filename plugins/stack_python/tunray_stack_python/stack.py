@@ -39,6 +39,7 @@ class PythonStack(StackDriver):
             time_wait=float(s.time_wait), fin_timeout=float(s.fin_timeout),
             udp_idle_timeout=o.udp_idle_timeout, udp_queue_packets=o.udp_queue_packets, max_flows=o.max_flows,
             max_half_open=o.max_half_open, max_half_open_per_source=o.max_half_open_per_source,
+            max_buffered=o.max_buffered_bytes,
         )
 
     def make_core(self, vnet_hdr: bool) -> Core:

@@ -88,6 +88,10 @@ class TcpConn(TcpSender):
         opts = syn_options(self.core.config.mtu - (40 if self.version == 4 else 60),
                            self.rcv_wscale if self.peer_wscale or self.rcv_wscale else -1, self.sack_ok, ts)
         win = min(self.limit, 0xFFFF)
+        if self.core.budget is not None:  # a retransmission asks only for what the first did not get
+            if win > self.adv_right:
+                self.adv_right += self._grant(win - self.adv_right)
+            win = self.adv_right
         self.adv_right = win
         self._emit(self.iss, SYN | ACK, self.irs1, win, opts, b"", 0)
 
@@ -151,7 +155,7 @@ class TcpConn(TcpSender):
                 if self.state is State.TIME_WAIT:
                     self.timer_deadline = self.core.now + self.core.config.time_wait
             return
-        right = self.read_total + self.limit
+        right = self.adv_right  # never more than we advertised: that is what the buffer budget reserved
         if n:
             end = off + n
             if end <= rcv_nxt:
@@ -166,6 +170,7 @@ class TcpConn(TcpSender):
                 if end > rcv_nxt:
                     if self.read_closed:
                         self.read_total += end - rcv_nxt
+                        self._give_back(end - rcv_nxt)
                     elif off == rcv_nxt and end - off == n:
                         self.rcvbuf += payload
                     else:
@@ -214,6 +219,7 @@ class TcpConn(TcpSender):
             if end > self.rcv_nxt:
                 if self.read_closed:
                     self.read_total += end - self.rcv_nxt
+                    self._give_back(end - self.rcv_nxt)
                 elif start == self.rcv_nxt:
                     self.rcvbuf += data
                 else:
@@ -275,6 +281,7 @@ class TcpConn(TcpSender):
             data = bytes(buf[:max_bytes])
             del buf[:max_bytes]
         self.read_total += len(data)
+        self._give_back(len(data))
         if self.state in RECEIVING and self.read_total + self.limit - self.adv_right >= self._update_step():
             self.ack_pending = True  # window update
         return data
@@ -295,6 +302,7 @@ class TcpConn(TcpSender):
     def close_read(self) -> None:
         self.read_closed = True
         self.read_total += len(self.rcvbuf)
+        self._give_back(len(self.rcvbuf))
         self.rcvbuf.clear()
 
     def abort(self) -> None:

@@ -144,13 +144,49 @@ class TcpBase:
         free = self.limit - len(self.rcvbuf)
         if free < 0:
             free = 0
-        win = free >> self.rcv_wscale
+        ws = self.rcv_wscale
+        win = free >> ws
         if win > 0xFFFF:
             win = 0xFFFF
-        right = self.rcv_nxt + (win << self.rcv_wscale)
-        if right > self.adv_right:
-            self.adv_right = right
+        right = self.rcv_nxt + (win << ws)
+        adv = self.adv_right
+        if right > adv:
+            if self.core.budget is not None:  # the window may only grow by what the budget grants
+                granted = self._grant(right - adv)
+                win = (adv + granted - self.rcv_nxt) >> ws
+                right = self.rcv_nxt + (win << ws)
+                if right > adv:
+                    self.adv_right = right
+                if self.adv_right < adv + granted:  # scaling rounded some of the grant away: give it back
+                    self._give_back(adv + granted - self.adv_right)
+            elif right > adv:
+                self.adv_right = right
         return win
+
+    def _grant(self, want: int) -> int:
+        """Room for *want* more bytes beyond ``adv_right`` from the stack's shared budget."""
+        budget = self.core.budget
+        assert budget is not None
+        got = budget.reserve(want, self.adv_right - self.read_total, self)
+        if got < want:
+            budget.denied(self)
+        return got
+
+    def _give_back(self, n: int) -> None:
+        """*n* reserved bytes are no longer promised (read, discarded, or never advertised)."""
+        budget = self.core.budget
+        if budget is not None and n > 0:
+            budget.release(n, self.adv_right - self.read_total)
+
+    def release_budget(self) -> None:
+        """The connection is gone: everything it reserved goes back."""
+        budget = self.core.budget
+        if budget is not None:
+            held = self.adv_right - self.read_total
+            self.read_total = self.adv_right
+            if held > 0:
+                budget.release(held, 0)
+            budget.forget(self)
 
     def _ack_wire(self) -> int:
         return (self.irs1 + self.rcv_nxt + (1 if self.fin_rcvd else 0)) & M32
