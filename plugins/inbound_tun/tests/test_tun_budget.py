@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 import pytest
-from loguru import logger
 import tun_helpers
+from loguru import logger
 from tun_helpers import sh, topology, tun_config, tun_of
 from tunray.log import AccessLog
 from tunray.testing.echo import pattern

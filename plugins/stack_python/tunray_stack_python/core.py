@@ -46,6 +46,7 @@ from tunray.net.packet import (
     valid,
     vnet_header,
 )
+from tunray.stackbudget import BufferBudget
 from tunray.stackcore import (
     CoreEvent,
     SendClosed,
@@ -53,7 +54,6 @@ from tunray.stackcore import (
     TcpOpened,
     TcpReset,
 )
-from tunray.stackbudget import BufferBudget
 from tunray.stackudp import UdpTable
 
 from tunray_stack_python.settings import DEFAULTS
