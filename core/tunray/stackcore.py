@@ -99,6 +99,9 @@ class StackCapabilities:
     #: It keeps half-open TCP handshakes in a budget of their own (``max_half_open``,
     #: ``max_half_open_per_source``) and answers SYNs beyond it with SYN cookies.
     half_open_budget: bool = False
+    #: It holds the bytes apps send itself and bounds their sum (``max_buffered_bytes``,
+    #: :mod:`tunray.stackbudget`); a stack whose TCP is the kernel's cannot.
+    buffer_budget: bool = False
 
 
 class SendClosed(ConnectionError):

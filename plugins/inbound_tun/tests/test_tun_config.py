@@ -140,6 +140,14 @@ def test_a_half_open_budget_the_stack_does_not_keep_is_refused() -> None:
         assert err.path == f"inbounds[0].settings.{key}" and "not supported" in err.message, err
 
 
+def test_a_buffer_budget_the_stack_cannot_keep_is_refused() -> None:
+    err = _error({"stack": "system", "gateway": ["10.7.0.1/30"], "maxBufferedBytes": 1 << 20})
+    assert err.path == "inbounds[0].settings.maxBufferedBytes" and "not supported" in err.message, err
+    assert "tcp_mem" in err.message
+    err = _error({"maxBufferedBytes": 1000})
+    assert err.path == "inbounds[0].settings.maxBufferedBytes", err
+
+
 def test_capability_defaults_follow_the_stack() -> None:
     """Left out, handshake and offload default to what the stack can do; asked for, they are kept."""
     stacks = PluginManager(extra=[tun_helpers]).registry.stacks

@@ -155,6 +155,12 @@ def check_capabilities(stack_cls: type[Stack], s: Settings, path: str) -> None:
                 f"is not supported by stack {stack_cls.name!r}: it keeps no separate half-open budget "
                 "(leave it out or use the python stack)",
             )
+    if not caps.buffer_budget and _given(s, "maxBufferedBytes"):
+        raise ConfigError(
+            join(path, "maxBufferedBytes"),
+            f"is not supported by stack {stack_cls.name!r}: the kernel's TCP holds the bytes (bounded per "
+            "socket by net.ipv4.tcp_rmem, in total by net.ipv4.tcp_mem); leave it out or use python or lwip",
+        )
     if s.offload and not caps.vnet_hdr and _given(s, "offload"):
         raise ConfigError(
             join(path, "offload"),

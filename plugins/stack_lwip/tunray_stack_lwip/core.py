@@ -39,6 +39,7 @@ from tunray.net.packet import (
     echo_reply,
     parse_ip,
 )
+from tunray.stackbudget import BufferBudget
 from tunray.stackcore import (
     CoreEvent,
     SendClosed,
@@ -75,11 +76,15 @@ class LwipConfig:
     udp_idle_timeout: float = 60.0
     udp_queue_packets: int = 1024
     max_flows: int = 65536
+    max_buffered: int = 0  # bytes from apps held for all TCP flows together (tunray.stackbudget); 0: none
+
+
+LWIP_WND = 0xFFFF  # Debian's TCP_WND: the window lwIP offers a new connection
 
 
 class _Tcp:
     __slots__ = ("cflags", "conn", "deadline", "early", "early_len", "end", "ended", "handle", "held", "key", "l3",
-                 "l4", "shut", "state", "syn", "want_read", "want_write")
+                 "l4", "owed", "reserved", "shut", "state", "syn", "want_read", "want_write")
 
     def __init__(self, handle: int, key: bytes, state: int) -> None:
         self.handle = handle
@@ -96,6 +101,8 @@ class _Tcp:
         self.want_read = False
         self.want_write = False
         self.deadline = 0.0  # handshake deadline while not OPEN
+        self.reserved = 0  # bytes of the buffer budget this connection's window promises
+        self.owed = 0  # window credit the budget could not grant yet
 
 
 def _split_key(key: bytes) -> tuple[bytes, int, bytes, int]:
@@ -123,8 +130,9 @@ class LwipCore:
         mss4 = c.mtu - 40 if c.mss_rewrite and c.mtu > 1500 else 0
         mss6 = c.mtu - 60 if c.mss_rewrite and c.mtu > 1500 else 0
         idle_ticks = max(1, int(c.tcp_idle_timeout / 0.5))
+        self.budget = BufferBudget(c.max_buffered, self.count) if c.max_buffered else None
         if self.lib.tr_setup(now, c.mtu, int(c.vnet_hdr), int(c.gso and c.vnet_hdr), mss4, mss6,
-                             c.send_high_water, idle_ticks, c.rx_buffer) != 0:
+                             c.send_high_water, idle_ticks, c.rx_buffer, int(self.budget is not None)) != 0:
             raise RuntimeError("lwIP set-up failed")
         self.now = now
         self.counters: dict[str, int] = {}
@@ -224,7 +232,7 @@ class LwipCore:
             t.held = False
             self.by_key[key] = t
             self._arm_handshake(t, now)
-            if not self._inject(packet, l3, l4, end, cflags, dport, now):
+            if not self._inject(t, packet, l3, l4, end, cflags, dport, now):
                 self.by_key.pop(key, None)
             return
         t = _Tcp(self._new_handle(), key, PENDING)
@@ -238,16 +246,49 @@ class LwipCore:
         t.deadline = now + self.config.handshake_timeout
         heapq.heappush(self._hs_timers, (t.deadline, t.handle, t))
 
-    def _inject(self, syn: bytes, l3: int, l4: int, end: int, cflags: int, dport: int, now: float) -> bool:
+    def _inject(self, t: _Tcp, syn: bytes, l3: int, l4: int, end: int, cflags: int, dport: int, now: float) -> bool:
         lib = self.lib
         if lib.tr_listen(dport) != 0:
             self.count("tcp_listen_failed")
             lib.tr_refuse(syn, l3, l4, now)
             return False
         r = lib.tr_input(syn, l3, l4, end, cflags | 1, now, self._key, self._keylen)
+        budget = self.budget
+        if r >= 0 and budget is not None and not t.reserved:
+            # the SYN-ACK offers only what the budget grants (lwIP's own offer is clamped)
+            want = min(LWIP_WND, self.config.rx_buffer)
+            got = budget.reserve(want, 0, t)
+            if got < want:
+                budget.denied(t)
+            if got < LWIP_WND:
+                lib.tr_clamp_syn(t.key, len(t.key), got)
+            t.reserved, t.owed = got, want - got
         if r == 2:
             self._collect()
         return bool(r >= 0)
+
+    def _credit(self, t: _Tcp, c: Any, more: int, now: float) -> None:
+        """Open *c*'s window by *more* (bytes read) plus what was owed, as far as the budget grants."""
+        budget = self.budget
+        assert budget is not None
+        want = more + t.owed
+        if want <= 0:
+            return
+        got = budget.reserve(want, t.reserved, t)
+        if got < want:
+            budget.denied(t)
+        t.owed = want - got
+        if got:
+            t.reserved += got
+            self.lib.tr_recved(c, got, now)
+
+    def _unreserve(self, t: _Tcp) -> None:
+        budget = self.budget
+        if budget is not None:
+            if t.reserved:
+                budget.release(t.reserved, 0)
+            t.reserved = t.owed = 0
+            budget.forget(t)
 
     def _collect(self) -> None:
         """Turn the glue's pending events into stackcore events (call after every C call)."""
@@ -292,6 +333,8 @@ class LwipCore:
         t.state = OPEN
         t.conn = c
         c.handle = t.handle
+        if t.owed and self.budget is not None:
+            self._credit(t, c, 0, now)
         for chunk in t.early:
             lib.tr_write(c, chunk, len(chunk), now)
         t.early = []
@@ -309,6 +352,13 @@ class LwipCore:
     def drain(self, now: float) -> list[bytes]:
         self.now = now
         lib = self.lib
+        budget = self.budget
+        if budget is not None and budget.waiters:  # room came back: window updates for the flows denied it
+            for t in budget.take_waiters():
+                assert isinstance(t, _Tcp)
+                if t.conn is not None and t.owed:
+                    self._credit(t, t.conn, 0, now)
+            self._collect()
         buf = lib.tr_output(self._recs, self._n)
         n = self._n[0]
         out: list[bytes] = []
@@ -363,6 +413,7 @@ class LwipCore:
     def _end_handshake(self, t: _Tcp, now: float) -> None:
         """RST a connection that never reached OPEN and report it."""
         del self.by_key[t.key]
+        self._unreserve(t)
         if t.state == PENDING and t.syn is not None:
             self.lib.tr_refuse(t.syn, t.l3, t.l4, now)
         else:
@@ -385,7 +436,11 @@ class LwipCore:
         counts = self.ffi.new("size_t[5]")
         self.lib.tr_counts(counts)
         glue = self.lib.tr_stats_ptr()
-        return {"tcp_open": len(self.tcp), "udp_open": len(self.udp), "lwip_active_pcbs": counts[0],
+        out = {"tcp_open": len(self.tcp), "tcp_half_open": len(self.by_key), "udp_open": len(self.udp),
+               "lwip_rx_bytes": glue.rx_bytes}
+        if self.budget is not None:
+            out.update(self.budget.stats())
+        return out | {"lwip_active_pcbs": counts[0],
                 "lwip_time_wait_pcbs": counts[1], "lwip_listen_pcbs": counts[2], "lwip_conns": counts[4],
                 # process-wide totals of the glue
                 "segments_in": glue.segs_in, "packets_out": glue.pkts_out, "gso_merged": glue.gso_merged,
@@ -401,7 +456,7 @@ class LwipCore:
         syn, t.syn = t.syn, None
         t.state = ACCEPTING
         self._arm_handshake(t, now)
-        if not self._inject(syn, t.l3, t.l4, t.end, t.cflags, _split_key(t.key)[3], now):
+        if not self._inject(t, syn, t.l3, t.l4, t.end, t.cflags, _split_key(t.key)[3], now):
             self.by_key.pop(t.key, None)
             t.ended = True
             self.events.append(TcpReset(handle))
@@ -418,6 +473,14 @@ class LwipCore:
         n = self.lib.tr_read(c, self._scratch, min(max_bytes, SCRATCH), now)
         if n:
             data: bytes = self._scratch_buf[0:n]
+            budget = self.budget
+            if budget is not None:
+                t.reserved -= n
+                budget.release(n, t.reserved)
+                due = c.due
+                c.due = 0
+                self._credit(t, c, due, now)
+                self._collect()
             return data
         if c.fin_in or c.closed or t.ended:
             return b""
@@ -474,6 +537,7 @@ class LwipCore:
         t = self.tcp.pop(handle)
         t.held = False
         self.now = now
+        self._unreserve(t)  # what is still unread is dropped (close) or gone (abort)
         c = t.conn
         if c is not None:
             t.conn = None

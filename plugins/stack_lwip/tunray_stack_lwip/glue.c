@@ -83,6 +83,7 @@ struct tr_conn {
     struct pbuf *rx;     /* received, not yet read */
     uint32_t rx_len;
     uint32_t withhold; /* bytes still to read without crediting them (window cap) */
+    uint32_t due;      /* with a budget: bytes read whose credit Python decides (tr_recved) */
     uint8_t key[37]; /* version, src, sport, dst, dport (network order) */
     uint8_t keylen;
     uint8_t fin_in;    /* the app's FIN arrived: EOF after rx */
@@ -107,6 +108,7 @@ struct tr_event {
 
 struct tr_stats {
     uint64_t conns_live, pbufs_in, segs_in, pkts_out, pkts_dropped_out, gso_merged, mss_rewritten, segs_clipped;
+    uint64_t rx_bytes; /* received bytes held in tr_conn.rx, all connections */
 };
 
 static struct netif tr_netif;
@@ -132,6 +134,7 @@ static struct tcp_pcb **listeners; /* by port, allocated on first use */
 static struct tr_stats stats;
 static size_t send_high_water = 256 * 1024;
 static uint32_t withhold_bytes; /* TCP_WND minus the window cap */
+static int budget_mode;         /* Python's buffer budget grants every window credit (tr_recved) */
 static uint32_t idle_ticks = 600; /* TCP idle timeout in slow-timer ticks (500 ms) */
 
 static void conn_free(struct tr_conn *c);
@@ -568,6 +571,7 @@ static err_t tr_recv_cb(void *arg, struct tcp_pcb *pcb, struct pbuf *p, err_t er
     else
         pbuf_cat(c->rx, p);
     c->rx_len += n;
+    stats.rx_bytes += n;
     stats.pbufs_in++;
     notify_read(c);
     return ERR_OK;
@@ -616,7 +620,9 @@ static err_t tr_accept_cb(void *arg, struct tcp_pcb *npcb, err_t err) {
     }
     c->pcb = npcb;
     c->handle = -1;
-    c->withhold = withhold_bytes;
+    /* the window cap (tcpBufferSize): withhold what the SYN-ACK offered beyond it */
+    uint32_t cap = TCP_WND - withhold_bytes;
+    c->withhold = npcb->rcv_wnd > cap ? (uint32_t)(npcb->rcv_wnd - cap) : 0;
     c->keylen = (uint8_t)make_key(c->key, &npcb->remote_ip, npcb->remote_port, &npcb->local_ip,
                                   npcb->local_port);
     tcp_arg(npcb, c);
@@ -838,14 +844,52 @@ static size_t tr_read(struct tr_conn *c, uint8_t *dst, size_t max, double now) {
         done += step;
     }
     c->rx_len -= (uint32_t)n;
+    stats.rx_bytes -= n;
     size_t give = n;
     if (c->withhold > 0) {
         size_t keep = give < c->withhold ? give : c->withhold;
         give -= keep;
         c->withhold -= (uint32_t)keep;
     }
-    recved(c->pcb, give);
+    if (budget_mode)
+        c->due += (uint32_t)give; /* Python credits what the budget grants */
+    else
+        recved(c->pcb, give);
     return n;
+}
+
+/* Open c's window by n bytes (budget mode: what the buffer budget granted). */
+static void tr_recved(struct tr_conn *c, size_t n, double now) {
+    tr_set_now(now);
+    recved(c->pcb, n);
+}
+
+/* Budget mode: the SYN just injected for key may only be offered wnd bytes.  Clamp the
+   new SYN_RCVD pcb's receive window, and the SYN-ACK lwIP just emitted (the newest
+   record to that address and port; RFC 1624 checksum update).  A SYN's window is never
+   scaled (RFC 7323 2.2), so the field is wnd itself. */
+static void tr_clamp_syn(const uint8_t *key, size_t keylen, uint32_t wnd) {
+    struct tcp_pcb *pcb = find_pcb(tcp_active_pcbs, key, keylen);
+    if (pcb == NULL || pcb->state != SYN_RCVD || wnd >= pcb->rcv_wnd)
+        return;
+    pcb->rcv_wnd = pcb->rcv_ann_wnd = (tcpwnd_size_t)wnd;
+    pcb->rcv_ann_right_edge = pcb->rcv_nxt + wnd;
+    size_t pre = out_vnet ? VNET_LEN : 0;
+    for (size_t i = out_n; i-- > 0;) {
+        uint8_t *ip = out_buf + out_recs[2 * i] + pre;
+        int v6 = (ip[0] >> 4) == 6;
+        uint8_t *tcp = ip + (v6 ? 40 : (size_t)(ip[0] & 0x0f) * 4);
+        if ((tcp[13] & (TCP_SYN | TCP_ACK)) != (TCP_SYN | TCP_ACK) || rd16(tcp) != pcb->local_port ||
+            rd16(tcp + 2) != pcb->remote_port)
+            continue;
+        uint16_t old = rd16(tcp + 14), neu = (uint16_t)(wnd > 0xffff ? 0xffff : wnd);
+        uint32_t sum = (uint16_t)~rd16(tcp + 16) + (uint16_t)~old + neu;
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        wr16(tcp + 14, neu);
+        wr16(tcp + 16, (uint16_t)~sum);
+        return;
+    }
 }
 
 /* Take all of data; returns 1 while below the high-water mark, 0 above (WRITABLE
@@ -915,6 +959,7 @@ static void tr_abort(struct tr_conn *c, double now) {
 
 static void conn_free(struct tr_conn *c) {
     purge_events(c);
+    stats.rx_bytes -= c->rx_len;
     if (c->rx != NULL)
         pbuf_free(c->rx);
     free(c->sq);
@@ -934,11 +979,15 @@ static void tr_release(struct tr_conn *c, int abort_it, double now) {
         return;
     }
     if (c->rx != NULL) {
-        recved(c->pcb, c->rx_len);
+        recved(c->pcb, c->rx_len + c->due);
+        stats.rx_bytes -= c->rx_len;
         pbuf_free(c->rx);
         c->rx = NULL;
         c->rx_len = 0;
+    } else {
+        recved(c->pcb, c->due);
     }
+    c->due = 0;
     c->discard = 1;
     c->released = 1;
     purge_events(c);
@@ -1015,9 +1064,10 @@ static int tr_tcp_busy(void) { return tcp_active_pcbs != NULL || tcp_tw_pcbs != 
 static uint32_t tr_sleeptime(void) { return sys_timeouts_sleeptime(); }
 
 static int tr_setup(double now, uint16_t mtu, int vnet, int gso, uint32_t mss_v4, uint32_t mss_v6,
-                    size_t high_water, uint32_t idle, size_t rx_buffer) {
+                    size_t high_water, uint32_t idle, size_t rx_buffer, int budget) {
     tr_set_now(now);
     send_high_water = high_water;
+    budget_mode = budget;
     withhold_bytes = rx_buffer < TCP_WND ? (uint32_t)(TCP_WND - rx_buffer) : 0;
     idle_ticks = idle;
     if (!tr_ready) {

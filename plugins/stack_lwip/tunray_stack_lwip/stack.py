@@ -32,7 +32,7 @@ class LwipStack(StackDriver):
     settings_schema: ClassVar[TypedSchema[LwipStackSettings]] = TypedSchema(LwipStackSettings,
                                                                             check=_check_available)
     capabilities: ClassVar[StackCapabilities] = StackCapabilities(
-        lazy_handshake=True, icmp_echo=True, vnet_hdr=True, tso=True,
+        lazy_handshake=True, icmp_echo=True, vnet_hdr=True, tso=True, buffer_budget=True,
     )
 
     def __init__(self, options: StackOptions) -> None:
@@ -47,7 +47,7 @@ class LwipStack(StackDriver):
             eager=o.handshake == "eager", send_high_water=s.send_high_water, rx_buffer=o.tcp_buffer,
             tcp_idle_timeout=o.tcp_idle_timeout, handshake_timeout=o.handshake_timeout,
             time_wait=float(s.time_wait), udp_idle_timeout=o.udp_idle_timeout,
-            udp_queue_packets=o.udp_queue_packets, max_flows=o.max_flows,
+            udp_queue_packets=o.udp_queue_packets, max_flows=o.max_flows, max_buffered=o.max_buffered_bytes,
         )
 
     def make_core(self, vnet_hdr: bool) -> LwipCore:

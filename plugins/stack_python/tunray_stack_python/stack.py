@@ -23,6 +23,7 @@ class PythonStack(StackDriver):
     settings_schema: ClassVar[TypedSchema[PythonStackSettings]] = TypedSchema(PythonStackSettings)
     capabilities: ClassVar[StackCapabilities] = StackCapabilities(
         lazy_handshake=True, icmp_echo=True, vnet_hdr=True, tso=True, half_open_budget=True,
+        buffer_budget=True,
     )
 
     def __init__(self, options: StackOptions) -> None:
