@@ -1,4 +1,4 @@
-"""The bytes a stack holds for all its TCP flows together: one budget every stack core shares.
+"""The bytes a stack holds for all its flows together: one budget every stack core shares.
 
 Theory of operation.  A stack buffers what an app sent until the outbound reads it; each
 flow is bounded by its receive window (``tcpBufferSize``), but thousands of flows whose
@@ -11,6 +11,9 @@ held never exceed the reservations, and the reservations never exceed the budget
 the budget is spent, windows stop opening (the apps' TCP waits, as for a slow reader);
 flows denied room wait in :attr:`BufferBudget.waiters` and the core sends them a window
 update once enough is free again (:meth:`BufferBudget.take_waiters`).
+
+UDP.  A datagram queued for the driver reserves its size and releases it when read; one
+the budget has no room for is dropped (:mod:`tunray.stackudp`), as a network would.
 
 Fairness.  Above half the budget a flow may only grow to an equal share of the budget
 among the flows holding room, so a few stalled flows cannot take it all from the rest.
@@ -29,7 +32,7 @@ WAKE_MIN = 16 << 10  # free bytes before waiting flows get window updates (about
 
 
 class BufferBudget:
-    """``limit`` bytes shared by every TCP flow of one stack core; see the module docstring."""
+    """``limit`` bytes shared by every flow of one stack core; see the module docstring."""
 
     __slots__ = ("_count", "_holders", "_pressure", "_short", "limit", "peak", "used", "waiters")
 
@@ -43,11 +46,9 @@ class BufferBudget:
         self._count = count
         self.waiters: dict[object, None] = {}
 
-    def reserve(self, want: int, held: int, who: object) -> int:
-        """Up to *want* more bytes for *who*, which already holds *held*; the rest is denied.
-
-        A flow denied everything it asked for is remembered in :attr:`waiters`.
-        """
+    def reserve(self, want: int, held: int) -> int:
+        """Up to *want* more bytes for a flow that already holds *held*; the caller handles a shortfall
+        (:meth:`denied` for a TCP window, a drop for a datagram)."""
         used = self.used
         if used + want > self._pressure:
             fair = self.limit // max(self._holders + (held == 0), 1)
@@ -91,5 +92,5 @@ class BufferBudget:
         return woken
 
     def stats(self) -> dict[str, int]:
-        return {"tcp_buffered_bytes": self.used, "tcp_buffered_bytes_peak": self.peak,
-                "tcp_buffered_bytes_limit": self.limit}
+        return {"buffered_bytes": self.used, "buffered_bytes_peak": self.peak,
+                "buffered_bytes_limit": self.limit}

@@ -73,6 +73,7 @@ LIMITS = {
     "tcp_half_open_evicted": "maxHalfOpen: stale half-open connections are reset",
     "udp_queue_full": "a UDP flow's queue: datagrams are dropped",
     "tcp_buffer_budget_full": "maxBufferedBytes: receive windows stop opening until the outbounds read",
+    "udp_buffer_budget_full": "maxBufferedBytes: datagrams from apps are dropped",
 }
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -5,7 +5,9 @@ every datagram from the app is queued on the flow of its *source* endpoint
 with its own destination, so one app socket talking to many peers is one flow; replies
 name their own source, which becomes the source address of the synthesised packet
 (:func:`tunray.net.packet.build_udp`).  The queue is bounded (``queue_packets``) and
-drops when full, as a network would; a flow idle for ``idle_timeout`` seconds ends.  When
+drops when full, as a network would, and so does a datagram the core's buffer budget
+(:class:`~tunray.stackbudget.BufferBudget`, ``maxBufferedBytes``, shared with TCP) has no room
+for (counted ``udp_buffer_budget_full``); a flow idle for ``idle_timeout`` seconds ends.  When
 the core's flow limit is reached, a new source endpoint evicts the least recently used
 UDP flow (the table is kept in use order) instead of being dropped.
 
@@ -22,6 +24,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from tunray.net.packet import build_udp, parse_udp
+from tunray.stackbudget import BufferBudget
 from tunray.stackcore import CoreEvent, UdpClosed, UdpOpened, UdpReadable
 
 INF = float("inf")
@@ -30,7 +33,8 @@ INF = float("inf")
 class UdpFlow:
     """One app source endpoint; ``queue`` holds ``(payload, dst_ip, dst_port)``."""
 
-    __slots__ = ("handle", "held", "key", "last_active", "queue", "scheduled", "version", "want_read")
+    __slots__ = ("handle", "held", "key", "last_active", "queue", "queued_bytes", "scheduled", "version",
+                 "want_read")
 
     def __init__(self, key: tuple[bytes, int], version: int, now: float, handle: int) -> None:
         self.key = key
@@ -38,6 +42,7 @@ class UdpFlow:
         self.handle = handle
         self.held = True  # the driver has not called udp_close yet
         self.queue: deque[tuple[bytes, bytes, int]] = deque()
+        self.queued_bytes = 0  # payload bytes in queue (counted against the budget)
         self.last_active = now
         self.scheduled = INF
         self.want_read = False
@@ -48,7 +53,8 @@ class UdpTable:
 
     def __init__(self, *, mtu: int, vnet_hdr: bool, idle_timeout: float, queue_packets: int,
                  count: Callable[[str], None], events: Callable[[CoreEvent], None],
-                 out: Callable[[bytes], None], new_handle: Callable[[], int | None]) -> None:
+                 out: Callable[[bytes], None], new_handle: Callable[[], int | None],
+                 budget: BufferBudget | None = None) -> None:
         self.mtu = mtu
         self.vnet_hdr = vnet_hdr
         self.idle_timeout = idle_timeout
@@ -57,6 +63,7 @@ class UdpTable:
         self._event = events
         self._out = out
         self._new_handle = new_handle  # None: the core's flow limit is reached
+        self.budget = budget
         self.flows: OrderedDict[tuple[bytes, int], UdpFlow] = OrderedDict()  # least recently used first
         self.handles: dict[int, UdpFlow] = {}
         self._timers: list[tuple[float, int, UdpFlow]] = []
@@ -97,6 +104,15 @@ class UdpTable:
         if len(flow.queue) >= self.queue_packets:
             self._count("udp_queue_full")
             return
+        budget = self.budget
+        if budget is not None:
+            n = end - l4 - 8
+            got = budget.reserve(n, flow.queued_bytes)
+            if got < n:
+                budget.release(got, flow.queued_bytes)
+                self._count("udp_buffer_budget_full")
+                return
+            flow.queued_bytes += n
         flow.queue.append((packet[l4 + 8:end], dst, dport))
         if flow.want_read:
             flow.want_read = False
@@ -147,7 +163,11 @@ class UdpTable:
     def recv(self, handle: int) -> tuple[bytes, bytes, int] | None:
         flow = self.handles[handle]
         if flow.queue:
-            return flow.queue.popleft()
+            item = flow.queue.popleft()
+            if self.budget is not None:
+                flow.queued_bytes -= len(item[0])
+                self.budget.release(len(item[0]), flow.queued_bytes)
+            return item
         if self.flows.get(flow.key) is flow:
             flow.want_read = True
         return None
@@ -168,3 +188,7 @@ class UdpTable:
         flow = self.handles.pop(handle)
         flow.held = flow.want_read = False
         self._end(flow)
+        if self.budget is not None and flow.queued_bytes:
+            self.budget.release(flow.queued_bytes, 0)
+            flow.queued_bytes = 0
+        flow.queue.clear()

@@ -151,7 +151,7 @@ class LwipCore:
         self._scratch_buf = self.ffi.buffer(self._scratch)
         self.udp = UdpTable(mtu=c.mtu, vnet_hdr=c.vnet_hdr, idle_timeout=c.udp_idle_timeout,
                             queue_packets=c.udp_queue_packets, count=self.count, events=self.events.append,
-                            out=self.out.append, new_handle=self._udp_handle)
+                            out=self.out.append, new_handle=self._udp_handle, budget=self.budget)
 
     def count(self, what: str, n: int = 1) -> None:
         self.counters[what] = self.counters.get(what, 0) + n
@@ -257,7 +257,7 @@ class LwipCore:
         if r >= 0 and budget is not None and not t.reserved:
             # the SYN-ACK offers only what the budget grants (lwIP's own offer is clamped)
             want = min(LWIP_WND, self.config.rx_buffer)
-            got = budget.reserve(want, 0, t)
+            got = budget.reserve(want, 0)
             if got < want:
                 budget.denied(t)
             if got < LWIP_WND:
@@ -274,7 +274,7 @@ class LwipCore:
         want = more + t.owed
         if want <= 0:
             return
-        got = budget.reserve(want, t.reserved, t)
+        got = budget.reserve(want, t.reserved)
         if got < want:
             budget.denied(t)
         t.owed = want - got

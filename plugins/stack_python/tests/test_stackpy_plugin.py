@@ -63,8 +63,8 @@ async def test_attach_builds_the_core_for_the_device_and_shares_counters() -> No
                 break
             await asyncio.sleep(0.01)
         assert stack.stats() == {"ip_truncated": 1, "tcp_open": 0, "tcp_half_open": 0, "udp_open": 0,
-                                 "tcp_buffered_bytes": 0, "tcp_buffered_bytes_peak": 0,
-                                 "tcp_buffered_bytes_limit": 64 << 20}
+                                 "buffered_bytes": 0, "buffered_bytes_peak": 0,
+                                 "buffered_bytes_limit": 64 << 20}
         with pytest.raises(RuntimeError, match="twice"):
             await stack.attach(mine)
     finally:

@@ -116,7 +116,7 @@ class Core:
         self.udp = UdpTable(mtu=config.mtu, vnet_hdr=config.vnet_hdr, idle_timeout=config.udp_idle_timeout,
                             queue_packets=config.udp_queue_packets, count=self.count,
                             events=lambda ev: self.events.append(ev), out=lambda p: self.out.append(p),
-                            new_handle=self._udp_handle)
+                            new_handle=self._udp_handle, budget=self.budget)
 
     @property
     def udp_handles(self) -> dict[int, object]:

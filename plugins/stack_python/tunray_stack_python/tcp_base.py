@@ -167,7 +167,7 @@ class TcpBase:
         """Room for *want* more bytes beyond ``adv_right`` from the stack's shared budget."""
         budget = self.core.budget
         assert budget is not None
-        got = budget.reserve(want, self.adv_right - self.read_total, self)
+        got = budget.reserve(want, self.adv_right - self.read_total)
         if got < want:
             budget.denied(self)
         return got
