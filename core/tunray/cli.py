@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-user", default=None, help="switch to this user once started (overrides process.user)")
     run.add_argument("-group", default=None, help="and this group (overrides process.group)")
+    run.add_argument("-control", default=None, metavar="PATH",
+                     help='Unix socket for `tunray stats` (overrides process.control; "off": none)')
+    stats = sub.add_parser("stats", help="print the counters of a running `tunray run` as JSON")
+    stats.add_argument("-socket", dest="socket", default=None, metavar="PATH",
+                       help="its control socket (default: /run/tunray/tunray.sock as root, else "
+                            "$XDG_RUNTIME_DIR/tunray.sock)")
     tfd = sub.add_parser(
         "tun-fd", help="attach to a persistent TUN and run COMMAND with XRAY_TUN_FD set (for supervisors)"
     )
@@ -175,6 +181,11 @@ def _run(args: argparse.Namespace) -> int:
     proc = config.extra.get("process")
     user = args.user if args.user is not None else (proc.user if proc is not None else "")
     group = args.group if args.group is not None else (proc.group if proc is not None else "")
+    control = args.control if args.control is not None else (proc.control if proc is not None else "")
+    if not control:
+        from tunray.control import default_path
+
+        control = default_path()
     if user:
         from tunray.privileges import identity
 
@@ -218,8 +229,8 @@ def _run(args: argparse.Namespace) -> int:
         raise
     if count == 1:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        return _serve(runtime, args.drain, reread, (user, group))
-    return _serve_workers(runtime, count, args.drain, mask, reread, (user, group))
+        return _serve(runtime, args.drain, reread, (user, group), control)
+    return _serve_workers(runtime, count, args.drain, mask, reread, (user, group), control)
 
 
 #: The cyclic GC's first threshold while serving (Python's default: 700).
@@ -258,7 +269,7 @@ def _raise_nofile() -> None:
 
 
 def _serve_workers(runtime: Runtime, count: int, drain: float | None, mask: set[int | signal.Signals],
-                   reread: Callable[[], Config], drop_to: tuple[str, str]) -> int:
+                   reread: Callable[[], Config], drop_to: tuple[str, str], control: str) -> int:
     """Fork *count* workers, each serving the runtime with its own loop (see :mod:`tunray.workers`).
 
     Each worker reloads on SIGHUP and logs its counters on SIGUSR1 (the supervisor passes
@@ -278,7 +289,7 @@ def _serve_workers(runtime: Runtime, count: int, drain: float | None, mask: set[
     def child(k: int) -> int:
         runtime.inbounds = [ib for ib in inbounds if ib.enter_worker(k, count)]
         runtime.stats = shared.for_worker(k)
-        code = _serve(runtime, drain, reread, drop_to)
+        code = _serve(runtime, drain, reread, drop_to, control)
         return EXIT_FATAL if code == 1 else code  # no inbound left: the supervisor stops all
 
     def release() -> None:
@@ -312,6 +323,7 @@ def _serve(
     drain: float | None = None,
     reread: Callable[[], Config] | None = None,
     drop_to: tuple[str, str] = ("", ""),
+    control: str = "off",
 ) -> int:
     from loguru import logger
 
@@ -352,8 +364,20 @@ def _serve(
 
         loop.add_signal_handler(signal.SIGUSR1, on_usr1)
         await runtime.start()
+        server = None
+        if control != "off":
+            from tunray.control import ControlServer, snapshot_source, worker_path
+
+            where = workers.worker_index()
+            path = worker_path(control, where[0]) if where else control
+            server = ControlServer(path, snapshot_source(runtime.snapshot, control, *(where or (None, 1))))
+            await server.start()
         if drop_to[0]:
-            from tunray.privileges import drop_for
+            from tunray.privileges import drop_for, identity
+
+            if server is not None:
+                who = identity(*drop_to)
+                server.hand_to(who.uid, who.gid)
 
             try:
                 await drop_for(runtime, *drop_to)
@@ -387,6 +411,8 @@ def _serve(
                 await runtime.stop(drain_timeout=drain_timeout)
         except TimeoutError:
             logger.error("shutdown took longer than {:g} s; exiting anyway", drain_timeout + 2.0)
+        if server is not None:
+            await server.close()
 
     try:
         import uvloop
@@ -404,6 +430,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "tun-fd":
             return _tun_fd(args.name, args.argv)
+        if args.command == "stats":
+            from tunray.control import stats_command
+
+            return stats_command(args.socket)
         if args.command == "version":
             return _version()
         if args.command == "plugins":

@@ -44,6 +44,8 @@ SECTION = "process"
 SCHEMA = Schema(
     Field("user", Str(), default="", doc="user to switch to once started (name or number); empty: stay"),
     Field("group", Str(), default="", doc="group to switch to; empty: the user's primary group"),
+    Field("control", Str(), default="",
+          doc='Unix socket `tunray stats` reads the counters from; empty: the default path; "off": none'),
 )
 
 CAPS = {"CAP_NET_BIND_SERVICE": 10, "CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13}

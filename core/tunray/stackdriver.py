@@ -334,7 +334,9 @@ class StackDriver(Stack):
         _wake(self._accept_waiter)
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self.counters)
+        """Counters (every limit's counter, hit or not, see :data:`LIMITS`) and the core's gauges."""
+        out: dict[str, Any] = dict.fromkeys(LIMITS, 0)
+        out.update(self.counters)
         if self.core is not None:
             out.update(self.core.stats())
         return out

@@ -51,6 +51,7 @@ from tunray.privileges import set_parent_death_signal
 
 #: In a worker: (index, the pipe's write end to the supervisor); None in the supervisor.
 _worker: tuple[int, int] | None = None
+_count = 1  # workers the supervisor runs (in a worker)
 RELEASE = signal.SIGUSR2  # supervisor -> workers: every worker has drained, finish stopping
 
 #: A worker exiting with this code asks the supervisor to stop everything and exit 1 (its
@@ -114,7 +115,9 @@ def run_workers(count: int, child: Callable[[int], int], release: Callable[[], N
                 if os.getppid() != supervisor:
                     os._exit(1)
                 os.close(report_r)
+                global _count
                 _worker = (k, report_w)
+                _count = count
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 code = child(k)
             except BaseException as exc:  # a worker never returns into the supervisor's code
@@ -201,6 +204,11 @@ def run_workers(count: int, child: Callable[[int], int], release: Callable[[], N
 def in_worker() -> bool:
     """True in a worker process forked by :func:`run_workers`."""
     return _worker is not None
+
+
+def worker_index() -> tuple[int, int] | None:
+    """In a worker: (its index, how many workers there are); None in a single process."""
+    return (_worker[0], _count) if _worker is not None else None
 
 
 def drained() -> None:

@@ -9,7 +9,17 @@ from typing import Any
 
 import pytest
 import tun_helpers
-from tun_helpers import TunrayProcess, inject_tcp, link, sh, tcp_answer, topology, tun_config, tun_of
+from tun_helpers import (
+    TunrayProcess,
+    inject_tcp,
+    link,
+    sh,
+    syn_flood,
+    tcp_answer,
+    topology,
+    tun_config,
+    tun_of,
+)
 from tunray.log import AccessLog
 from tunray.testing.harness import running
 from tunray.testing.netns import Topology
@@ -97,18 +107,7 @@ def sh_out(ns: str, *cmd: str) -> str:
 
 
 def _flood(topo: Topology, count: int, port: int) -> None:
-    """*count* SYNs from as many spoofed LAN sources into the TUN (AF_PACKET), as fast as we can."""
-    import socket
-
-    from tunray.testing.stackclient import ETH_P_IP, TCP, ipv4, tcp
-
-    with topo.enter(topo.client):
-        out = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
-    dst = socket.inet_aton(HOST)
-    with out:
-        for i in range(count):
-            src = bytes((10, 128 + (i >> 16 & 63), i >> 8 & 255, i & 255))
-            out.sendto(ipv4(src, dst, TCP, tcp(src, dst, 40000 + i % 20000, port, i, 0, SYN, b"")), (TUN, ETH_P_IP))
+    syn_flood(topo, TUN, HOST, count, port)
 
 
 @pytest.mark.timeout(60)

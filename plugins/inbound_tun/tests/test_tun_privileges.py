@@ -14,7 +14,9 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import struct
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -96,11 +98,13 @@ def test_tunray_drops_to_nobody_keeping_net_admin(tmp_path: Path, how: str) -> N
     cfg.write_text(json.dumps(config))
     os.chmod(tmp_path, 0o755)
     args = ("-user", "nobody") if how == "flag" else ()
+    control = tmp_path / "tunray" / "tunray.sock"
     with topology() as topo:
         _world(topo)
         scratch = tmp_path / "mnt"
         scratch.mkdir()
-        tr = TunrayProcess(topo.client, str(cfg), *args, prefix=as_unprivileged_python(str(scratch)))
+        tr = TunrayProcess(topo.client, str(cfg), *args, "-control", str(control),
+                           prefix=as_unprivileged_python(str(scratch)))
         try:
             line = tr.wait_for("running as")
             assert "CAP_NET_ADMIN" in line, line
@@ -117,6 +121,12 @@ def test_tunray_drops_to_nobody_keeping_net_admin(tmp_path: Path, how: str) -> N
                 t = _status(pid, tid)
                 assert t["Uid"].split() == [str(NOBODY)] * 4, (tid, t["Uid"])
                 assert int(t["CapPrm"], 16) & ~CAP_NET_ADMIN == 0, (tid, t["CapPrm"])
+            # the control socket was handed to nobody before the drop, and is still served after it
+            cst = os.stat(control)
+            assert (cst.st_uid, stat.S_IMODE(cst.st_mode)) == (NOBODY, 0o600), (cst.st_uid, oct(cst.st_mode))
+            res = subprocess.run([str(Path(sys.executable).with_name("tunray")), "stats", "-socket", str(control)],
+                                 capture_output=True, text=True, timeout=20, check=False)
+            assert res.returncode == 0 and json.loads(res.stdout)["pid"] == pid, res.stderr
             _carry_then_stop(topo, tr)  # still carrying traffic
         finally:
             tr.close()

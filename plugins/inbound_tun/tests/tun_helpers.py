@@ -304,3 +304,18 @@ async def tcp_answer(cap: Any, sport: int, timeout: float = 8.0) -> int:
             pkt = await loop.sock_recv(cap, 70000)
             if len(pkt) >= 40 and pkt[9] == 6 and int.from_bytes(pkt[22:24]) == sport:
                 return int(pkt[33])
+
+
+def syn_flood(topo: Topology, tun: str, host: str, count: int, port: int) -> None:
+    """*count* SYNs from as many spoofed LAN sources into *tun* (AF_PACKET), as fast as we can."""
+    import socket
+
+    from tunray.testing.stackclient import ETH_P_IP, TCP, ipv4, tcp
+
+    with topo.enter(topo.client):
+        out = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
+    dst = socket.inet_aton(host)
+    with out:
+        for i in range(count):
+            src = bytes((10, 128 + (i >> 16 & 63), i >> 8 & 255, i & 255))
+            out.sendto(ipv4(src, dst, TCP, tcp(src, dst, 40000 + i % 20000, port, i, 0, 0x02, b"")), (tun, ETH_P_IP))

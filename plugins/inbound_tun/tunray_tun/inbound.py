@@ -340,4 +340,10 @@ class TunInbound(Inbound):
         """The stack's counters plus the number of open flows."""
         out = self.stack.stats() if self.stack is not None else {}
         out["flows_open"] = len(self._flows)
+        if self.stack is not None:  # the limits this stack runs with (in a worker: its share)
+            o = self.stack.options
+            out["limits"] = {"maxFlows": o.max_flows, "maxHalfOpen": o.max_half_open,
+                             "maxHalfOpenPerSource": o.max_half_open_per_source,
+                             "maxBufferedBytes": o.max_buffered_bytes, "tcpBufferSize": o.tcp_buffer,
+                             "udpQueuePackets": o.udp_queue_packets}
         return out
