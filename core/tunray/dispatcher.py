@@ -9,8 +9,9 @@ stack answers RST to an unroutable or undialable SYN).
 
 The dispatcher owns every flow task: inbounds start flows with :meth:`Dispatcher.spawn`
 (or await ``dispatch_link`` on a task of their own, which is then registered for the
-call's duration), and only the dispatcher cancels them, in :meth:`Dispatcher.drain` at
-shutdown.  Once :meth:`Dispatcher.stop_accepting` ran, new flows are reset at once.
+call's duration), and only the dispatcher cancels them: in :meth:`Dispatcher.drain` at
+shutdown, and a spawned flow whose app withdrew its SYN before accept
+(:meth:`~tunray.link.ByteLink.on_withdrawn`), so its dial stops.  Once :meth:`Dispatcher.stop_accepting` ran, new flows are reset at once.
 A flow cut by cancellation is reset towards the app, never closed cleanly: the app
 must not take a truncated stream for a complete one.
 """
@@ -46,9 +47,17 @@ class Dispatcher:
 
     def spawn(self, ctx: FlowContext, destination: Destination, link: ByteLink | PacketLink) -> asyncio.Task[None]:
         """Run :meth:`dispatch_link` for one flow on a task the dispatcher owns."""
-        task = asyncio.get_running_loop().create_task(self.dispatch_link(ctx, destination, link))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self.dispatch_link(ctx, destination, link))
         self.active.add(task)
         task.add_done_callback(self.active.discard)
+        if isinstance(link, ByteLink):
+            # an app that withdraws its SYN (reset, evicted under a SYN flood) before accept: stop the
+            # dial.  call_soon: the task's first step is queued already, so its finally resets the link.
+            def withdrawn() -> None:
+                loop.call_soon(task.cancel)
+
+            link.on_withdrawn(withdrawn)
         return task
 
     def stop_accepting(self) -> None:

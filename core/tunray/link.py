@@ -30,6 +30,7 @@ contract: the app's FIN is ``b""`` from ``read``, the app's RST raises
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tunray.bytestream import ByteStream, StreamClosed, StreamReset
@@ -86,6 +87,10 @@ class ByteLink(ByteStream):
     def accepted(self) -> bool:
         """True once the app-side handshake is complete."""
         return True
+
+    def on_withdrawn(self, callback: Callable[[], None]) -> None:
+        """Call *callback* once if the app withdraws before :meth:`accept` (its SYN was reset or
+        evicted): the dispatcher then stops the flow's dial.  Default: never (eager links)."""
 
 
 @dataclass(slots=True, frozen=True)

@@ -39,6 +39,7 @@ import collections
 import contextlib
 import ipaddress
 from abc import abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
@@ -365,13 +366,18 @@ class _HandleLink:
 class CoreByteLink(_HandleLink, ByteLink):
     """One TCP connection of a core, as the outbound sees it."""
 
-    __slots__ = ("_accepted", "_reset", "_write_waiter")
+    __slots__ = ("_accepted", "_reset", "_withdrawn", "_write_waiter")
 
     def __init__(self, driver: StackDriver, handle: int, accepted: bool) -> None:
         super().__init__(driver, handle)
         self._accepted = accepted
         self._reset = False
         self._write_waiter: asyncio.Future[None] | None = None
+        self._withdrawn: Callable[[], None] | None = None
+
+    def on_withdrawn(self, callback: Callable[[], None]) -> None:
+        if not self._accepted and not self._gone:
+            self._withdrawn = callback
 
     @property
     def reset(self) -> bool:
@@ -466,6 +472,9 @@ class CoreByteLink(_HandleLink, ByteLink):
         self._gone = True
         self._reset = self._reset or reset
         self._wake()
+        withdrawn, self._withdrawn = self._withdrawn, None
+        if withdrawn is not None and reset and not self._accepted:
+            withdrawn()  # the SYN was reset or evicted before accept: stop its dial
 
     def _wake(self) -> None:
         _wake(self._read_waiter)

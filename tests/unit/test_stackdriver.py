@@ -11,12 +11,14 @@ import asyncio
 import ipaddress
 import time
 from collections import deque
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
+from tunray import hookimpl
 from tunray.device import DeviceError, device_pair
 from tunray.link import ByteLink, LinkClosed, PacketLink
 from tunray.net.address import Destination, Network
+from tunray.outbound import Outbound
 from tunray.stack import StackClosed, StackOptions
 from tunray.stackcore import (
     CoreEvent,
@@ -33,6 +35,7 @@ from tunray.stackcore import (
     UdpReadable,
 )
 from tunray.stackdriver import CoreByteLink, StackDriver
+from tunray.testing.harness import driver_of, running
 
 APP, REMOTE = bytes((10, 0, 0, 2)), bytes((192, 0, 2, 1))
 HIGH = 100
@@ -457,3 +460,58 @@ async def test_a_full_device_queue_drops_the_packet_and_goes_on() -> None:
         assert stack.failure is None and mine.write_drops > 0
     finally:
         await stop(stack)
+
+
+class _SlowDial:
+    """A plugin module: outbound ``slowdial`` whose dial never completes (until cancelled)."""
+
+    started: list[object] = []
+    cancelled: list[object] = []
+
+    @staticmethod
+    @hookimpl
+    def tunray_register_types(registry: Any) -> None:
+        registry.add_outbound(_SlowDialOutbound)
+
+
+class _SlowDialOutbound(Outbound):
+    protocol: ClassVar[str] = "slowdial"
+
+    async def process(self, ctx: Any, link: ByteLink | PacketLink) -> None:
+        _SlowDial.started.append(ctx)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            _SlowDial.cancelled.append(ctx)
+            raise
+
+
+async def test_a_syn_withdrawn_before_accept_stops_its_dial() -> None:
+    """A pending SYN reset (by the app, or evicted under a SYN flood) cancels the flow's dial.
+
+    Before: the dial ran on, so evicting half-open handshakes bounded nothing upstream.
+    """
+    cfg = {"log": {"loglevel": "none", "access": "none"}, "inbounds": [{"protocol": "driver", "tag": "drv"}],
+           "outbounds": [{"protocol": "slowdial", "tag": "slow"}]}
+    _SlowDial.started.clear()
+    _SlowDial.cancelled.clear()
+    async with running(cfg, extra=[_SlowDial]) as rt:
+        stack, core, _ = await started()
+        try:
+            h = core.open_tcp(pending=True)
+            stack.kick()
+            link = (await asyncio.wait_for(stack.accept(), 2)).link
+            task = driver_of(rt).open_link("10.0.0.2:40001", "192.0.2.1:443", link)
+            for _ in range(100):
+                if _SlowDial.started:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(_SlowDial.started) == 1
+            core.end(h, reset=True)  # the SYN is withdrawn
+            stack.kick()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 2)
+            assert len(_SlowDial.cancelled) == 1
+            assert core.log == [("abort", h)], "the cancelled flow released its handle exactly once"
+        finally:
+            await stop(stack)

@@ -144,6 +144,53 @@ async def test_a_spoofed_syn_flood_does_not_lock_out_a_real_app() -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("stack", ["lwip", "system"])
+async def test_a_spoofed_syn_flood_is_bounded_by_the_half_open_budget_without_cookies(stack: str) -> None:
+    """lwip and system cannot answer with SYN cookies: the budget holds, the oldest handshakes are
+    evicted (RST, and their dials stopped), and a real app still gets through.  Before: both refused
+    ``maxHalfOpen`` and kept a flow (and a dial) per spoofed SYN."""
+    import asyncio
+
+    import tun_app
+
+    with topology() as topo:
+        _world(topo)
+        log = io.StringIO()
+        settings = _settings(stack=stack, mtu=1500, maxFlows=4096, maxHalfOpen=32, maxHalfOpenPerSource=4)
+        with topo.enter(topo.client):
+            async with running(tun_config(settings), extra=[tun_helpers], access_log=AccessLog(log)) as rt:
+                st = tun_of(rt).stack
+                assert st is not None
+                peak = [0]
+
+                async def watch() -> None:
+                    while True:
+                        peak[0] = max(peak[0], st.stats()["tcp_half_open"])
+                        await asyncio.sleep(0.01)
+
+                watcher = asyncio.get_running_loop().create_task(watch())
+                try:
+                    await asyncio.to_thread(_flood, topo, 3000, ECHO)
+                    await asyncio.sleep(0.3)
+
+                    def app() -> int:
+                        with topo.enter(topo.client):
+                            return sum(tun_app.tcp_echo(HOST, ECHO, 4096) for _ in range(5))
+
+                    assert await asyncio.to_thread(app) == 5 * 4096
+                finally:
+                    watcher.cancel()
+                stats = tun_of(rt).stats()
+                shown = json.loads(sh_out(topo.client, "ip", "-s", "-j", "link", "show", "dev", TUN))
+                dropped = int(shown[0]["stats64"]["tx"]["dropped"])
+        assert peak[0] <= 32 and stats["tcp_half_open"] <= 32, (peak, stats)
+        reached = stats["tcp_connections"]
+        assert reached >= 3000 - dropped - 1, (dropped, stats)  # every SYN that reached the stack got a slot ...
+        assert stats["tcp_half_open_evicted"] >= reached - 32 - 5, stats  # ... and all but the budget were evicted
+        assert stats.get("tcp_syn_cookies_sent", 0) == 0
+
+
+@pytest.mark.timeout(60)
 def test_limits_are_logged_once_and_reported_by_sigusr1(tmp_path: Path) -> None:
     import signal
 

@@ -349,3 +349,41 @@ def test_nonsensical_flags_inside_a_connection_are_dropped_too(clock: Clock) -> 
     peer.send(ACK | PSH, b"ok")
     assert core.tcp_read(h, 100, clock.now) == b"ok"
     _end(core, clock)
+
+
+def _syn_from(core: LwipCore, clock: Clock, src: bytes, sport: int) -> Peer:
+    peer = Peer(core, clock, sport=sport)
+    peer.src = src
+    peer.send(SYN, options=b"\x02\x04\x05\xb4")
+    return peer
+
+
+def test_a_source_over_its_half_open_share_evicts_its_own_oldest(clock: Clock) -> None:
+    """Before: no half-open budget at all (every spoofed SYN held a flow slot and a dial)."""
+    core = make_core(clock, max_half_open=8, max_half_open_per_source=2)
+    other = _syn_from(core, clock, bytes((10, 9, 9, 9)), 50000)
+    flooder = [_syn_from(core, clock, bytes((10, 1, 1, 1)), 40000 + i) for i in range(3)]
+    assert len(other.events) == 1 and all(len(p.events) == 1 for p in flooder[:2])
+    (first,) = [e for e in flooder[0].events if isinstance(e, TcpOpened)]
+    assert TcpReset(first.handle) in flooder[2].events, "the source's oldest handshake is reset"
+    (rst,) = flooder[0].recv()
+    assert rst.flags & RST and rst.ack == 1001, "its app gets a RST for the SYN"
+    assert core.counters["tcp_half_open_evicted"] == 1 and core.stats()["tcp_half_open"] == 3
+    assert other.recv() == [] and TcpReset(other.events[0].handle) not in flooder[2].events  # type: ignore[union-attr]
+    core.tcp_abort(first.handle, clock.now)
+    _end(core, clock)
+
+
+def test_a_full_half_open_budget_evicts_the_oldest_and_completed_handshakes_leave_it(clock: Clock) -> None:
+    core = make_core(clock, max_half_open=3, max_half_open_per_source=3)
+    real = Peer(core, clock, sport=30000)
+    real.src = bytes((10, 7, 7, 7))
+    handle = real.handshake()  # a completed handshake holds no slot
+    spoofed = [_syn_from(core, clock, bytes((10, 2, 0, i)), 40000) for i in range(4)]
+    evicted = [e for e in spoofed[3].events if isinstance(e, TcpReset)]
+    assert len(evicted) == 1 and evicted[0].handle == spoofed[0].events[0].handle  # type: ignore[union-attr]
+    assert core.counters["tcp_half_open_evicted"] == 1 and core.stats()["tcp_half_open"] == 3
+    real.send(ACK | PSH, b"still here")
+    assert core.tcp_read(handle, 100, clock.now) == b"still here"
+    core.tcp_abort(evicted[0].handle, clock.now)
+    _end(core, clock)

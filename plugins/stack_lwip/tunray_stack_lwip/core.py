@@ -26,6 +26,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from tunray.halfopen import EVICTED, HalfOpenTable
 from tunray.net.packet import (
     BAD_TCP_FLAGS,
     GSO_NONE,
@@ -77,6 +78,8 @@ class LwipConfig:
     udp_queue_packets: int = 1024
     max_flows: int = 65536
     max_buffered: int = 0  # bytes from apps held for all TCP flows together (tunray.stackbudget); 0: none
+    max_half_open: int = 256  # handshakes in progress (tunray.halfopen), all and per source address
+    max_half_open_per_source: int = 64
 
 
 LWIP_WND = 0xFFFF  # Debian's TCP_WND: the window lwIP offers a new connection
@@ -140,6 +143,8 @@ class LwipCore:
         self.out: list[bytes] = []  # packets built in Python (UDP, ICMP echo)
         self.tcp: dict[int, _Tcp] = {}  # held handles
         self.by_key: dict[bytes, _Tcp] = {}  # PENDING and ACCEPTING, by flow key
+        #: the same connections, oldest first, under maxHalfOpen/maxHalfOpenPerSource
+        self.half_open = HalfOpenTable(c.max_half_open, c.max_half_open_per_source, c.handshake_timeout)
         self._hs_timers: list[tuple[float, int, _Tcp]] = []
         self._last_handle = 0
         self._tw_ticks = max(0, int(c.time_wait / 0.5))
@@ -224,6 +229,10 @@ class LwipCore:
             lib.tr_refuse(packet, l3, l4, now)
             return
         src, sport, dst, dport = _split_key(key)
+        for victim in self.half_open.make_room(src, now):  # no SYN cookies here: make room, fairly
+            assert isinstance(victim, _Tcp)
+            self.count(EVICTED)
+            self._end_handshake(victim, now)
         self.count("tcp_connections")
         if self.config.eager:
             # lwIP answers now; the flow is announced once the handshake completes, but
@@ -231,16 +240,24 @@ class LwipCore:
             t = _Tcp(self._new_handle(), key, ACCEPTING)
             t.held = False
             self.by_key[key] = t
+            self.half_open.add(t, src, now)
             self._arm_handshake(t, now)
             if not self._inject(t, packet, l3, l4, end, cflags, dport, now):
-                self.by_key.pop(key, None)
+                self._settled(t)
             return
         t = _Tcp(self._new_handle(), key, PENDING)
         t.syn, t.l3, t.l4, t.end, t.cflags = packet, l3, l4, end, cflags
         self.tcp[t.handle] = t
         self.by_key[key] = t
+        self.half_open.add(t, src, now)
         self._arm_handshake(t, now)
         self.events.append(TcpOpened(t.handle, src, sport, dst, dport, True))
+
+    def _settled(self, t: _Tcp) -> None:
+        """*t* is no longer half-open (its handshake completed or ended)."""
+        if self.by_key.get(t.key) is t:
+            del self.by_key[t.key]
+        self.half_open.remove(t)
 
     def _arm_handshake(self, t: _Tcp, now: float) -> None:
         t.deadline = now + self.config.handshake_timeout
@@ -315,7 +332,9 @@ class LwipCore:
 
     def _accepted(self, c: Any) -> None:
         key = self.ffi.buffer(c.key, c.keylen)[:]
-        t = self.by_key.pop(key, None)
+        t = self.by_key.get(key)
+        if t is not None:
+            self._settled(t)  # the handshake is complete
         now = self.now
         lib = self.lib
         if t is None:  # its handshake timed out meanwhile
@@ -412,7 +431,7 @@ class LwipCore:
 
     def _end_handshake(self, t: _Tcp, now: float) -> None:
         """RST a connection that never reached OPEN and report it."""
-        del self.by_key[t.key]
+        self._settled(t)
         self._unreserve(t)
         if t.state == PENDING and t.syn is not None:
             self.lib.tr_refuse(t.syn, t.l3, t.l4, now)
@@ -457,7 +476,7 @@ class LwipCore:
         t.state = ACCEPTING
         self._arm_handshake(t, now)
         if not self._inject(t, syn, t.l3, t.l4, t.end, t.cflags, _split_key(t.key)[3], now):
-            self.by_key.pop(t.key, None)
+            self._settled(t)
             t.ended = True
             self.events.append(TcpReset(handle))
 

@@ -33,6 +33,7 @@ class LwipStack(StackDriver):
                                                                             check=_check_available)
     capabilities: ClassVar[StackCapabilities] = StackCapabilities(
         lazy_handshake=True, icmp_echo=True, vnet_hdr=True, tso=True, buffer_budget=True,
+        half_open_budget=True,
     )
 
     def __init__(self, options: StackOptions) -> None:
@@ -48,6 +49,7 @@ class LwipStack(StackDriver):
             tcp_idle_timeout=o.tcp_idle_timeout, handshake_timeout=o.handshake_timeout,
             time_wait=float(s.time_wait), udp_idle_timeout=o.udp_idle_timeout,
             udp_queue_packets=o.udp_queue_packets, max_flows=o.max_flows, max_buffered=o.max_buffered_bytes,
+            max_half_open=o.max_half_open, max_half_open_per_source=o.max_half_open_per_source,
         )
 
     def make_core(self, vnet_hdr: bool) -> LwipCore:

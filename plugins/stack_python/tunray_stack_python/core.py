@@ -27,6 +27,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tunray.halfopen import EVICTED, HalfOpenTable
 from tunray.net.packet import (
     BAD_TCP_FLAGS,
     GSO_NONE,
@@ -109,8 +110,8 @@ class Core:
         self._timers: list[tuple[float, int, Owner]] = []
         self._timer_n = 0
         # Half-open connections, oldest first: all of them, and per source address.
-        self.half_open: dict[TcpConn, float] = {}  # -> when its SYN came
-        self.half_open_by_src: dict[bytes, dict[TcpConn, None]] = {}
+        self.half_open = HalfOpenTable(config.max_half_open, config.max_half_open_per_source,
+                                       config.handshake_timeout)
         self.cookies = SynCookies()
         self.budget = BufferBudget(config.max_buffered, self.count) if config.max_buffered else None
         self.udp = UdpTable(mtu=config.mtu, vnet_hdr=config.vnet_hdr, idle_timeout=config.udp_idle_timeout,
@@ -231,12 +232,12 @@ class Core:
             return
         o = opts or Options()
         half_open = self.half_open
-        if len(half_open) >= self.config.max_half_open:
-            self._evict_stale(now)
-        mine = self.half_open_by_src.get(src)
-        if len(half_open) >= self.config.max_half_open or (
-            mine is not None and len(mine) >= self.config.max_half_open_per_source
-        ):
+        for stale in half_open.stale(now):  # (only when full) past the handshake timeout: reset, oldest first
+            assert isinstance(stale, TcpConn)
+            self.count(EVICTED)
+            stale.abort()
+            self.handshake_done(stale)
+        if half_open.over(src):
             self._send_cookie(version, src, sport, dst, dport, seq, o.mss, now)
             return
         key = (src, sport, dst, dport)
@@ -245,34 +246,16 @@ class Core:
         conn.on_syn(seq, o.mss, o.wscale, o.sack_ok, o.ts, now)
         self.conns[key] = conn
         self.tcp_handles[handle] = conn
-        self.half_open[conn] = now
-        self.half_open_by_src.setdefault(src, {})[conn] = None
+        half_open.add(conn, src, now)
         self.count("tcp_connections")
         self.events.append(TcpOpened(handle, src, sport, dst, dport, not self.config.eager))
         if self.config.eager:
             conn.accept(now)
         self._schedule(conn)
 
-    def _evict_stale(self, now: float) -> None:
-        """Reset half-open connections older than the handshake timeout, oldest first."""
-        limit = now - self.config.handshake_timeout
-        while self.half_open:
-            conn, since = next(iter(self.half_open.items()))
-            if since > limit:
-                return
-            self.count("tcp_half_open_evicted")
-            conn.abort()
-            self.handshake_done(conn)
-
     def handshake_done(self, conn: TcpConn) -> None:
         """*conn* left the half-open state (its handshake completed, or it closed)."""
-        if self.half_open.pop(conn, None) is not None:
-            src = conn.remote_ip
-            mine = self.half_open_by_src.get(src)
-            if mine is not None:
-                mine.pop(conn, None)
-                if not mine:
-                    del self.half_open_by_src[src]
+        self.half_open.remove(conn)
 
     def _send_cookie(self, version: int, src: bytes, sport: int, dst: bytes, dport: int, seq: int, mss: int,
                      now: float) -> None:

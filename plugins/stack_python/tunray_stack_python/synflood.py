@@ -1,22 +1,21 @@
-"""SYN-flood defence for the core: a half-open budget, per-source fairness, SYN cookies.
+"""SYN-flood defence for the core: SYN cookies beyond the half-open budget.
 
 Theory of operation.  A *half-open* connection is one whose SYN arrived but whose
 handshake the app has not completed (``SYN_PENDING`` while the lazy handshake dials the
 upstream, then ``SYN_RCVD`` until the app's ACK).  Each one may cost an upstream dial,
 so a spoofed SYN flood must not be able to hold many of them.  Like a kernel:
 
-* A **global budget** (``max_half_open``) and a **per-source budget**
-  (``max_half_open_per_source``) bound them; both are core settings, named in the TUN
-  inbound's settings (``maxHalfOpen``, ``maxHalfOpenPerSource``).
-* **Fair eviction.**  A source at its own budget makes room by resetting *its own*
-  oldest half-open connection (counted ``tcp_half_open_evicted``): one address, however
-  fast it sends, never holds more than its share, and never pushes out anyone else's.
-* **SYN cookies** when the global budget is full: the SYN is answered statelessly, with
-  the connection's identity folded into our initial sequence number, and no dial starts.
-  Spoofed sources never answer, so they cost nothing; a real client's ACK proves the
-  cookie and the connection is created right then, already established (``TcpOpened``
-  with ``pending=False``: the stateless eager answer), and dialled.  Counted
-  ``tcp_syn_cookies_sent``, ``tcp_syn_cookies_accepted``, ``tcp_syn_cookies_bad``.
+* The **budget** is the core's :class:`tunray.halfopen.HalfOpenTable`, shared with the
+  other stacks: ``maxHalfOpen`` in all and ``maxHalfOpenPerSource`` per app address
+  (TUN inbound settings).  When it is full, handshakes older than the handshake timeout
+  are reset first (counted ``tcp_half_open_evicted``).
+* **SYN cookies** for a SYN the budget cannot hold (all of it, or its source's share, is
+  taken): the SYN is answered statelessly, with the connection's identity folded into our
+  initial sequence number, and no dial starts.  Spoofed sources never answer, so they
+  cost nothing; a real client's ACK proves the cookie and the connection is created right
+  then, already established (``TcpOpened`` with ``pending=False``: the stateless eager
+  answer), and dialled.  Counted ``tcp_syn_cookies_sent``, ``tcp_syn_cookies_accepted``,
+  ``tcp_syn_cookies_bad``.  One source flooding thus gets cookies, never anyone else's slot.
 
 The cookie (our ISN) is ``slot(5 bits) | mss index(3 bits) | MAC(24 bits)``: ``slot`` is
 ``now // 64`` mod 32 and a cookie is good for the current and the previous slot (64 to

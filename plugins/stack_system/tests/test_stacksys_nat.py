@@ -388,3 +388,39 @@ def test_parse_udp_reasons() -> None:
     assert parse_udp(4, APP4, FAR4, none4, 0, len(none4), False) == (4000, 53, len(none4))
     none6 = udp_dgram(APP6, FAR6, 4000, 53, b"query", csum=0)
     assert parse_udp(6, APP6, FAR6, none6, 0, len(none6), False) == "udp_bad_checksum"
+
+
+def _half_open_core(eager: bool, total: int, per_source: int) -> SystemCore:
+    return SystemCore(SystemConfig(mtu=65535, eager=eager, max_flows=100, max_half_open=total,
+                                   max_half_open_per_source=per_source), SIDES)
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_a_source_over_its_half_open_share_evicts_its_own_oldest(eager: bool) -> None:
+    """Before: no half-open budget (every spoofed SYN held a NAT entry and a dial until idle expiry)."""
+    c = _half_open_core(eager, 8, 2)
+    other = bytes((10, 9, 9, 9))
+    flooder = bytes((10, 1, 1, 1))
+    c.feed(packet(4, other, FAR4, 5000, 443, SYN), 1.0)
+    for port in (40000, 40001, 40002):
+        c.feed(packet(4, flooder, FAR4, port, 443, SYN, seq=7000), 1.0 + port / 1e6)
+    evs = c.take_events()
+    opened = {(e.src_ip, e.src_port): e.handle for e in evs if isinstance(e, TcpOpened)}
+    assert [e for e in evs if isinstance(e, TcpReset)] == [TcpReset(opened[(flooder, 40000)])]
+    assert key(flooder, 40000, FAR4, 443) not in c.nat.by_key and key(other, 5000, FAR4, 443) in c.nat.by_key
+    assert c.counters["tcp_half_open_evicted"] == 1 and c.stats()["tcp_half_open"] == 3
+    out = [fields(bytes(p)) for p in c.drain(2.0)]
+    if not eager:  # the held SYN is refused; an eager one went to the kernel, whose late ACK meets a RST
+        assert (FAR4, flooder, 443, 40000, RST | ACK) in out, out
+
+
+def test_the_handshake_ack_takes_a_connection_out_of_the_half_open_budget() -> None:
+    c = _half_open_core(True, 2, 2)
+    c.feed(packet(4, APP4, FAR4, 5555, 443, SYN, seq=1000), 1.0)
+    assert c.stats()["tcp_half_open"] == 1
+    c.feed(packet(4, APP4, FAR4, 5555, 443, ACK, seq=1001, ack=1), 1.1)  # the app completes its handshake
+    assert c.stats()["tcp_half_open"] == 0
+    for port in (6000, 6001, 6002):  # a full budget evicts the oldest half-open one, never the established
+        c.feed(packet(4, bytes((10, 3, 0, port - 6000)), FAR4, port, 443, SYN), 2.0 + port / 1e6)
+    assert key(APP4, 5555, FAR4, 443) in c.nat.by_key
+    assert c.counters["tcp_half_open_evicted"] == 1 and c.stats()["tcp_half_open"] == 2

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from tunray.halfopen import EVICTED, HalfOpenTable
 from tunray.net.packet import (
     BAD_TCP_FLAGS,
     PROTO_ICMP,
@@ -65,6 +66,9 @@ class SystemConfig:
     udp_idle_timeout: float = 60.0
     udp_queue_packets: int = 1024
     max_flows: int = 65536
+    max_half_open: int = 256  # handshakes in progress (tunray.halfopen), all and per source address
+    max_half_open_per_source: int = 64
+    handshake_timeout: float = 4.0
 
 
 class SystemCore:
@@ -75,7 +79,9 @@ class SystemCore:
         self._counters: dict[str, int] = {}
         self.events: list[CoreEvent] = []
         self.out: list[bytes] = []
-        self.nat = TcpNat(sides, max_entries=config.max_flows, idle=config.tcp_idle_timeout)
+        self.nat = TcpNat(sides, max_entries=config.max_flows, idle=config.tcp_idle_timeout,
+                          half_open=HalfOpenTable(config.max_half_open, config.max_half_open_per_source,
+                                                  config.handshake_timeout))
         self.inner = inner
         self._udp_handle = 0  # UDP handles count up, NAT handles down
         self.udp = UdpTable(mtu=config.mtu, vnet_hdr=config.vnet_hdr, idle_timeout=config.udp_idle_timeout,
@@ -233,7 +239,8 @@ class SystemCore:
                 nat.ending(entry, flags, False, now)
         else:
             entry = nat.by_key.get(key)
-            if entry is None or entry.pending or (entry.linger_until and flags & (SYN | ACK) == SYN):
+            if entry is None or entry.pending or (entry.linger_until and flags & (SYN | ACK) == SYN) \
+                    or entry in nat.half_open:
                 return False
             addr, ports, d_ip, d_l4 = entry.fwd_addr, entry.fwd_ports, entry.fwd_ip, entry.fwd_l4
             if flags & (FIN | RST):
@@ -311,6 +318,8 @@ class SystemCore:
             elif flags & SYN:
                 entry.syn = packet  # a retransmitted SYN replaces the held one
             return
+        if flags & ACK and not flags & SYN:
+            nat.half_open.remove(entry)  # the app completed its handshake with the kernel
         if flags & (FIN | RST):
             nat.ending(entry, flags, True, now)
         self.out.append(rewrite(packet, ip, l4, version, entry.fwd_addr, entry.fwd_ports, entry.fwd_ip,
@@ -325,6 +334,14 @@ class SystemCore:
         if version == 6 and (dst[0] == 0xFF or dst == bytes(15) + b"\x01" or dst == bytes(16)):
             self.count("tcp_bad_destination")
             return
+        for victim in self.nat.half_open.make_room(key[:alen], now):  # no SYN cookies here: make room, fairly
+            assert isinstance(victim, NatEntry)
+            self.count(EVICTED)
+            if victim.pending:
+                self._refuse(victim)  # RST for its held SYN
+            else:
+                self.nat.free(victim)  # the app's late ACK meets no entry: RST
+            self.events.append(TcpReset(victim.handle))
         entry = self.nat.open(version, key, now)
         if entry is None:
             self.count("tcp_max_flows" if version in self.nat.sides else "tcp_no_nat_address")
@@ -334,6 +351,7 @@ class SystemCore:
                 self._answer_rst(packet, VNET_LEN if self.config.vnet_hdr else 0, l4, end, version, src, d)
             return
         self.count("tcp_connections")
+        self.nat.half_open.add(entry, key[:alen], now)
         sport, dport = (key[2 * alen] << 8) | key[2 * alen + 1], (key[2 * alen + 2] << 8) | key[2 * alen + 3]
         self.events.append(TcpOpened(entry.handle, key[:alen], sport, dst, dport, not self.config.eager))
         if self.config.eager:
@@ -423,7 +441,7 @@ class SystemCore:
             self.inner.reset_all(now)
 
     def stats(self) -> dict[str, int]:
-        out = {"tcp_open": len(self.nat), "udp_open": len(self.udp)}
+        out = {"tcp_open": len(self.nat), "tcp_half_open": len(self.nat.half_open), "udp_open": len(self.udp)}
         if self.inner is not None:
             out["udp_open"] = self.inner.stats().get("udp_open", 0)
         return out

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tunray.link import ByteLink, LinkClosed
@@ -40,7 +41,8 @@ def reset_close(sock: socket.socket) -> None:
 
 
 class KernelByteLink(ByteLink):
-    __slots__ = ("_accepted", "_closed", "_handle", "_opening", "_sock", "_sock_ready", "_stack", "_stream")
+    __slots__ = ("_accepted", "_closed", "_handle", "_opening", "_sock", "_sock_ready", "_stack", "_stream",
+                 "_withdrawn")
 
     def __init__(self, stack: SystemStack, handle: int, accepted: bool) -> None:
         self._stack = stack
@@ -51,6 +53,11 @@ class KernelByteLink(ByteLink):
         self._stream: SocketStream | None = None
         self._sock_ready: asyncio.Future[None] | None = None
         self._opening: asyncio.Future[SocketStream | None] | None = None
+        self._withdrawn: Callable[[], None] | None = None
+
+    def on_withdrawn(self, callback: Callable[[], None]) -> None:
+        if not self._accepted and not self._closed:
+            self._withdrawn = callback
 
     @property
     def handle(self) -> int:
@@ -79,11 +86,14 @@ class KernelByteLink(ByteLink):
             fut.set_result(None)
 
     def _ended(self) -> None:
-        """The app gave up (RST, or the entry expired) before the socket came."""
+        """The app gave up (RST, or the entry expired or was evicted) before the socket came."""
         self._closed = True
         fut = self._sock_ready
         if fut is not None and not fut.done():
             fut.set_result(None)
+        withdrawn, self._withdrawn = self._withdrawn, None
+        if withdrawn is not None and not self._accepted:
+            withdrawn()  # before accept: stop the flow's dial
 
     # --- the ByteLink contract ----------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from tunray.halfopen import HalfOpenTable
 from tunray.net.packet import PROTO_TCP, ip_header, pseudo_sum, sum_of
 
 SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
@@ -151,8 +152,11 @@ def rst_for(packet: bytes, ip: int, l4: int, end: int, version: int, src: bytes,
 class TcpNat:
     """The NAT table.  ``sides[4]`` / ``sides[6]``: the family's addressing, or absent (no TCP there)."""
 
-    def __init__(self, sides: dict[int, Side], *, max_entries: int, idle: float) -> None:
+    def __init__(self, sides: dict[int, Side], *, max_entries: int, idle: float,
+                 half_open: HalfOpenTable | None = None) -> None:
         self.sides = sides
+        #: entries whose handshake the app has not completed (SYN held, or passed and not ACKed yet)
+        self.half_open = half_open if half_open is not None else HalfOpenTable(max_entries, max_entries, idle)
         self.max_entries = max_entries
         self.idle = idle
         self.by_key: dict[bytes, NatEntry] = {}
@@ -195,6 +199,7 @@ class TcpNat:
         return entry
 
     def free(self, entry: NatEntry) -> None:
+        self.half_open.remove(entry)
         if self.by_key.get(entry.key) is entry:
             del self.by_key[entry.key]
             del self.by_port[entry.port if entry.version == 4 else entry.port + 65536]

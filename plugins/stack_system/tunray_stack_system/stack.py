@@ -52,7 +52,7 @@ READ_SIZE = 65536 + 64  # a 64 KiB (super-)packet and its virtio header
 class SystemStack(StackDriver):
     name: ClassVar[str] = "system"
     capabilities: ClassVar[StackCapabilities] = StackCapabilities(
-        lazy_handshake=True, icmp_echo=True, vnet_hdr=True, tso=False,
+        lazy_handshake=True, icmp_echo=True, vnet_hdr=True, tso=False, half_open_budget=True,
     )
     default_mtu: ClassVar[int | None] = 65535
 
@@ -92,6 +92,8 @@ class SystemStack(StackDriver):
         config = SystemConfig(
             mtu=o.mtu, vnet_hdr=vnet_hdr, eager=o.handshake == "eager", tcp_idle_timeout=o.tcp_idle_timeout,
             udp_idle_timeout=o.udp_idle_timeout, udp_queue_packets=o.udp_queue_packets, max_flows=o.max_flows,
+            max_half_open=o.max_half_open, max_half_open_per_source=o.max_half_open_per_source,
+            handshake_timeout=o.handshake_timeout,
         )
         self._syscore = SystemCore(config, self._sides, self.make_inner(vnet_hdr))
         return self._syscore
