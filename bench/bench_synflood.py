@@ -2,6 +2,7 @@
 
     sudo .venv/bin/python bench/bench_synflood.py                       # the figures
     sudo .venv/bin/python bench/bench_synflood.py --rate 2000 --seconds 3 --clients 30   # smoke
+    sudo .venv/bin/python bench/bench_synflood.py --stack lwip       # or system: no cookies, eviction
 
 World: bench/world.py (tunray in the client namespace, its TUN captures 203.0.113.0/24, the
 echo server on 203.0.113.10 in the server namespace).  A flooder process writes SYNs from
@@ -117,11 +118,14 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=200, help="real connections during the flood")
     ap.add_argument("--max-half-open", type=int, default=256)
     ap.add_argument("--per-source", type=int, default=64)
+    ap.add_argument("--stack", choices=("python", "lwip", "system"), default="python",
+                    help="python answers beyond the budget with SYN cookies; lwip and system evict the oldest")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="tunray-synflood-") as tmp:
         workdir = Path(tmp)
         access = workdir / "access.log"
-        base = PROXIES[0]
+        key = "tunray" if args.stack == "python" else f"tunray-{args.stack}"
+        base = next(p for p in PROXIES if p.key == key)
         proxy = FloodedTunray(base.key, base.label, base.tun, base.fds_per_flow, max_half_open=args.max_half_open,
                               per_source=args.per_source, access_log=str(access))
         world = World(workdir)
@@ -163,6 +167,7 @@ def main() -> None:
     stack = next(iter(stats.values()), {})
     real = result["ok"] + result["failed"]
     print(json.dumps({
+        "stack_name": args.stack,
         "flood": {"rate": args.rate, "sources": args.sources, "seconds": args.seconds, "syns_sent": sent},
         "real_connections": {"attempted": real, "succeeded": result["ok"],
                              "success_pct": round(100 * result["ok"] / max(real, 1), 1)},
