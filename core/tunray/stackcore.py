@@ -88,7 +88,8 @@ class StackCapabilities:
     super-packets (``"offload": true``); without it the driver asks for a plain TUN.
     ``tso``: it can send TCP super-segments (GSO) when vnet headers are on.  ``flows``:
     the flow kinds it yields.  ``half_open_budget``: it bounds half-open handshakes
-    (``maxHalfOpen``/``maxHalfOpenPerSource``) and answers SYNs beyond them with SYN cookies.
+    (``maxHalfOpen``/``maxHalfOpenPerSource``, :mod:`tunray.halfopen`).  ``buffer_budget``: it
+    bounds the bytes held for all flows together (``maxBufferedBytes``, :mod:`tunray.stackbudget`).
     """
 
     lazy_handshake: bool = True
@@ -97,7 +98,7 @@ class StackCapabilities:
     tso: bool = False
     flows: frozenset[Network] = BOTH
     #: It keeps half-open TCP handshakes in a budget of their own (``max_half_open``,
-    #: ``max_half_open_per_source``) and answers SYNs beyond it with SYN cookies.
+    #: ``max_half_open_per_source``): SYN cookies beyond it, or the oldest handshakes reset.
     half_open_budget: bool = False
     #: It holds the bytes apps send itself and bounds their sum (``max_buffered_bytes``,
     #: :mod:`tunray.stackbudget`); a stack whose TCP is the kernel's cannot.

@@ -86,7 +86,8 @@ FIELDS: tuple[Field, ...] = (
         "maxHalfOpen",
         Int(min=1),
         default=256,
-        doc="TCP handshakes in progress (each may dial) at most; beyond it SYNs get stateless SYN cookies",
+        doc="TCP handshakes in progress (each may dial) at most; beyond it SYNs get SYN cookies (python) "
+            "or the oldest handshake is reset (lwip, system)",
     ),
     Field("udpQueuePackets", Int(min=1), default=1024, doc="datagrams queued per UDP flow; beyond: dropped, counted"),
     Field(
