@@ -9,13 +9,19 @@ only keeps order and counts; what to do with a SYN beyond the budget is the stac
 
 * a stack that can answer statelessly (the python stack's SYN cookies) answers the SYN
   without state once :meth:`HalfOpenTable.over` says so;
-* a stack that cannot (lwIP's handshake, the kernel behind the system stack's NAT) makes
-  room with :meth:`HalfOpenTable.make_room`: a source at its own budget gives up *its own*
-  oldest handshake (so one address, however fast it sends, never pushes out anyone else's),
-  and when the whole budget is full the handshakes older than the handshake timeout go
-  first, then the oldest of all.  Under a flood every SYN thus holds its slot for
-  ``maxHalfOpen / rate`` seconds, and a real client whose handshake completes within that
-  gets through; the stack resets each evicted handshake (counted ``tcp_half_open_evicted``).
+* a stack that cannot (lwIP's handshake, the kernel behind the system stack's NAT) asks
+  :meth:`HalfOpenTable.admit`.  While the budget has room every SYN gets a slot (an app's
+  burst of connections is not a flood).  Once it is full, handshakes older than the
+  handshake timeout go first; then a SYN from a source already at its share is dropped
+  without state (counted ``tcp_half_open_dropped``), as a kernel drops SYNs its full queue
+  cannot take, so one address, however fast it sends, never pushes out anyone else's
+  handshake; any other SYN takes the slot of the oldest handshake (counted
+  ``tcp_half_open_evicted``).  Under a flood from many addresses every SYN thus holds its
+  slot for ``maxHalfOpen / rate`` seconds, and a real client whose handshake completes
+  within that gets through; a SYN that was dropped or evicted is retransmitted by a real
+  client a second later.  An evicted handshake is forgotten
+  silently (no RST: the flooder's sources are spoofed, and a real client retransmits its
+  SYN); a packet that later arrives for it is answered as for any unknown connection.
 
 Insertion order is age order (dicts keep it), so finding the oldest costs nothing.
 """
@@ -25,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterator
 
 EVICTED = "tcp_half_open_evicted"
+DROPPED = "tcp_half_open_dropped"
 
 
 class HalfOpenTable:
@@ -85,14 +92,15 @@ class HalfOpenTable:
         mine = self._by_src.get(src)
         return mine is not None and len(mine) >= self.max_per_source
 
-    def make_room(self, src: bytes, now: float) -> list[Hashable]:
-        """The handshakes to reset so a new SYN from *src* fits (see the module docstring)."""
-        mine = self._by_src.get(src)
-        if mine is not None and len(mine) >= self.max_per_source:
-            return list(mine)[: len(mine) - self.max_per_source + 1]
+    def admit(self, src: bytes, now: float) -> list[Hashable] | None:
+        """For a stack without SYN cookies: ``None`` if a new SYN from *src* must be dropped (the
+        budget and its source's share are full), else the handshakes to evict first (often none)."""
         if len(self._since) < self.max_total:
             return []
         victims = self.stale(now)
-        if not victims:
-            victims = [next(iter(self._since))]
-        return victims
+        if victims:
+            return victims
+        mine = self._by_src.get(src)
+        if mine is not None and len(mine) >= self.max_per_source:
+            return None
+        return [next(iter(self._since))]

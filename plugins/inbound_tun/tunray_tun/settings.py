@@ -87,7 +87,7 @@ FIELDS: tuple[Field, ...] = (
         Int(min=1),
         default=256,
         doc="TCP handshakes in progress (each may dial) at most; beyond it SYNs get SYN cookies (python) "
-            "or the oldest handshake is reset (lwip, system)",
+            "or take the oldest handshake's slot (lwip, system)",
     ),
     Field("udpQueuePackets", Int(min=1), default=1024, doc="datagrams queued per UDP flow; beyond: dropped, counted"),
     Field(

@@ -70,7 +70,7 @@ int tr_writable(struct tr_conn *c);
 void tr_shutdown(struct tr_conn *c, double now);
 void tr_release(struct tr_conn *c, int abort_it, double now);
 void tr_refuse(const char *pkt, size_t l3, size_t l4, double now);
-void tr_abort_key(const uint8_t *key, size_t keylen, double now);
+void tr_abort_key(const uint8_t *key, size_t keylen, int rst, double now);
 uint32_t tr_timers(double now, uint32_t time_wait_ticks);
 int tr_tcp_busy(void);
 uint32_t tr_sleeptime(void);

@@ -26,7 +26,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from tunray.halfopen import EVICTED, HalfOpenTable
+from tunray.halfopen import DROPPED, EVICTED, HalfOpenTable
 from tunray.net.packet import (
     BAD_TCP_FLAGS,
     GSO_NONE,
@@ -229,10 +229,14 @@ class LwipCore:
             lib.tr_refuse(packet, l3, l4, now)
             return
         src, sport, dst, dport = _split_key(key)
-        for victim in self.half_open.make_room(src, now):  # no SYN cookies here: make room, fairly
+        victims = self.half_open.admit(src, now)  # no SYN cookies here (see tunray.halfopen)
+        if victims is None:
+            self.count(DROPPED)  # its source's share is full: no state, no answer (it retransmits)
+            return
+        for victim in victims:
             assert isinstance(victim, _Tcp)
             self.count(EVICTED)
-            self._end_handshake(victim, now)
+            self._end_handshake(victim, now, quiet=True)
         self.count("tcp_connections")
         if self.config.eager:
             # lwIP answers now; the flow is announced once the handshake completes, but
@@ -429,14 +433,16 @@ class LwipCore:
             self._end_handshake(t, now)
         self.udp.handle_timer(now)
 
-    def _end_handshake(self, t: _Tcp, now: float) -> None:
-        """RST a connection that never reached OPEN and report it."""
+    def _end_handshake(self, t: _Tcp, now: float, quiet: bool = False) -> None:
+        """End a connection that never reached OPEN and report it: RST, or nothing if *quiet*
+        (an evicted handshake: a held SYN is forgotten, lwIP's SYN_RCVD pcb abandoned)."""
         self._settled(t)
         self._unreserve(t)
         if t.state == PENDING and t.syn is not None:
-            self.lib.tr_refuse(t.syn, t.l3, t.l4, now)
+            if not quiet:
+                self.lib.tr_refuse(t.syn, t.l3, t.l4, now)
         else:
-            self.lib.tr_abort_key(t.key, len(t.key), now)
+            self.lib.tr_abort_key(t.key, len(t.key), int(not quiet), now)
         t.syn = None
         if t.held and not t.ended:
             t.ended = True

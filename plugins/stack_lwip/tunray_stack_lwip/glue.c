@@ -1014,13 +1014,14 @@ static void tr_refuse(const char *pkt, size_t l3, size_t l4, double now) {
 }
 
 /* RST a connection lwIP is still handshaking (SYN-RCVD, no tr_conn yet). */
-static void tr_abort_key(const uint8_t *key, size_t keylen, double now) {
+/* End the not-yet-accepted pcb of key: with a RST, or silently (rst 0: an evicted handshake). */
+static void tr_abort_key(const uint8_t *key, size_t keylen, int rst, double now) {
     tr_set_now(now);
     uint8_t k[37];
     for (struct tcp_pcb *pcb = tcp_active_pcbs; pcb != NULL; pcb = pcb->next) {
         size_t n = make_key(k, &pcb->remote_ip, pcb->remote_port, &pcb->local_ip, pcb->local_port);
         if (n == keylen && memcmp(k, key, n) == 0 && pcb->callback_arg == NULL) {
-            tcp_abort(pcb);
+            tcp_abandon(pcb, rst);
             return;
         }
     }

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tunray.halfopen import EVICTED, HalfOpenTable
+from tunray.halfopen import DROPPED, EVICTED, HalfOpenTable
 from tunray.net.packet import (
     BAD_TCP_FLAGS,
     PROTO_ICMP,
@@ -334,13 +334,14 @@ class SystemCore:
         if version == 6 and (dst[0] == 0xFF or dst == bytes(15) + b"\x01" or dst == bytes(16)):
             self.count("tcp_bad_destination")
             return
-        for victim in self.nat.half_open.make_room(key[:alen], now):  # no SYN cookies here: make room, fairly
+        victims = self.nat.half_open.admit(key[:alen], now)  # no SYN cookies here (see tunray.halfopen)
+        if victims is None:
+            self.count(DROPPED)  # its source's share is full: no state, no answer (it retransmits)
+            return
+        for victim in victims:
             assert isinstance(victim, NatEntry)
             self.count(EVICTED)
-            if victim.pending:
-                self._refuse(victim)  # RST for its held SYN
-            else:
-                self.nat.free(victim)  # the app's late ACK meets no entry: RST
+            self.nat.free(victim)  # quietly: a held SYN is forgotten; a late ACK meets no entry (RST)
             self.events.append(TcpReset(victim.handle))
         entry = self.nat.open(version, key, now)
         if entry is None:
