@@ -392,3 +392,33 @@ def test_a_full_half_open_budget_evicts_the_oldest_and_completed_handshakes_leav
     assert core.tcp_read(handle, 100, clock.now) == b"still here"
     core.tcp_abort(evicted[0].handle, clock.now)
     _end(core, clock)
+
+
+def test_the_buffer_budget_clamps_syn_ack_windows_and_reopens_them_on_reads(clock: Clock) -> None:
+    """maxBufferedBytes for lwIP: a SYN-ACK offers only what the budget grants; reads give room back,
+    and a connection that was denied gets a window update (before: every SYN-ACK offered 64 KiB)."""
+    core = make_core(clock, max_buffered=100_000)
+    peers, windows, handles = [], [], []
+    for i in range(3):
+        p = Peer(core, clock, sport=41000 + i)
+        p.send(SYN, options=b"\x02\x04\x05\xb4")
+        (opened,) = [e for e in p.events if isinstance(e, TcpOpened)]
+        core.tcp_accept(opened.handle, clock.now)
+        (synack,) = p.recv()
+        p.send(ACK)
+        peers.append(p)
+        windows.append(synack.window)
+        handles.append(opened.handle)
+    assert windows == [65535, 100_000 - 65535, 0], windows  # the second is cut, the third gets nothing yet
+    assert core.stats()["buffered_bytes"] == 100_000 and core.counters["tcp_buffer_budget_full"] == 1
+    peers[0].send(ACK | PSH, b"x" * 1460)
+    peers[0].recv()
+    assert core.tcp_read(handles[0], 100_000, clock.now) == b"x" * 1460
+    core.tcp_abort(handles[0], clock.now)  # the first ends: its room goes to the one that waited
+    updates = [s for s in peers[2].recv() if not s.flags & (SYN | RST)]
+    assert updates and updates[-1].window > 0, updates
+    assert core.stats()["buffered_bytes"] <= 100_000
+    for h in handles[1:]:
+        core.tcp_abort(h, clock.now)
+    assert core.stats()["buffered_bytes"] == 0
+    _end(core, clock)

@@ -500,8 +500,9 @@ class LwipCore:
             data: bytes = self._scratch_buf[0:n]
             budget = self.budget
             if budget is not None:
-                t.reserved -= n
-                budget.release(n, t.reserved)
+                back = n if n <= t.reserved else t.reserved  # (a window lwIP opened beyond the grant)
+                t.reserved -= back
+                budget.release(back, t.reserved)
                 due = c.due
                 c.due = 0
                 self._credit(t, c, due, now)
