@@ -107,11 +107,10 @@ class UdpTable:
         budget = self.budget
         if budget is not None:
             n = end - l4 - 8
-            got = budget.reserve(n, flow.queued_bytes)
-            if got < n:
-                budget.release(got, flow.queued_bytes)
+            if n > budget.room():
                 self._count("udp_buffer_budget_full")
                 return
+            budget.charge(n)
             flow.queued_bytes += n
         flow.queue.append((packet[l4 + 8:end], dst, dport))
         if flow.want_read:
@@ -166,7 +165,7 @@ class UdpTable:
             item = flow.queue.popleft()
             if self.budget is not None:
                 flow.queued_bytes -= len(item[0])
-                self.budget.release(len(item[0]), flow.queued_bytes)
+                self.budget.release(len(item[0]))
             return item
         if self.flows.get(flow.key) is flow:
             flow.want_read = True
@@ -189,6 +188,6 @@ class UdpTable:
         flow.held = flow.want_read = False
         self._end(flow)
         if self.budget is not None and flow.queued_bytes:
-            self.budget.release(flow.queued_bytes, 0)
+            self.budget.release(flow.queued_bytes)
             flow.queued_bytes = 0
         flow.queue.clear()

@@ -19,37 +19,25 @@ def _budget(limit: int) -> tuple[BufferBudget, dict[str, int]]:
     return BufferBudget(limit, count), counters
 
 
-def test_grants_stop_at_the_limit_and_reads_give_room_back() -> None:
+def test_room_charges_releases_and_one_count_per_time_it_ran_out() -> None:
     b, counters = _budget(1000)
-    assert b.reserve(300, 0) == 300
-    assert b.reserve(400, 0) == 400
-    assert b.reserve(500, 0) == 300  # the rest of the budget, whatever was asked
+    b.charge(700)
+    assert b.room() == 300 and b.pressure  # more than half is held
+    b.charge(300)
+    assert b.room() == 0
     b.denied("c")
-    assert b.reserve(10, 300) == 0
     b.denied("c")
     b.denied("d")
     assert counters == {FULL: 1}, "one count per time the budget ran out, not per denial"
     assert b.stats() == {"buffered_bytes": 1000, "buffered_bytes_peak": 1000, "buffered_bytes_limit": 1000}
     assert b.take_waiters() == []  # nothing free yet
-    b.release(300, 0)
+    b.release(300)
     assert sorted(b.take_waiters()) == ["c", "d"]  # type: ignore[type-var]
     assert b.used == 700 and b.peak == 1000
     b.denied("c")
     assert counters == {FULL: 2}  # ran out again after room came back
-
-
-def test_above_half_a_flow_grows_only_to_its_fair_share() -> None:
-    b, _ = _budget(1 << 20)
-    assert b.reserve(300 << 10, 0) == 300 << 10  # flow A
-    assert b.reserve(300 << 10, 0) == 300 << 10  # flow B: now past half the budget
-    # A may grow to an equal share of the budget between the two holders (512 KiB), no further
-    assert b.reserve(300 << 10, 300 << 10) == 212 << 10
-    # a newcomer C still gets room: its share among three is a third
-    assert b.reserve(200 << 10, 0) == 200 << 10
-    b.release(512 << 10, 0)  # A ends
-    b.release(300 << 10, 0)  # B ends
-    b.release(200 << 10, 0)  # C ends
-    assert b.used == 0 and b.reserve(900 << 10, 0) == 900 << 10  # alone again: no share applies
+    b.release(700)
+    assert not b.pressure and b.share(4) == 250
 
 
 def _table(budget: BufferBudget | None) -> tuple[UdpTable, list[CoreEvent], dict[str, int]]:

@@ -394,31 +394,28 @@ def test_a_full_half_open_budget_evicts_the_oldest_and_completed_handshakes_leav
     _end(core, clock)
 
 
-def test_the_buffer_budget_clamps_syn_ack_windows_and_reopens_them_on_reads(clock: Clock) -> None:
-    """maxBufferedBytes for lwIP: a SYN-ACK offers only what the budget grants; reads give room back,
-    and a connection that was denied gets a window update (before: every SYN-ACK offered 64 KiB)."""
-    core = make_core(clock, max_buffered=100_000)
-    peers, windows, handles = [], [], []
-    for i in range(3):
-        p = Peer(core, clock, sport=41000 + i)
-        p.send(SYN, options=b"\x02\x04\x05\xb4")
-        (opened,) = [e for e in p.events if isinstance(e, TcpOpened)]
-        core.tcp_accept(opened.handle, clock.now)
-        (synack,) = p.recv()
-        p.send(ACK)
-        peers.append(p)
-        windows.append(synack.window)
-        handles.append(opened.handle)
-    assert windows == [65535, 100_000 - 65535, 0], windows  # the second is cut, the third gets nothing yet
-    assert core.stats()["buffered_bytes"] == 100_000 and core.counters["tcp_buffer_budget_full"] == 1
-    peers[0].send(ACK | PSH, b"x" * 1460)
-    peers[0].recv()
-    assert core.tcp_read(handles[0], 100_000, clock.now) == b"x" * 1460
-    core.tcp_abort(handles[0], clock.now)  # the first ends: its room goes to the one that waited
-    updates = [s for s in peers[2].recv() if not s.flags & (SYN | RST)]
-    assert updates and updates[-1].window > 0, updates
-    assert core.stats()["buffered_bytes"] <= 100_000
-    for h in handles[1:]:
-        core.tcp_abort(h, clock.now)
+def test_the_buffer_budget_bounds_unread_bytes_and_never_drops_acknowledged_ones(clock: Clock) -> None:
+    """maxBufferedBytes for lwIP: a segment the budget has no room for is dropped before lwIP sees it
+    (so it is never acknowledged) and taken when the app sends it again after a read (before: every
+    connection held its 64 KiB window, however many there were)."""
+    core = make_core(clock, max_buffered=20_000)
+    peers = [Peer(core, clock, sport=41000 + i) for i in range(2)]
+    handles = [p.handshake() for p in peers]
+    first = peers[0].snd  # both start at the same sequence number
+    chunk = b"a" * 1400
+    for _ in range(8):  # 11,200 bytes each: the last round does not fit (19,600 + 1,400 > 20,000)
+        for p in peers:
+            p.send(ACK | PSH, chunk)
+    assert core.stats()["lwip_rx_bytes"] == 19_600 and core.counters["tcp_buffer_budget_full"] == 1
+    core.drain(clock.now)
+    assert core.stats()["buffered_bytes"] == 19_600
+    for h in handles:  # the refused segments were never taken: each read ends before them
+        assert core.tcp_read(h, 100_000, clock.now) == chunk * 7
+    core.drain(clock.now)
+    for p in peers:  # the app sends them again; now they fit
+        p.send(ACK | PSH, chunk, seq=first + 7 * 1400)
+    for h in handles:
+        assert core.tcp_read(h, 100_000, clock.now) == chunk
+    core.drain(clock.now)
     assert core.stats()["buffered_bytes"] == 0
     _end(core, clock)

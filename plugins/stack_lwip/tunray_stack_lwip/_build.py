@@ -39,7 +39,6 @@ CDEF = """
 
 struct tr_conn {
     uint32_t rx_len;
-    uint32_t due;
     uint8_t key[37];
     uint8_t keylen;
     uint8_t fin_in;
@@ -56,15 +55,13 @@ struct tr_stats {
 };
 
 int tr_setup(double now, uint16_t mtu, int vnet, int gso, uint32_t mss_v4, uint32_t mss_v6,
-             size_t high_water, uint32_t idle, size_t rx_buffer, int budget);
+             size_t high_water, uint32_t idle, size_t rx_buffer);
 int tr_listen(uint16_t port);
 int tr_input(const char *pkt, size_t l3, size_t l4, size_t end, int flags, double now,
              uint8_t *key, size_t *keylen);
 struct tr_event *tr_events(size_t *n);
 uint8_t *tr_output(uint32_t **recs, size_t *n);
 size_t tr_read(struct tr_conn *c, uint8_t *dst, size_t max, double now);
-void tr_recved(struct tr_conn *c, size_t n, double now);
-void tr_clamp_syn(const uint8_t *key, size_t keylen, uint32_t wnd);
 int tr_write(struct tr_conn *c, const char *data, size_t len, double now);
 int tr_writable(struct tr_conn *c);
 void tr_shutdown(struct tr_conn *c, double now);

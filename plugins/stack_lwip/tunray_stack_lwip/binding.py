@@ -72,7 +72,7 @@ def self_test(ffi: Any, lib: Any, now: float) -> None:
     keylen = ffi.new("size_t *")
     recs = ffi.new("uint32_t **")
     n = ffi.new("size_t *")
-    lib.tr_setup(now, 1500, 0, 0, 0, 0, 1 << 16, 600, 0, 0)
+    lib.tr_setup(now, 1500, 0, 0, 0, 0, 1 << 16, 600, 0)
     if not lib.tr_clock_hooked():
         raise LwipUnavailable("lwIP does not use the glue's clock (sys_now interposition failed)")
     try:

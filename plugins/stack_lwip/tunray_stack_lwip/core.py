@@ -82,12 +82,10 @@ class LwipConfig:
     max_half_open_per_source: int = 64
 
 
-LWIP_WND = 0xFFFF  # Debian's TCP_WND: the window lwIP offers a new connection
-
 
 class _Tcp:
     __slots__ = ("cflags", "conn", "deadline", "early", "early_len", "end", "ended", "handle", "held", "key", "l3",
-                 "l4", "owed", "reserved", "shut", "state", "syn", "want_read", "want_write")
+                 "l4", "shut", "state", "syn", "want_read", "want_write")
 
     def __init__(self, handle: int, key: bytes, state: int) -> None:
         self.handle = handle
@@ -104,8 +102,6 @@ class _Tcp:
         self.want_read = False
         self.want_write = False
         self.deadline = 0.0  # handshake deadline while not OPEN
-        self.reserved = 0  # bytes of the buffer budget this connection's window promises
-        self.owed = 0  # window credit the budget could not grant yet
 
 
 def _split_key(key: bytes) -> tuple[bytes, int, bytes, int]:
@@ -134,8 +130,10 @@ class LwipCore:
         mss6 = c.mtu - 60 if c.mss_rewrite and c.mtu > 1500 else 0
         idle_ticks = max(1, int(c.tcp_idle_timeout / 0.5))
         self.budget = BufferBudget(c.max_buffered, self.count) if c.max_buffered else None
+        self._glue = self.lib.tr_stats_ptr()
+        self._rx_charged = self._glue.rx_bytes  # the glue's rx_bytes as last charged to the budget
         if self.lib.tr_setup(now, c.mtu, int(c.vnet_hdr), int(c.gso and c.vnet_hdr), mss4, mss6,
-                             c.send_high_water, idle_ticks, c.rx_buffer, int(self.budget is not None)) != 0:
+                             c.send_high_water, idle_ticks, c.rx_buffer) != 0:
             raise RuntimeError("lwIP set-up failed")
         self.now = now
         self.counters: dict[str, int] = {}
@@ -195,9 +193,16 @@ class LwipCore:
             return
         version, src, dst, proto, l4, end = parsed
         if proto == PROTO_TCP:
-            if end - l4 >= 20 and BAD_TCP_FLAGS[packet[l4 + 13]]:  # SYN+FIN, no ACK, ...: never lwIP's
-                self.count("tcp_bad_flags")
-                return
+            if end - l4 >= 20:
+                if BAD_TCP_FLAGS[packet[l4 + 13]]:  # SYN+FIN, no ACK, ...: never lwIP's
+                    self.count("tcp_bad_flags")
+                    return
+                budget = self.budget
+                if budget is not None and end - l4 - (packet[l4 + 12] >> 4) * 4 > budget.room() - (
+                        self._glue.rx_bytes - self._rx_charged):
+                    # no room for what this segment carries: unacknowledged, the app sends it again
+                    budget.denied(self)
+                    return
             r = self.lib.tr_input(packet, start, l4, end, cflags, now, self._key, self._keylen)
             if r == 2:
                 self._collect()
@@ -274,42 +279,18 @@ class LwipCore:
             lib.tr_refuse(syn, l3, l4, now)
             return False
         r = lib.tr_input(syn, l3, l4, end, cflags | 1, now, self._key, self._keylen)
-        budget = self.budget
-        if r >= 0 and budget is not None and not t.reserved:
-            # the SYN-ACK offers only what the budget grants (lwIP's own offer is clamped)
-            want = min(LWIP_WND, self.config.rx_buffer)
-            got = budget.reserve(want, 0)
-            if got < want:
-                budget.denied(t)
-            if got < LWIP_WND:
-                lib.tr_clamp_syn(t.key, len(t.key), got)
-            t.reserved, t.owed = got, want - got
         if r == 2:
             self._collect()
         return bool(r >= 0)
 
-    def _credit(self, t: _Tcp, c: Any, more: int, now: float) -> None:
-        """Open *c*'s window by *more* (bytes read) plus what was owed, as far as the budget grants."""
-        budget = self.budget
-        assert budget is not None
-        want = more + t.owed
-        if want <= 0:
-            return
-        got = budget.reserve(want, t.reserved)
-        if got < want:
-            budget.denied(t)
-        t.owed = want - got
-        if got:
-            t.reserved += got
-            self.lib.tr_recved(c, got, now)
-
-    def _unreserve(self, t: _Tcp) -> None:
+    def _sync_budget(self) -> None:
+        """Charge the buffer budget with what the glue holds now (received, unread bytes)."""
         budget = self.budget
         if budget is not None:
-            if t.reserved:
-                budget.release(t.reserved, 0)
-            t.reserved = t.owed = 0
-            budget.forget(t)
+            held = self._glue.rx_bytes
+            if held != self._rx_charged:
+                budget.charge(held - self._rx_charged)
+                self._rx_charged = held
 
     def _collect(self) -> None:
         """Turn the glue's pending events into stackcore events (call after every C call)."""
@@ -356,8 +337,6 @@ class LwipCore:
         t.state = OPEN
         t.conn = c
         c.handle = t.handle
-        if t.owed and self.budget is not None:
-            self._credit(t, c, 0, now)
         for chunk in t.early:
             lib.tr_write(c, chunk, len(chunk), now)
         t.early = []
@@ -376,12 +355,9 @@ class LwipCore:
         self.now = now
         lib = self.lib
         budget = self.budget
-        if budget is not None and budget.waiters:  # room came back: window updates for the flows denied it
-            for t in budget.take_waiters():
-                assert isinstance(t, _Tcp)
-                if t.conn is not None and t.owed:
-                    self._credit(t, t.conn, 0, now)
-            self._collect()
+        if budget is not None:
+            self._sync_budget()
+            budget.take_waiters()  # a segment dropped for room comes back with the app's retransmission
         buf = lib.tr_output(self._recs, self._n)
         n = self._n[0]
         out: list[bytes] = []
@@ -437,7 +413,6 @@ class LwipCore:
         """End a connection that never reached OPEN and report it: RST, or nothing if *quiet*
         (an evicted handshake: a held SYN is forgotten, lwIP's SYN_RCVD pcb abandoned)."""
         self._settled(t)
-        self._unreserve(t)
         if t.state == PENDING and t.syn is not None:
             if not quiet:
                 self.lib.tr_refuse(t.syn, t.l3, t.l4, now)
@@ -498,15 +473,7 @@ class LwipCore:
         n = self.lib.tr_read(c, self._scratch, min(max_bytes, SCRATCH), now)
         if n:
             data: bytes = self._scratch_buf[0:n]
-            budget = self.budget
-            if budget is not None:
-                back = n if n <= t.reserved else t.reserved  # (a window lwIP opened beyond the grant)
-                t.reserved -= back
-                budget.release(back, t.reserved)
-                due = c.due
-                c.due = 0
-                self._credit(t, c, due, now)
-                self._collect()
+            self._sync_budget()
             return data
         if c.fin_in or c.closed or t.ended:
             return b""
@@ -563,7 +530,6 @@ class LwipCore:
         t = self.tcp.pop(handle)
         t.held = False
         self.now = now
-        self._unreserve(t)  # what is still unread is dropped (close) or gone (abort)
         c = t.conn
         if c is not None:
             t.conn = None

@@ -83,7 +83,6 @@ struct tr_conn {
     struct pbuf *rx;     /* received, not yet read */
     uint32_t rx_len;
     uint32_t withhold; /* bytes still to read without crediting them (window cap) */
-    uint32_t due;      /* with a budget: bytes read whose credit Python decides (tr_recved) */
     uint8_t key[37]; /* version, src, sport, dst, dport (network order) */
     uint8_t keylen;
     uint8_t fin_in;    /* the app's FIN arrived: EOF after rx */
@@ -134,7 +133,6 @@ static struct tcp_pcb **listeners; /* by port, allocated on first use */
 static struct tr_stats stats;
 static size_t send_high_water = 256 * 1024;
 static uint32_t withhold_bytes; /* TCP_WND minus the window cap */
-static int budget_mode;         /* Python's buffer budget grants every window credit (tr_recved) */
 static uint32_t idle_ticks = 600; /* TCP idle timeout in slow-timer ticks (500 ms) */
 
 static void conn_free(struct tr_conn *c);
@@ -620,9 +618,7 @@ static err_t tr_accept_cb(void *arg, struct tcp_pcb *npcb, err_t err) {
     }
     c->pcb = npcb;
     c->handle = -1;
-    /* the window cap (tcpBufferSize): withhold what the SYN-ACK offered beyond it */
-    uint32_t cap = TCP_WND - withhold_bytes;
-    c->withhold = npcb->rcv_wnd > cap ? (uint32_t)(npcb->rcv_wnd - cap) : 0;
+    c->withhold = withhold_bytes;
     c->keylen = (uint8_t)make_key(c->key, &npcb->remote_ip, npcb->remote_port, &npcb->local_ip,
                                   npcb->local_port);
     tcp_arg(npcb, c);
@@ -851,45 +847,8 @@ static size_t tr_read(struct tr_conn *c, uint8_t *dst, size_t max, double now) {
         give -= keep;
         c->withhold -= (uint32_t)keep;
     }
-    if (budget_mode)
-        c->due += (uint32_t)give; /* Python credits what the budget grants */
-    else
-        recved(c->pcb, give);
+    recved(c->pcb, give);
     return n;
-}
-
-/* Open c's window by n bytes (budget mode: what the buffer budget granted). */
-static void tr_recved(struct tr_conn *c, size_t n, double now) {
-    tr_set_now(now);
-    recved(c->pcb, n);
-}
-
-/* Budget mode: the SYN just injected for key may only be offered wnd bytes.  Clamp the
-   new SYN_RCVD pcb's receive window, and the SYN-ACK lwIP just emitted (the newest
-   record to that address and port; RFC 1624 checksum update).  A SYN's window is never
-   scaled (RFC 7323 2.2), so the field is wnd itself. */
-static void tr_clamp_syn(const uint8_t *key, size_t keylen, uint32_t wnd) {
-    struct tcp_pcb *pcb = find_pcb(tcp_active_pcbs, key, keylen);
-    if (pcb == NULL || pcb->state != SYN_RCVD || wnd >= pcb->rcv_wnd)
-        return;
-    pcb->rcv_wnd = pcb->rcv_ann_wnd = (tcpwnd_size_t)wnd;
-    pcb->rcv_ann_right_edge = pcb->rcv_nxt + wnd;
-    size_t pre = out_vnet ? VNET_LEN : 0;
-    for (size_t i = out_n; i-- > 0;) {
-        uint8_t *ip = out_buf + out_recs[2 * i] + pre;
-        int v6 = (ip[0] >> 4) == 6;
-        uint8_t *tcp = ip + (v6 ? 40 : (size_t)(ip[0] & 0x0f) * 4);
-        if ((tcp[13] & (TCP_SYN | TCP_ACK)) != (TCP_SYN | TCP_ACK) || rd16(tcp) != pcb->local_port ||
-            rd16(tcp + 2) != pcb->remote_port)
-            continue;
-        uint16_t old = rd16(tcp + 14), neu = (uint16_t)(wnd > 0xffff ? 0xffff : wnd);
-        uint32_t sum = (uint16_t)~rd16(tcp + 16) + (uint16_t)~old + neu;
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum = (sum & 0xffff) + (sum >> 16);
-        wr16(tcp + 14, neu);
-        wr16(tcp + 16, (uint16_t)~sum);
-        return;
-    }
 }
 
 /* Take all of data; returns 1 while below the high-water mark, 0 above (WRITABLE
@@ -979,15 +938,12 @@ static void tr_release(struct tr_conn *c, int abort_it, double now) {
         return;
     }
     if (c->rx != NULL) {
-        recved(c->pcb, c->rx_len + c->due);
+        recved(c->pcb, c->rx_len);
         stats.rx_bytes -= c->rx_len;
         pbuf_free(c->rx);
         c->rx = NULL;
         c->rx_len = 0;
-    } else {
-        recved(c->pcb, c->due);
     }
-    c->due = 0;
     c->discard = 1;
     c->released = 1;
     purge_events(c);
@@ -1013,8 +969,8 @@ static void tr_refuse(const char *pkt, size_t l3, size_t l4, double now) {
     tcp_rst(NULL, 0, rd32(tcp + 4) + 1, &dst, &src, rd16(tcp + 2), rd16(tcp));
 }
 
-/* RST a connection lwIP is still handshaking (SYN-RCVD, no tr_conn yet). */
-/* End the not-yet-accepted pcb of key: with a RST, or silently (rst 0: an evicted handshake). */
+/* End a connection lwIP is still handshaking (SYN-RCVD, no tr_conn yet): with a RST, or
+   silently (rst 0: an evicted handshake). */
 static void tr_abort_key(const uint8_t *key, size_t keylen, int rst, double now) {
     tr_set_now(now);
     uint8_t k[37];
@@ -1065,10 +1021,9 @@ static int tr_tcp_busy(void) { return tcp_active_pcbs != NULL || tcp_tw_pcbs != 
 static uint32_t tr_sleeptime(void) { return sys_timeouts_sleeptime(); }
 
 static int tr_setup(double now, uint16_t mtu, int vnet, int gso, uint32_t mss_v4, uint32_t mss_v6,
-                    size_t high_water, uint32_t idle, size_t rx_buffer, int budget) {
+                    size_t high_water, uint32_t idle, size_t rx_buffer) {
     tr_set_now(now);
     send_high_water = high_water;
-    budget_mode = budget;
     withhold_bytes = rx_buffer < TCP_WND ? (uint32_t)(TCP_WND - rx_buffer) : 0;
     idle_ticks = idle;
     if (!tr_ready) {

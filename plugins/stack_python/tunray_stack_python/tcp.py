@@ -88,10 +88,6 @@ class TcpConn(TcpSender):
         opts = syn_options(self.core.config.mtu - (40 if self.version == 4 else 60),
                            self.rcv_wscale if self.peer_wscale or self.rcv_wscale else -1, self.sack_ok, ts)
         win = min(self.limit, 0xFFFF)
-        if self.core.budget is not None:  # a retransmission asks only for what the first did not get
-            if win > self.adv_right:
-                self.adv_right += self._grant(win - self.adv_right)
-            win = self.adv_right
         self.adv_right = win
         self._emit(self.iss, SYN | ACK, self.irs1, win, opts, b"", 0)
 
@@ -155,7 +151,8 @@ class TcpConn(TcpSender):
                 if self.state is State.TIME_WAIT:
                     self.timer_deadline = self.core.now + self.core.config.time_wait
             return
-        right = self.adv_right  # never more than we advertised: that is what the buffer budget reserved
+        right = self.adv_right  # never more than we advertised
+        budget = self.core.budget
         if n:
             end = off + n
             if end <= rcv_nxt:
@@ -167,10 +164,12 @@ class TcpConn(TcpSender):
             else:
                 if end > right:
                     end = right
+                if budget is not None and end > rcv_nxt and not self.read_closed and end - rcv_nxt > budget.room():
+                    end = rcv_nxt + budget.room()  # the rest is not acknowledged: the app sends it again
+                    budget.denied(self)
                 if end > rcv_nxt:
                     if self.read_closed:
                         self.read_total += end - rcv_nxt
-                        self._give_back(end - rcv_nxt)
                     elif off == rcv_nxt and end - off == n:
                         self.rcvbuf += payload
                     else:
@@ -186,6 +185,8 @@ class TcpConn(TcpSender):
                     self.ack_now = True  # zero window probe
         if fin:
             self.peer_fin_off = off + n
+        if budget is not None:
+            self._recharge()
         if self.peer_fin_off >= 0 and not self.fin_rcvd and self.rcv_nxt == self.peer_fin_off:
             self.fin_rcvd = True
             pending = self.ack_now or self.ack_pending
@@ -208,6 +209,10 @@ class TcpConn(TcpSender):
         if end <= off or ooo.size + (end - off) > self.limit:
             self.core.count("tcp_ooo_dropped")
             return
+        budget = self.core.budget
+        if budget is not None and end - off > budget.room():
+            budget.denied(self)
+            return
         ooo.add(off, payload[:end - off])
 
     def _pull_ooo(self) -> None:
@@ -219,7 +224,6 @@ class TcpConn(TcpSender):
             if end > self.rcv_nxt:
                 if self.read_closed:
                     self.read_total += end - self.rcv_nxt
-                    self._give_back(end - self.rcv_nxt)
                 elif start == self.rcv_nxt:
                     self.rcvbuf += data
                 else:
@@ -281,7 +285,7 @@ class TcpConn(TcpSender):
             data = bytes(buf[:max_bytes])
             del buf[:max_bytes]
         self.read_total += len(data)
-        self._give_back(len(data))
+        self._recharge()
         if self.state in RECEIVING and self.read_total + self.limit - self.adv_right >= self._update_step():
             self.ack_pending = True  # window update
         return data
@@ -302,8 +306,8 @@ class TcpConn(TcpSender):
     def close_read(self) -> None:
         self.read_closed = True
         self.read_total += len(self.rcvbuf)
-        self._give_back(len(self.rcvbuf))
         self.rcvbuf.clear()
+        self._recharge()
 
     def abort(self) -> None:
         if self.state is State.CLOSED:

@@ -58,8 +58,8 @@ class TcpBase:
     """A connection's state; instantiate :class:`~tunray_stack_python.tcp.TcpConn`, never this."""
 
     __slots__ = (
-        "ack_now", "ack_pending", "adv_right", "closed_reset", "core", "cwnd", "delack", "dupacks", "fin_acked",
-        "fin_rcvd",
+        "ack_now", "ack_pending", "adv_right", "charged", "closed_reset", "core", "cwnd", "delack", "dupacks",
+        "fin_acked", "fin_rcvd",
         "fin_rtx", "fin_sent", "fin_wanted", "gso_max", "handle", "handshake_deadline", "held", "ip_base", "irs1",
         "iss", "iss1", "key",
         "last_active", "limit", "local_ip", "local_port", "mss", "ooo", "peer_fin_off", "peer_wscale", "probe",
@@ -116,6 +116,7 @@ class TcpBase:
         self.rcv_nxt = 0
         self.read_total = 0
         self.adv_right = 0
+        self.charged = 0  # bytes held (rcvbuf + ooo) as counted in the core's buffer budget
         self.ooo: OutOfOrder | None = None  # allocated by the first out-of-order segment
         self.peer_fin_off = -1
         self.fin_rcvd = False
@@ -142,6 +143,13 @@ class TcpBase:
 
     def _window(self) -> int:
         free = self.limit - len(self.rcvbuf)
+        budget = self.core.budget
+        capped = False
+        if budget is not None and budget.pressure:
+            # backpressure: hold and offer no more than an equal share of the buffer budget
+            cap = budget.share(len(self.core.conns)) - self.charged
+            if free > cap:
+                free, capped = cap, True
         if free < 0:
             free = 0
         ws = self.rcv_wscale
@@ -149,43 +157,28 @@ class TcpBase:
         if win > 0xFFFF:
             win = 0xFFFF
         right = self.rcv_nxt + (win << ws)
-        adv = self.adv_right
-        if right > adv:
-            if self.core.budget is not None:  # the window may only grow by what the budget grants
-                granted = self._grant(right - adv)
-                win = (adv + granted - self.rcv_nxt) >> ws
-                right = self.rcv_nxt + (win << ws)
-                if right > adv:
-                    self.adv_right = right
-                if self.adv_right < adv + granted:  # scaling rounded some of the grant away: give it back
-                    self._give_back(adv + granted - self.adv_right)
-            elif right > adv:
-                self.adv_right = right
+        if right > self.adv_right:
+            self.adv_right = right
+        elif capped:
+            win = (self.adv_right - self.rcv_nxt) >> ws  # the cap stops growth; it never shrinks the window
         return win
 
-    def _grant(self, want: int) -> int:
-        """Room for *want* more bytes beyond ``adv_right`` from the stack's shared budget."""
-        budget = self.core.budget
-        assert budget is not None
-        got = budget.reserve(want, self.adv_right - self.read_total)
-        if got < want:
-            budget.denied(self)
-        return got
-
-    def _give_back(self, n: int) -> None:
-        """*n* reserved bytes are no longer promised (read, discarded, or never advertised)."""
-        budget = self.core.budget
-        if budget is not None and n > 0:
-            budget.release(n, self.adv_right - self.read_total)
-
-    def release_budget(self) -> None:
-        """The connection is gone: everything it reserved goes back."""
+    def _recharge(self) -> None:
+        """Tell the buffer budget what this connection holds now (in order and out of order)."""
         budget = self.core.budget
         if budget is not None:
-            held = self.adv_right - self.read_total
-            self.read_total = self.adv_right
-            if held > 0:
-                budget.release(held, 0)
+            ooo = self.ooo
+            held = len(self.rcvbuf) + (ooo.size if ooo is not None else 0)
+            if held != self.charged:
+                budget.charge(held - self.charged)
+                self.charged = held
+
+    def release_budget(self) -> None:
+        """The connection is gone: what it held goes back to the budget."""
+        budget = self.core.budget
+        if budget is not None:
+            budget.release(self.charged)
+            self.charged = 0
             budget.forget(self)
 
     def _ack_wire(self) -> int:
