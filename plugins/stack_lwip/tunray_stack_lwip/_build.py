@@ -36,6 +36,8 @@ CDEF = """
 #define TR_E_ADDRESS -5
 #define TR_E_OPTIONS -6
 #define TR_E_SYN -7
+#define TR_E_BUDGET -8
+#define TR_IN_TIGHT 8
 
 struct tr_conn {
     uint32_t rx_len;

@@ -58,7 +58,9 @@ from tunray_stack_lwip.binding import load, self_test
 PENDING, ACCEPTING, OPEN = 0, 1, 2
 SCRATCH = 1 << 18  # largest single tcp_read
 _DROPS = {-1: "tcp_truncated", -2: "tcp_bad_offset", -3: "tcp_bad_checksum", -4: "tcp_no_memory",
-          -5: "tcp_bad_port", -6: "tcp_bad_options", -7: "tcp_syn_in_connection"}
+          -5: "tcp_bad_port", -6: "tcp_bad_options", -7: "tcp_syn_in_connection",
+          -8: "tcp_buffer_budget_out_of_order"}
+WINDOW = 0xFFFF  # Debian's TCP_WND: the most one tr_input can hand to the app's buffer
 _active: weakref.ref[LwipCore] | None = None  # the live core (lwIP is one instance per process)
 
 
@@ -198,11 +200,16 @@ class LwipCore:
                     self.count("tcp_bad_flags")
                     return
                 budget = self.budget
-                if budget is not None and end - l4 - (packet[l4 + 12] >> 4) * 4 > budget.room() - (
-                        self._glue.rx_bytes - self._rx_charged):
-                    # no room for what this segment carries: unacknowledged, the app sends it again
-                    budget.denied(self)
-                    return
+                if budget is not None:
+                    payload = end - l4 - (packet[l4 + 12] >> 4) * 4
+                    if payload > 0:
+                        room = budget.room() - (self._glue.rx_bytes - self._rx_charged)
+                        if payload > room:
+                            # no room for what it carries: unacknowledged, the app sends it again
+                            budget.denied(self)
+                            return
+                        if room - payload < WINDOW:  # lwIP's out-of-order queue could overflow the room
+                            cflags |= 8  # TR_IN_TIGHT
             r = self.lib.tr_input(packet, start, l4, end, cflags, now, self._key, self._keylen)
             if r == 2:
                 self._collect()

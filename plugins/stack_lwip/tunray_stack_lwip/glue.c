@@ -64,6 +64,7 @@
 #define TR_IN_FORCE 1
 #define TR_IN_CSUM_PARTIAL 2
 #define TR_IN_CSUM_VALID 4
+#define TR_IN_TIGHT 8 /* the buffer budget has less room than a window: in order only, no ooseq */
 
 #define TR_OK 0
 #define TR_NEW_SYN 1
@@ -75,6 +76,7 @@
 #define TR_E_ADDRESS (-5)
 #define TR_E_OPTIONS (-6)
 #define TR_E_SYN (-7)
+#define TR_E_BUDGET (-8)
 
 #define VNET_LEN 10
 
@@ -777,6 +779,16 @@ static int tr_input(const char *cpkt, size_t l3, size_t l4, size_t end, int flag
         if (pcb != NULL && pcb->state >= ESTABLISHED) {
             uint32_t seq = rd32(tcp + 4), right = pcb->rcv_nxt + pcb->rcv_wnd;
             uint32_t len = (uint32_t)(seglen - thl);
+            if (flags & TR_IN_TIGHT) {
+                /* Python checked this segment against the room left; lwIP must not add its
+                   out-of-order queue on delivery (that data was never acknowledged) */
+                if ((int32_t)(seq - pcb->rcv_nxt) > 0)
+                    return TR_E_BUDGET;
+#if TCP_QUEUE_OOSEQ
+                if (pcb->ooseq != NULL)
+                    tcp_free_ooseq(pcb);
+#endif
+            }
             if ((int32_t)(seq + len - right) > 0 && (int32_t)(right - seq) > 0) {
                 keep = thl + (right - seq);
                 fix_csum = 1;
