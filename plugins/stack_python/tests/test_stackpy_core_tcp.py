@@ -387,3 +387,38 @@ def test_a_fin_with_data_or_in_fin_wait_is_acked_at_once() -> None:
     peer.ack = fin.seq + 1
     out = peer.send(ACK | FIN)  # our FIN acked and theirs: FIN_WAIT -> TIME_WAIT, ACK now
     assert [(s.flags, s.ack) for s in out] == [(ACK, peer.seq)]
+
+
+def test_the_buffer_budget_follows_the_bytes_held_to_the_end() -> None:
+    """maxBufferedBytes counts what a connection holds until it is read or dropped, also after a reset."""
+    core = make_core(max_buffered=1 << 20)
+    budget = core.budget
+    assert budget is not None
+    peer = Peer(core)
+    peer.handshake()
+    conn = peer.conn
+    assert conn is not None
+    peer.send(ACK | PSH, b"a" * 1000)
+    peer.send(ACK | PSH, b"c" * 500, seq=peer.seq + 1000)  # out of order, after a hole
+    assert budget.used == 1500
+    peer.send(RST, seq=peer.seq)  # the app resets: closed, but the driver still holds the handle
+    assert budget.used == 1000, "out-of-order bytes are never delivered now; the in-order ones stay readable"
+    assert core.tcp_read(conn.handle, 4096, peer.now) == b"a" * 1000
+    assert budget.used == 0
+    core.tcp_abort(conn.handle, peer.now)
+    assert budget.used == 0 and not budget.waiters
+
+
+def test_a_full_buffer_budget_takes_what_fits_and_leaves_the_rest_unacknowledged() -> None:
+    core = make_core(max_buffered=1500)
+    peer = Peer(core)
+    peer.handshake()
+    conn = peer.conn
+    assert conn is not None
+    out = peer.send(ACK | PSH, b"x" * 2000)
+    assert core.budget is not None and core.budget.used == 1500
+    assert max(s.ack for s in out) == 5001 + 1500, "only what was kept is acknowledged"
+    assert core.counters["tcp_buffer_budget_full"] == 1
+    assert core.tcp_read(conn.handle, 4096, peer.now) == b"x" * 1500
+    out = peer.drain()  # room again: the connection that was cut gets an ACK with its window
+    assert out and out[-1].ack == 5001 + 1500 and out[-1].win > 0

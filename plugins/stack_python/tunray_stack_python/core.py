@@ -93,6 +93,7 @@ TIMER_SLACK = 256  # stale timer entries tolerated beyond twice the live connect
 def _drop_buffers(conn: TcpConn) -> None:
     """A closed connection nobody holds: what it received and nobody will read goes now."""
     conn.close_read()
+    conn.release_budget()
 
 
 class Core:
@@ -380,7 +381,9 @@ class Core:
 
     def release(self, conn: TcpConn) -> None:
         """Called by a connection entering CLOSED."""
-        conn.release_budget()
+        if conn.ooo is not None:  # never to be delivered (the driver may still read rcvbuf)
+            conn.ooo = None
+            conn.recharge()
         if conn in self.half_open:
             self.handshake_done(conn)
         if self.conns.get(conn.key) is conn:

@@ -186,7 +186,7 @@ class TcpConn(TcpSender):
         if fin:
             self.peer_fin_off = off + n
         if budget is not None:
-            self._recharge()
+            self.recharge()
         if self.peer_fin_off >= 0 and not self.fin_rcvd and self.rcv_nxt == self.peer_fin_off:
             self.fin_rcvd = True
             pending = self.ack_now or self.ack_pending
@@ -285,7 +285,7 @@ class TcpConn(TcpSender):
             data = bytes(buf[:max_bytes])
             del buf[:max_bytes]
         self.read_total += len(data)
-        self._recharge()
+        self.recharge()
         if self.state in RECEIVING and self.read_total + self.limit - self.adv_right >= self._update_step():
             self.ack_pending = True  # window update
         return data
@@ -307,7 +307,7 @@ class TcpConn(TcpSender):
         self.read_closed = True
         self.read_total += len(self.rcvbuf)
         self.rcvbuf.clear()
-        self._recharge()
+        self.recharge()
 
     def abort(self) -> None:
         if self.state is State.CLOSED:

@@ -163,7 +163,7 @@ class TcpBase:
             win = (self.adv_right - self.rcv_nxt) >> ws  # the cap stops growth; it never shrinks the window
         return win
 
-    def _recharge(self) -> None:
+    def recharge(self) -> None:
         """Tell the buffer budget what this connection holds now (in order and out of order)."""
         budget = self.core.budget
         if budget is not None:
@@ -174,11 +174,12 @@ class TcpBase:
                 self.charged = held
 
     def release_budget(self) -> None:
-        """The connection is gone: what it held goes back to the budget."""
+        """The connection is gone and nobody reads it (its ``rcvbuf`` was dropped): out-of-order
+        bytes go too, and the budget gets back all it held."""
+        self.ooo = None
         budget = self.core.budget
         if budget is not None:
-            budget.release(self.charged)
-            self.charged = 0
+            self.recharge()
             budget.forget(self)
 
     def _ack_wire(self) -> int:
