@@ -20,22 +20,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tunray.workers import process_tree
-from world import ECHO_PORT, HOST4, PROXIES, World
+from run import proc_cpu_split
+from world import ECHO_PORT, HOST4, PROXIES, World, find_proxy
 
 LOAD = str(Path(__file__).with_name("load.py"))
 PY_SPY = Path(sys.executable).with_name("py-spy")
-
-
-def _cpu(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of *pid* and its live children (tunray's workers) so far."""
-    tck = os.sysconf("SC_CLK_TCK")
-    user = sys_ = 0
-    for p in process_tree(pid):
-        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        user += int(fields[11])
-        sys_ += int(fields[12])
-    return user / tck, sys_ / tck
 
 
 def main() -> None:
@@ -48,9 +37,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="tunray: the TUN's worker processes")
     ap.add_argument("--mtu", type=int, default=1500, help="the TUN's MTU (the issue's target is at 65535)")
     a = ap.parse_args()
-    proxy = next(p for p in PROXIES if p.key == a.proxy)
-    if proxy.tunray and a.workers != 1:
-        proxy = proxy.with_workers(a.workers)
+    proxy = find_proxy(a.proxy, a.workers)
     results: list[float] = []
     with tempfile.TemporaryDirectory(prefix="tunray-cps-") as tmp:
         world = World(Path(tmp))
@@ -65,9 +52,9 @@ def main() -> None:
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 argv = [sys.executable, LOAD, "connrate", HOST4, str(ECHO_PORT),
                         "--seconds", str(a.seconds), "--parallel", str(a.parallel)]
-                cpu0 = _cpu(pid)
+                cpu0 = proc_cpu_split(pid)
                 res = world.run_client(argv, timeout=a.seconds + 60)
-                cpu1 = _cpu(pid)
+                cpu1 = proc_cpu_split(pid)
                 if res.returncode != 0:
                     raise SystemExit(f"connrate failed: {res.stderr.strip()[-300:]}")
                 line = res.stdout.strip().splitlines()[-1]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from run import _raise_nofile, hold_flows
 from tunray.workers import process_tree
-from world import PROXIES, World
+from world import PROXIES, World, find_proxy
 
 
 def open_fds(pid: int) -> int:
@@ -36,9 +36,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="tunray: the TUN's worker processes")
     a = ap.parse_args()
     _raise_nofile()
-    proxy = next(p for p in PROXIES if p.key == a.proxy)
-    if proxy.tunray and a.workers != 1:
-        proxy = proxy.with_workers(a.workers)
+    proxy = find_proxy(a.proxy, a.workers)
     with tempfile.TemporaryDirectory(prefix="tunray-held-") as tmp:
         world = World(Path(tmp))
         try:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from run import iperf, proc_cpu_s
-from world import PROXIES, World
+from world import PROXIES, World, find_proxy
 
 MODES = {"up": (False, 1), "down": (True, 1), "up4": (False, 4)}
 
@@ -34,9 +34,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="tunray: the TUN's worker processes")
     ap.add_argument("--perf", help="perf record the proxy during each mode's first run to PREFIX.MODE")
     a = ap.parse_args()
-    proxy = next(p for p in PROXIES if p.key == a.proxy)
-    if proxy.tunray and a.workers != 1:
-        proxy = proxy.with_workers(a.workers)
+    proxy = find_proxy(a.proxy, a.workers)
     modes = a.modes.split(",")
     results: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="tunray-tput-") as tmp:

@@ -153,13 +153,20 @@ def proc_pss_mib(pid: int) -> float:
     return total_pss_kib(pid) / 1024
 
 
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of *pid* and its live children."""
-    total = 0
+def proc_cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of *pid* and its live children (tunray's workers) so far."""
+    user = sys_ = 0
     for p in process_tree(pid):
         fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+        user += int(fields[11])
+        sys_ += int(fields[12])
+    tck = os.sysconf("SC_CLK_TCK")
+    return user / tck, sys_ / tck
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of *pid* and its live children."""
+    return sum(proc_cpu_split(pid))
 
 
 def hold_flows(world: World, pid: int, flows: int, during: Callable[[], object] | None = None) -> dict[str, float]:

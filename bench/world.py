@@ -99,6 +99,12 @@ PROXIES: tuple[Proxy, ...] = (
 )
 
 
+def find_proxy(key: str, workers: int = 1) -> Proxy:
+    """The proxy called *key*; a tunray one with *workers* other than 1 is a column of its own."""
+    proxy = next(p for p in PROXIES if p.key == key)
+    return proxy.with_workers(workers) if proxy.tunray and workers != 1 else proxy
+
+
 class World:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
