@@ -2,7 +2,8 @@
 
 The accepted socket and freedom's socket are both bare kernel sockets, so the relay splices
 them (``tunray.splice.stats`` counts it): bytes must arrive intact both ways, at MTU 65535
-(the stack's default) and 1500, IPv4 and IPv6, with the eager and the lazy handshake.
+(the stack's default) and 1500, IPv4 and IPv6, with the eager and the lazy handshake, through
+the stack's C fast path (``fastpath.c``).
 
 World: the client namespace holds the TUN (172.19.30.1/30, fd00:30::1/126) and the runtime;
 the server namespace holds 203.0.113.10 / 2001:db8:30::10 on ``lo`` with the test echo
@@ -80,7 +81,7 @@ async def test_bulk_both_ways_is_spliced_and_intact(mtu: int | None, handshake: 
         ns_exec(topo.client, "ip", "-6", "route", "add", "default", "via", str(topo.server_v6), "dev", topo.client_if)
         topo.start_echo(port=ECHO)
         with topo.enter(topo.client):
-            async with running(_config(topo, mtu, handshake)):
+            async with running(_config(topo, mtu, handshake)) as rt:
                 link = ns_exec(topo.client, "ip", "-o", "link", "show", "trsys0").stdout
                 assert f"mtu {mtu or 65535} " in link, link
                 for host in (HOST4, HOST6):
@@ -100,5 +101,8 @@ async def test_bulk_both_ways_is_spliced_and_intact(mtu: int | None, handshake: 
                     assert spliced + copied >= 2 * SIZE, "the bulk flows moved too little"
                     # all but their start (the first SPLICE_AFTER bytes and a chunk) went through splice(2)
                     assert copied <= 2 * (SPLICE_AFTER + CHUNK) * (splice.stats.flows - flows), copied
+                # the stack's C loop read the packets of known flows (tunray_stack_system.fastpath)
+                stats = rt.snapshot()["inbounds"]["tun-in"]
+                assert stats.get("tcp_c_packets", 0) > 1000, stats
     finally:
         topo.remove()

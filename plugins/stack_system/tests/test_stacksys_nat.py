@@ -12,21 +12,31 @@ import ipaddress
 import struct
 
 import pytest
+from nat_world import (
+    ACK,
+    APP4,
+    APP6,
+    FAR4,
+    FAR6,
+    FIN,
+    LPORT,
+    NEXT4,
+    PSH,
+    RST,
+    SIDES,
+    SYN,
+    TCP,
+    TUN4,
+    ends,
+)
 from tunray.config.errors import ConfigError
 from tunray.net.packet import VNET_F_NEEDS_CSUM, VNET_LEN, pseudo_sum, sum_of, vnet_header
 from tunray.stackcore import TcpOpened, TcpReset
 from tunray.testing.stackclient import checksum, ipv4, ipv6, pseudo, tcp
 from tunray_stack_system.core import SystemConfig, SystemCore
 from tunray_stack_system.kernel import next_address, usable
-from tunray_stack_system.nat import LINGER, PORT_FIRST, Side, TcpNat, nat_key
+from tunray_stack_system.nat import LINGER, PORT_FIRST, TcpNat, nat_key
 from tunray_stack_system.stack import SystemStack
-
-TCP = 6
-SYN, ACK, FIN, RST, PSH = 0x02, 0x10, 0x01, 0x04, 0x08
-APP4, FAR4, TUN4, NEXT4 = (ipaddress.ip_address(a).packed for a in ("10.9.0.1", "198.51.100.7", "10.9.0.1", "10.9.0.2"))
-APP6, FAR6, TUN6, NEXT6 = (ipaddress.ip_address(a).packed for a in ("fd09::1", "2001:db8::7", "fd09::1", "fd09::2"))
-LPORT = 40404
-SIDES = {4: Side(TUN4, NEXT4, LPORT), 6: Side(TUN6, NEXT6, LPORT)}
 
 
 def key(src: bytes, sport: int, dst: bytes, dport: int) -> bytes:
@@ -54,10 +64,6 @@ def fields(p: bytes) -> tuple[bytes, bytes, int, int, int]:
     assert checksum(pseudo(src, dst, TCP, len(seg)) + seg) == 0, "TCP checksum"
     sport, dport = struct.unpack_from("!HH", seg)
     return src, dst, sport, dport, seg[13]
-
-
-def ends(version: int) -> tuple[bytes, bytes, bytes, bytes]:
-    return (APP4, FAR4, TUN4, NEXT4) if version == 4 else (APP6, FAR6, TUN6, NEXT6)
 
 
 @pytest.mark.parametrize("version", [4, 6])

@@ -39,6 +39,7 @@ from tunray.net.packet import (
 from tunray.stackcore import CoreEvent, StackCore, TcpOpened, TcpReset
 from tunray.stackudp import UdpTable
 
+from tunray_stack_system.fastpath import NOTE_APP, NOTE_ESTABLISHED, FastTable, load
 from tunray_stack_system.nat import (
     ACK,
     FIN,
@@ -94,6 +95,7 @@ class SystemCore:
         # what a packet from the kernel's listener starts its table key with (src, dst, sport)
         self._reply4 = side4.local + side4.peer + side4.port.to_bytes(2, "big") if side4 is not None else b"-"
         self._reply6 = side6.local + side6.peer + side6.port.to_bytes(2, "big") if side6 is not None else b"-"
+        self.fast: FastTable | None = None  # the C fast path, once a driver asked for it (use_c)
 
     def _new_udp_handle(self) -> int | None:
         if len(self.udp) >= self.config.max_flows:
@@ -114,6 +116,37 @@ class SystemCore:
         self._counters = counters
         if self.inner is not None:
             self.inner.counters = counters
+
+    def use_c(self, buf: bytearray) -> FastTable | None:
+        """Mirror usable entries into the C fast path that reads into *buf*; None if it is not built.
+
+        Call before the first packet.  The driver then runs :meth:`FastTable.pump
+        <tunray_stack_system.fastpath.FastTable.pump>`, applies :meth:`apply_notes` after
+        each call and hands a declined packet to :meth:`feed_slow`.
+        """
+        if load() is None:
+            return None
+        self.fast = FastTable(self.nat.sides, max_entries=self.config.max_flows, vnet=self._vnet, buf=buf)
+        self.nat.mirror = self.fast
+        return self.fast
+
+    def _usable(self, entry: NatEntry) -> None:
+        """*entry*'s SYN has passed: the C fast path may take its packets from now on."""
+        if self.fast is not None:
+            self.fast.add(entry, entry in self.nat.half_open)
+
+    def apply_notes(self, now: float) -> None:
+        """What the C fast path passed that the table must know: handshake ACKs, FINs and RSTs."""
+        assert self.fast is not None
+        nat = self.nat
+        for handle, kind, flags in self.fast.notes():
+            entry = nat.by_handle.get(handle)
+            if entry is None:
+                continue
+            if kind == NOTE_ESTABLISHED:
+                nat.half_open.remove(entry)
+            else:
+                nat.ending(entry, flags, kind == NOTE_APP, now)
 
     # --- packets in ---------------------------------------------------------------------------------
 
@@ -320,6 +353,8 @@ class SystemCore:
             return
         if flags & ACK and not flags & SYN:
             nat.half_open.remove(entry)  # the app completed its handshake with the kernel
+            if entry.cref is not None and self.fast is not None:
+                self.fast.established(entry)
         if flags & (FIN | RST):
             nat.ending(entry, flags, True, now)
         self.out.append(rewrite(packet, ip, l4, version, entry.fwd_addr, entry.fwd_ports, entry.fwd_ip,
@@ -359,6 +394,7 @@ class SystemCore:
             syn = self._pass_syn(entry, packet)
             if syn is not None:
                 self.out.append(syn)  # type: ignore[arg-type]
+            self._usable(entry)
         else:
             entry.pending = True
             entry.syn = packet
@@ -461,6 +497,7 @@ class SystemCore:
             return None
         entry.pending = False
         syn, entry.syn = entry.syn, None
+        self._usable(entry)
         return self._pass_syn(entry, syn)
 
     def tcp_abort(self, handle: int, now: float) -> None:

@@ -32,12 +32,18 @@ Invariants.
   entry is answered with RST, as a closed port would be.
 * Lazy handshake: a new SYN is held (``pending``) until :meth:`TcpNat.accept` lets it
   through; :meth:`TcpNat.refuse` answers it with RST instead.
+* This table is the owner of every entry.  A :class:`Mirror` (the C fast path,
+  :mod:`tunray_stack_system.fastpath`) may hold copies of the entries whose SYN has
+  passed: :meth:`TcpNat.free` takes an entry out of it, and :meth:`TcpNat.expire` asks it
+  for the entries' last-packet times (it keeps them) before an idle sweep.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from tunray.halfopen import HalfOpenTable
 from tunray.net.packet import PROTO_TCP, ip_header, pseudo_sum, sum_of
@@ -72,7 +78,7 @@ class NatEntry:
     TCP ports, so the fast path slices it in one go).
     """
 
-    __slots__ = ("back_addr", "back_ip", "back_l4", "back_ports", "fin_app", "fin_kernel", "fwd_addr", "fwd_ip",
+    __slots__ = ("back_addr", "back_ip", "back_l4", "back_ports", "cref", "fin_app", "fin_kernel", "fwd_addr", "fwd_ip",
                  "fwd_l4", "fwd_ports", "handle", "key", "last", "linger_until", "pending", "port", "syn",
                  "version")
 
@@ -101,6 +107,7 @@ class NatEntry:
         self.fin_kernel = False
         self.last = now
         self.linger_until = 0.0  # 0: not lingering
+        self.cref: Any = None  # the entry's copy in a :class:`Mirror` (its C struct), if any
 
 
 def rewrite(packet: bytes, ip: int, l4: int, version: int, addr: bytes, ports: bytes, d_ip: int, d_l4: int,
@@ -149,6 +156,14 @@ def rst_for(packet: bytes, ip: int, l4: int, end: int, version: int, src: bytes,
     return tcp_rst(version, dst, dport, src, sport, 0, seq + length, prefix)
 
 
+class Mirror(Protocol):
+    """A copy of some entries that keeps their last-packet time (the C fast path)."""
+
+    def remove(self, entry: NatEntry) -> None: ...
+
+    def refresh(self, entries: Iterable[NatEntry]) -> None: ...
+
+
 class TcpNat:
     """The NAT table.  ``sides[4]`` / ``sides[6]``: the family's addressing, or absent (no TCP there)."""
 
@@ -166,6 +181,7 @@ class TcpNat:
         self._next = {4: PORT_FIRST, 6: PORT_FIRST}
         self._last_handle = 0
         self._idle_check = 0.0  # when the next idle sweep is due
+        self.mirror: Mirror | None = None
 
     def __len__(self) -> int:
         return len(self.by_key)
@@ -200,6 +216,8 @@ class TcpNat:
 
     def free(self, entry: NatEntry) -> None:
         self.half_open.remove(entry)
+        if entry.cref is not None and self.mirror is not None:
+            self.mirror.remove(entry)
         if self.by_key.get(entry.key) is entry:
             del self.by_key[entry.key]
             del self.by_port[entry.port if entry.version == 4 else entry.port + 65536]
@@ -240,6 +258,8 @@ class TcpNat:
         if now >= self._idle_check:
             self._idle_check = now + max(1.0, self.idle / 8)
             cutoff = now - self.idle
+            if self.mirror is not None:
+                self.mirror.refresh(self.by_key.values())
             gone.extend(e for e in self.by_key.values() if e.last < cutoff and not e.linger_until)
         for e in gone:
             self.free(e)

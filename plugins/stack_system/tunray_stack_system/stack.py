@@ -25,7 +25,7 @@ import errno
 import os
 import resource
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from loguru import logger
@@ -37,6 +37,7 @@ from tunray.stackcore import CoreEvent, StackCapabilities, StackCore, TcpOpened,
 from tunray.stackdriver import READ_BATCH, StackDriver, _ip
 
 from tunray_stack_system.core import SystemConfig, SystemCore
+from tunray_stack_system.fastpath import EOF, ERROR, SLOW, WRITE, FastTable
 from tunray_stack_system.kernel import Interface, open_listeners, usable
 from tunray_stack_system.link import KernelByteLink, reset_close
 from tunray_stack_system.nat import Side
@@ -106,6 +107,9 @@ class SystemStack(StackDriver):
         except BaseException:
             self._close_listeners()
             raise
+        core = self._syscore
+        if type(device) is FdDevice and core is not None and self.core is core:
+            core.use_c(self._rbuf)  # None without the extension: the Python fast path below
         assert self.loop is not None
         for version, sock in self._listeners.items():
             self.loop.add_reader(sock.fileno(), self._on_accept, sock, version)
@@ -128,12 +132,15 @@ class SystemStack(StackDriver):
         if type(device) is not FdDevice or core is None or self.core is not core:
             super()._on_readable()
             return
+        if core.fast is not None:
+            self._pump(device, core, core.fast)
+            return
         assert self.loop is not None
         now = self.loop.time()
         fd = device.fileno()
         rbuf, view = self._rbuf, self._rview
         bufs = [rbuf]
-        readv, fast, feed, write, os_write = os.readv, core.feed_into, core.feed_slow, device.write, os.write
+        readv, fast, write, os_write = os.readv, core.feed_into, device.write, os.write
         try:
             for _ in range(READ_BATCH):
                 try:
@@ -148,17 +155,44 @@ class SystemStack(StackDriver):
                     except OSError:
                         write(view[:n])  # once more by the device, which counts a drop or raises DeviceError
                     continue
-                feed(bytes(view[:n]), now)
-                out = core.out
-                if out:
-                    for packet in out:
-                        write(packet)
-                    out.clear()
+                _slow(core, bytes(view[:n]), now, write)
         except DeviceError as exc:
             self._fail(exc)
             return
         except OSError as exc:  # not "would block": the device is gone
             self._fail(DeviceError(exc.errno, f"reading {device.name}: {exc.strerror}"))
+            return
+        self._flush()
+
+    def _pump(self, device: FdDevice, core: SystemCore, fast: FastTable) -> None:
+        """:meth:`_on_readable` with the C fast path: C reads, rewrites and writes back the packets
+        of known entries and stops at the first it declines, which Python handles here as
+        :meth:`_on_readable` does; the notes C left (FINs, RSTs, handshake ACKs) are applied
+        to the table before that packet (:mod:`tunray_stack_system.fastpath`)."""
+        assert self.loop is not None
+        now = self.loop.time()
+        fd = device.fileno()
+        view = self._rview
+        pump, write = fast.pump, device.write
+        budget = READ_BATCH
+        try:
+            while budget > 0:
+                code, done, n, notes = pump(fd, budget, now)
+                budget -= done
+                if notes:
+                    core.apply_notes(now)
+                if code == SLOW:
+                    _slow(core, bytes(view[:n]), now, write)
+                elif code == WRITE:
+                    write(view[:n])  # once more by the device, which counts a drop or raises DeviceError
+                elif code == EOF:
+                    raise DeviceError(errno.ENODEV, f"reading {device.name}: end of file")
+                elif code == ERROR:
+                    raise DeviceError(fast.errno, f"reading {device.name}: {os.strerror(fast.errno)}")
+                else:  # AGAIN, BATCH
+                    break
+        except DeviceError as exc:
+            self._fail(exc)
             return
         self._flush()
 
@@ -311,7 +345,20 @@ class SystemStack(StackDriver):
     def stats(self) -> dict[str, Any]:
         out = super().stats()
         out["tcp_paired"] = len(self._live)
+        core = self._syscore
+        if core is not None and core.fast is not None:
+            out["tcp_c_packets"] = core.fast.count  # packets the C fast path read (declined ones too)
         return out
+
+
+def _slow(core: SystemCore, packet: bytes, now: float, write: Callable[[bytes], object]) -> None:
+    """A packet the fast path declined: the core's general path, and what it produced written at once."""
+    core.feed_slow(packet, now)
+    out = core.out
+    if out:
+        for p in out:
+            write(p)
+        out.clear()
 
 
 def fd_budget(name: str, max_flows: int) -> int:
