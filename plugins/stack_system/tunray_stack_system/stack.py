@@ -7,10 +7,16 @@ listeners on the TUN's own addresses (:mod:`tunray_stack_system.kernel`), one
 socket the listener accepts by the NAT port of its peer.
 
 MTU.  Without a user MTU the TUN inbound uses :attr:`SystemStack.default_mtu` = 65535 (as
-sing-box does on Linux): every packet costs Python one read, one header rewrite and one
-write whatever its size, so 64 KiB packets carry 45 times more bytes per unit of Python
-work than 1500-byte ones, and the kernel's TCP on both sides of the NAT segments and
-checksums (in hardware-free software, but in C) as it would for loopback.
+sing-box does on Linux): every packet costs one read, one header rewrite and one write
+whatever its size, so 64 KiB packets carry 45 times more bytes per unit of work than
+1500-byte ones, and the kernel's TCP on both sides of the NAT segments and checksums (in
+hardware-free software, but in C) as it would for loopback.
+
+The read loop.  On a real TUN the packets of known entries never reach Python: the C
+loop of :mod:`tunray_stack_system.fastpath` reads, rewrites and writes them back, and
+returns the first packet it declines (a SYN, an unknown flow, anything unusual) to
+:meth:`SystemStack._pump`, which hands it to the core's general path.  Elsewhere (and
+without the extension) :meth:`SystemStack._on_readable` does the same in Python.
 
 ``mixed``: TCP as ``system``; UDP and ICMP by the Python stack's core (sing-box's
 ``mixed`` pairs its system TCP with gVisor's UDP).  The Python stack is looked up by name
@@ -117,7 +123,8 @@ class SystemStack(StackDriver):
     # --- the device side -------------------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        """Read packets into one reused buffer, rewrite the common ones in place, write them back.
+        """Read packets into one reused buffer, rewrite the common ones in place, write them back
+        (in C when the core has its fast path: :meth:`_pump`).
 
         The driver's own loop reads each packet into a new ``bytes`` and the NAT writes a
         rewritten copy: two fresh 64 KiB buffers per big packet, whose pages the kernel
