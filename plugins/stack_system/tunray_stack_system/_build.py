@@ -1,7 +1,8 @@
 """cffi (API mode) build of the fast path (``fastpath.c``): at pip install, or ``python -m tunray_stack_system._build``.
 
-The C needs nothing but libc; without a compiler (or the Python headers) ``setup.py`` skips it, the plugin installs anyway and the stack
-runs its pure-Python fast path (:mod:`tunray_stack_system.fastpath` says which one is live).
+The C needs nothing but libc.  Without a compiler (or the Python headers) ``setup.py``
+skips it: the plugin installs anyway and the stack runs its pure-Python fast path
+(:func:`tunray_stack_system.fastpath.load` returns None).
 """
 
 from __future__ import annotations

@@ -10,9 +10,11 @@ them back, and stops at the first packet it declines (left in the buffer for
 either way (``TcpNat.ending``).  Each entry's last-packet time lives in C;
 :meth:`FastTable.refresh` copies it into the Python entries before the idle sweep.
 
-Measured with ``plugins/stack_system/bench_nat.py`` (see its output for the numbers on
-this machine): the C rewrite costs a fraction of a microsecond per packet against several
-for the Python one, and the loop saves Python's per-packet read/write calls.
+Measured with ``plugins/stack_system/bench_nat.py`` (the stack's read loop over a
+descriptor pair, the 10 packets of a short connection, syscalls included): 51 µs of CPU
+per connection in Python, 27 in C, of which ~22 are the read and write syscalls.  Through
+a real TUN (``bench/bench_cps.py --proxy tunray-system --mtu 65535``, one worker) the
+proxy's user CPU per connection went from ~90 to ~68 µs.
 
 Without the extension (no compiler at install) or with ``TUNRAY_STACK_SYSTEM_NO_C=1``,
 :func:`load` returns None and the stack runs the pure-Python path.
