@@ -11,7 +11,10 @@ summed again from scratch by the test kit's own checksum.  The last tests drive
 
 from __future__ import annotations
 
+import errno
+import os
 import random
+import socket
 import struct
 
 import pytest
@@ -291,3 +294,26 @@ def test_pump_reports_the_end_of_the_device() -> None:
         assert pair.fast.pump(tun.fileno(), 8, 1.0)[0] == fastpath.EOF
     finally:
         tun.close()
+
+
+def test_pump_hands_back_a_rewritten_packet_the_device_would_not_take() -> None:
+    """A full device queue (EAGAIN on the write): C stops with WRITE, the rewritten packet
+    still in the buffer for the driver's ``device.write`` (which counts the drop)."""
+    tun, app = device_pair(65535)
+    try:
+        with socket.socket(fileno=os.dup(tun.fileno())) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the kernel's minimum: a few packets
+        pair = Pair()
+        pair.step(seg_packet(4, APP4, FAR4, 5555, 443, SYN), 1.0, False)
+        pair.step(seg_packet(4, APP4, FAR4, 5555, 443, ACK, seq=1001, ack=1), 1.1, True)
+        data = seg_packet(4, APP4, FAR4, 5555, 443, ACK | PSH, b"q" * 1000, seq=1001, ack=1)
+        for _ in range(64):
+            app.write(data)
+        code, done, n, _notes = pair.fast.pump(tun.fileno(), 512, 2.0)
+        assert code == fastpath.WRITE and pair.fast.errno in (errno.EAGAIN, errno.ENOBUFS) and 0 < done < 64
+        pair.twin.feed(data, 2.0)
+        assert bytes(pair.buf[:n]) == bytes(pair.twin.drain(2.0)[0])
+        assert not tun.write(pair.buf[:n]) and tun.write_drops == 1, "the device counts the drop"
+    finally:
+        tun.close()
+        app.close()
