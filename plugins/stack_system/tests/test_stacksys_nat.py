@@ -185,6 +185,25 @@ def test_the_table_is_bounded_and_a_full_table_resets() -> None:
     assert c.counters["tcp_max_flows"] == 1
 
 
+def test_a_full_table_gives_the_oldest_lingering_slot_to_a_new_connection() -> None:
+    """Ended connections linger (retransmissions) but are no flows: at a steady rate above
+    max_flows / LINGER they must not make new connections be refused."""
+    c = core(max_flows=2)
+    c.feed(packet(4, APP4, FAR4, 1, 80, SYN), 0.0)
+    c.feed(packet(4, APP4, FAR4, 2, 80, SYN), 0.0)
+    first = c.nat.by_key[key(APP4, 1, FAR4, 80)]
+    c.feed(packet(4, APP4, FAR4, 1, 80, RST, seq=1001), 0.5)  # the first ends: it lingers
+    c.drain(0.5)
+    assert first.linger_until
+    c.feed(packet(4, APP4, FAR4, 3, 80, SYN), 1.0)  # the table is full: the lingering slot is taken
+    out = [fields(bytes(p)) for p in c.drain(1.0)]
+    assert [f[4] for f in out] == [SYN] and c.counters["tcp_linger_evicted"] == 1
+    assert key(APP4, 1, FAR4, 80) not in c.nat.by_key and key(APP4, 3, FAR4, 80) in c.nat.by_key
+    c.feed(packet(4, APP4, FAR4, 4, 80, SYN), 1.5)  # full of live connections: refused
+    [rst] = [fields(bytes(p)) for p in c.drain(1.5)]
+    assert rst[4] == RST | ACK and c.counters["tcp_max_flows"] == 1
+
+
 @pytest.mark.parametrize("flags", [SYN | FIN, SYN | RST, SYN | FIN | PSH, FIN, PSH, 0, FIN | PSH])
 @pytest.mark.parametrize("eager", [False, True])
 def test_nonsensical_flags_open_no_entry_and_are_counted(flags: int, eager: bool) -> None:

@@ -378,6 +378,8 @@ class SystemCore:
             self.count(EVICTED)
             self.nat.free(victim)  # quietly: a held SYN is forgotten; a late ACK meets no entry (RST)
             self.events.append(TcpReset(victim.handle))
+        if len(self.nat) >= self.nat.max_entries and self.nat.evict_lingering():
+            self.count("tcp_linger_evicted")  # a connection that has ended gives its slot to a new one
         entry = self.nat.open(version, key, now)
         if entry is None:
             self.count("tcp_max_flows" if version in self.nat.sides else "tcp_no_nat_address")

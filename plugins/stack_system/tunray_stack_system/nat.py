@@ -28,7 +28,10 @@ Invariants.
   is linear) and the kernel's TCP drops the segment.
 * Entries end by FIN/RST tracking and idle time: a RST either way, or FINs both ways,
   leave the entry :data:`LINGER` seconds for retransmissions, then it is freed; an entry
-  with no packet for ``idle`` seconds is freed.  A non-SYN segment from the app with no
+  with no packet for ``idle`` seconds is freed.  A lingering entry is no flow: when the
+  table is full, a new connection takes the slot of the oldest lingering one
+  (:meth:`TcpNat.evict_lingering`) and is refused only when none lingers (else a steady
+  rate above ``max_entries / LINGER`` connections a second would be refused).  A non-SYN segment from the app with no
   entry is answered with RST, as a closed port would be.
 * Lazy handshake: a new SYN is held (``pending``) until :meth:`TcpNat.accept` lets it
   through; :meth:`TcpNat.refuse` answers it with RST instead.
@@ -223,6 +226,14 @@ class TcpNat:
             del self.by_port[entry.port if entry.version == 4 else entry.port + 65536]
             del self.by_handle[entry.handle]
         self.lingering.pop(entry, None)
+
+    def evict_lingering(self) -> bool:
+        """Free the oldest lingering entry (the table is full, a new connection needs room); False if none lingers."""
+        oldest = next(iter(self.lingering), None)
+        if oldest is None:
+            return False
+        self.free(oldest)
+        return True
 
     def linger(self, entry: NatEntry, now: float) -> None:
         if not entry.linger_until:
