@@ -52,10 +52,11 @@ MTU = 9000
 TUN = "vbtun0"
 
 CPS_APP = """
-import socket, sys, time
+import socket, statistics, sys, time
 host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-count, start = 0, time.monotonic()
+count, start, took = 0, time.monotonic(), []
 while time.monotonic() - start < seconds:
+    t0 = time.perf_counter()
     with socket.create_connection((host, port), timeout=5) as s:
         s.sendall(b"ping1234")
         got = b""
@@ -65,8 +66,9 @@ while time.monotonic() - start < seconds:
                 raise SystemExit("echo closed early")
             got += chunk
         assert got == b"ping1234"
+    took.append(time.perf_counter() - t0)
     count += 1
-print(count / (time.monotonic() - start))
+print(count / (time.monotonic() - start), statistics.median(took) * 1e6)
 """
 
 
@@ -217,8 +219,8 @@ class Bench:
             total += int(fields[11]) + int(fields[12])
         return total / os.sysconf("SC_CLK_TCK")
 
-    def cps(self, seconds: float) -> tuple[float, float]:
-        """(connections per second, contender CPU µs per connection)."""
+    def cps(self, seconds: float) -> tuple[float, float, float]:
+        """(connections per second, median µs from connect to close, contender CPU µs per connection)."""
         assert self.proc is not None
         spy = None
         if PROFILE and "tunray" in self.name:  # py-spy flame data of the contender during the run
@@ -232,8 +234,8 @@ class Bench:
             spy.wait(60)
         if res.returncode != 0:
             raise RuntimeError(f"cps app failed: {res.stderr[-400:]}")
-        rate = float(res.stdout.strip())
-        return rate, cpu / max(1.0, rate * seconds) * 1e6
+        rate, p50 = (float(v) for v in res.stdout.split())
+        return rate, p50, cpu / max(1.0, rate * seconds) * 1e6
 
     def close(self) -> None:
         try:
@@ -265,7 +267,7 @@ def main() -> None:
     WORKERS, RESUME = args.workers, args.resume
     workdir = Path(tempfile.mkdtemp(prefix="bench-vless-tun-"))
     bench = Bench(workdir)
-    samples: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
+    samples: dict[tuple[str, str], list[tuple[float, float, float, float, float]]] = {}
     try:
         raw, tls, cert = bench.build()
         contenders: list[tuple[str, str, list[str], Any, bool]] = [
@@ -285,23 +287,23 @@ def main() -> None:
                     try:
                         up = 0.0 if args.no_iperf else bench.iperf(args.seconds, reverse=False)
                         down = 0.0 if args.no_iperf else bench.iperf(args.seconds, reverse=True)
-                        cps, cpu_us = bench.cps(args.cps_seconds)
+                        cps, p50, cpu_us = bench.cps(args.cps_seconds)
                     finally:
                         bench.stop()
-                    samples.setdefault((label, path), []).append((up, down, cps, cpu_us))
+                    samples.setdefault((label, path), []).append((up, down, cps, p50, cpu_us))
                     print(f"{label:<22} {path:<8} up {up:8.0f} Mbit/s  down {down:8.0f} Mbit/s  {cps:6.0f} conn/s"
-                          f"  {cpu_us:5.0f} µs CPU/conn", flush=True)
+                          f"  p50 {p50:5.0f} µs  {cpu_us:5.0f} µs CPU/conn", flush=True)
     finally:
         bench.close()
     print()
     print(f"MTU {MTU}, iperf3 single stream {args.seconds:g} s per direction, connections for {args.cps_seconds:g} s, "
           f"{args.rounds} round(s), medians")
     print()
-    print("| client | VLESS path | upload Mbit/s | download Mbit/s | conn/s | client CPU µs/conn |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| client | VLESS path | upload Mbit/s | download Mbit/s | conn/s | connection p50 µs | client CPU µs/conn |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for (label, path), rows in samples.items():
-        up, down, cps, cpu_us = (statistics.median(col) for col in zip(*rows, strict=True))
-        print(f"| {label} | {path} | {up:.0f} | {down:.0f} | {cps:.0f} | {cpu_us:.0f} |")
+        up, down, cps, p50, cpu_us = (statistics.median(col) for col in zip(*rows, strict=True))
+        print(f"| {label} | {path} | {up:.0f} | {down:.0f} | {cps:.0f} | {p50:.0f} | {cpu_us:.0f} |")
 
 
 if __name__ == "__main__":

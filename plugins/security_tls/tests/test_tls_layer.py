@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tunray.bytestream import ByteStream
 from tunray.config.errors import ConfigError, NotSupported
 from tunray.config.model import STREAM_SCHEMA
 from tunray.net.address import Destination, Network, parse_host
 from tunray.net.stream import open_stream
 from tunray.plugin.manager import PluginManager
+from tunray.testing.bytestream import tcp_stream_pair
 from tunray.testing.certs import SelfSigned, make_cert
 from tunray_tls.layer import TlsSecurity, cert_matches
-from tunray_tls.stream import TlsError, TlsStream
+from tunray_tls.stream import TlsError, TlsStream, handshake
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -332,3 +334,82 @@ async def test_session_resumption_only_when_enabled(tmp_path: Path, version: str
         assert plain.sessions is None
 
     await _with_server(cert, _echo, body)
+
+
+class _Recorder(ByteStream):
+    """An inner stream that keeps each write, to see which bytes left together."""
+
+    def __init__(self, inner: ByteStream) -> None:
+        self.inner = inner
+        self.writes: list[bytes] = []
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        return await self.inner.read(max_bytes)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+        await self.inner.write(data)
+
+    async def write_eof(self) -> None:
+        await self.inner.write_eof()
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _record_types(data: bytes) -> list[int]:
+    """Content types of the TLS records in *data* (RFC 8446 5.1: type, version(2), length(2), fragment)."""
+    types = []
+    while data:
+        types.append(data[0])
+        data = data[5 + int.from_bytes(data[3:5], "big") :]
+    return types
+
+
+HANDSHAKE, CCS, APPLICATION_DATA = 0x16, 0x14, 0x17
+
+
+async def test_client_finished_leaves_with_the_first_write(tmp_path: Path) -> None:
+    """TLS 1.3: the client's Finished is not sent on its own; it goes in one write with the first
+    request bytes, and the server's handshake completes only then."""
+    cert = make_cert(tmp_path)
+    sctx = _server_ctx(cert)
+    async with tcp_stream_pair() as (a, b):
+        accepting = asyncio.ensure_future(handshake(b, sctx, None, server_side=True))
+        inner = _Recorder(a)
+        client = await _layer({"pinnedPeerCertSha256": cert.sha256_hex}).wrap(inner, Destination.parse("127.0.0.1:443"))
+        assert client.tls_version == "TLSv1.3"
+        assert [_record_types(w) for w in inner.writes] == [[HANDSHAKE]]  # the ClientHello only
+        await asyncio.sleep(0.05)
+        assert not accepting.done()  # it never got the client's Finished
+        await client.write(b"hello")
+        assert len(inner.writes) == 2
+        assert _record_types(inner.writes[1]) == [CCS, APPLICATION_DATA, APPLICATION_DATA]  # Finished, then data
+        server = await asyncio.wait_for(accepting, 5)
+        assert await server.read() == b"hello"
+        await server.write(b"back")
+        assert await client.read() == b"back"
+        client.abort()
+        server.abort()
+
+
+async def test_a_client_that_reads_first_sends_its_finished(tmp_path: Path) -> None:
+    """A server that speaks first (after its handshake) is not held up by the held Finished."""
+    cert = make_cert(tmp_path)
+    sctx = _server_ctx(cert)
+
+    async def banner(b: ByteStream) -> TlsStream:
+        server = await handshake(b, sctx, None, server_side=True)
+        await server.write(b"220 ready")
+        return server
+
+    async with tcp_stream_pair() as (a, b):
+        speaking = asyncio.ensure_future(banner(b))
+        client = await _layer({"pinnedPeerCertSha256": cert.sha256_hex}).wrap(a, Destination.parse("127.0.0.1:443"))
+        assert await asyncio.wait_for(client.read(), 5) == b"220 ready"
+        server = await asyncio.wait_for(speaking, 5)
+        client.abort()
+        server.abort()

@@ -102,8 +102,8 @@ class TlsSecurity(Layer):
         except TlsError as exc:
             logger.warning("tls: {} (server {}, serverName {!r})", exc, dest.netloc, name)
             raise TlsError(f"{exc} (server {dest.netloc}, serverName {name!r})") from None
-        der = leaf_der(stream)
         if opts.pins:
+            der = leaf_der(stream)
             digest = hashlib.sha256(der).digest()
             if digest not in opts.pins:
                 logger.warning(
@@ -112,7 +112,7 @@ class TlsSecurity(Layer):
                     digest.hex(),
                 )
                 raise TlsError(f"certificate refused: pin mismatch, server sent sha256 {digest.hex()}")
-        elif opts.verify_names and not cert_matches(der, opts.verify_names):
+        elif opts.verify_names and not cert_matches(leaf_der(stream), opts.verify_names):
             logger.warning("tls: certificate refused: not valid for {} (server {})", ",".join(opts.verify_names), dest.netloc)
             raise TlsError(f"certificate refused: not valid for verifyPeerCertByName {list(opts.verify_names)}")
         return stream

@@ -26,6 +26,15 @@ stop exactly at a boundary; :meth:`TlsStream.read` gathers several records.
 uses.  Ends: ``close_notify`` (or, as Go peers do, a bare FIN) is EOF; a reset of the
 inner stream is raised as :class:`~tunray.bytestream.StreamReset`; a record-layer
 failure is :class:`TlsError`.
+
+The client's last handshake flight (TLS 1.3: its Finished; a resumed TLS 1.2 session:
+ChangeCipherSpec and Finished) is not sent by :func:`handshake`: it stays in the
+outgoing BIO and leaves with the first write, in the same segment as the first request
+bytes (a VLESS header and payload), as TLS 1.3 allows.  That is one send, one segment
+and one wake-up of the server less per connection; the server cannot answer before
+the request anyway.  Every operation that could wait for the server (a read), every
+write and ``write_eof`` flush it first, so nothing waits on a held flight; a stream
+closed before it wrote anything never sends it (the handshake was of no use then).
 """
 
 from __future__ import annotations
@@ -202,6 +211,8 @@ class TlsStream(RecordStream):
         """End TLS reading; return (decrypted unread plaintext, undecrypted raw bytes, inner stream)."""
         if self._detached:
             raise RuntimeError("already detached")
+        if self._out.pending:  # a caller reads the inner stream from here: nothing may stay unsent
+            raise RuntimeError("detach_raw before the handshake's last flight was written")
         obj = self._obj
         parts: list[bytes] = []
         while obj.pending():
@@ -238,6 +249,7 @@ async def handshake(
     ``server_side=True`` runs the server's side (test peers; tunray itself is a client).
     A client offers *session* for resumption (the server may decline: then a full
     handshake runs) and hands the new session to *on_session* once it holds a ticket.
+    A client's last flight stays unsent until the first write or read (module docstring).
     """
     incoming = ssl.MemoryBIO()
     outgoing = ssl.MemoryBIO()
@@ -258,7 +270,7 @@ async def handshake(
             raise TlsError(f"certificate refused: {exc.verify_message or exc.reason}") from None
         except ssl.SSLError as exc:
             raise TlsError(f"tls handshake failed: {exc.reason or exc}") from None
-    if outgoing.pending:
+    if server_side and outgoing.pending:
         await inner.write(outgoing.read())
     stream = TlsStream(inner, obj, incoming, outgoing)
     if on_session is not None:
