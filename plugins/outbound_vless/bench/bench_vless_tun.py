@@ -12,13 +12,26 @@ for the whole run::
                                                     10.200.0.2:10002 sing-box VLESS (TLS)
 
 Contenders, one at a time, same MTU (9000, as in ``configs/vless-*.json``): tunray
-(``python -m tunray run``, python stack) and sing-box with a ``tun`` inbound (gvisor
-and system stacks) and a ``vless`` outbound.  Per contender and path (raw, TLS):
-iperf3 single stream up and down (Mbit/s), then connections per second (sequential
-connect, 8-byte echo, close, through the TUN) with the client proxy's CPU time per
-connection (user + system, summed over tunray's supervisor and workers), which varies
-less with other load on the machine than the rate does.  With ``--rounds`` the contenders
-alternate and each figure is the median.  Prints a markdown table.
+(``python -m tunray run``, python stack; with ``--only tunray-system`` also its system
+stack) and sing-box with a ``tun`` inbound (gvisor and system stacks) and a ``vless``
+outbound.  Per contender and path (raw, TLS): iperf3 single stream up and down (Mbit/s),
+then connections per second with the median time of one connection and the client
+proxy's CPU time per connection (user + system, summed over tunray's supervisor and
+workers), which varies less with other load on the machine than the rate does.  With
+``--rounds`` the contenders alternate and each figure is the median.  Prints a markdown table.
+
+The connection loop is *sequential* (connect, 8-byte echo, close, then the next): the
+rate is 1 / the latency of one connection, so it measures the critical path of a
+connection (client proxy, server, kernel), not how many a proxy can carry in parallel.
+Each client runs with its defaults, which differ where a user would see it:
+
+* the app's SYN: tunray (both stacks, ``handshake: "lazy"``) and sing-box gvisor answer
+  it once the VLESS server's TCP and TLS handshakes are done (a refused or broken server
+  is a refused connection for the app); sing-box system lets the kernel answer at once;
+* TLS: tunray (OpenSSL 3.0) offers an X25519 key share, sing-box (Go) X25519MLKEM768 and
+  X25519 (its ClientHello is ~1.5 KB, and the server does the ML-KEM step); both do a
+  full handshake per connection (no session resumption by default) and send
+  ``close_notify`` when the app half-closes.
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +91,7 @@ RESUME = False  # --resume: tunray's tlsSettings.enableSessionResumption
 WORKERS: int | None = None  # --workers: the TUN's "workers" (None: the default, one per CPU)
 
 
-def tunray_config(server: RunningServer, cert: SelfSigned | None) -> dict[str, Any]:
+def tunray_config(server: RunningServer, cert: SelfSigned | None, stack: str = "python") -> dict[str, Any]:
     extra = {} if WORKERS is None else {"workers": WORKERS}
     outbound = dict(vless_outbound(server, tls=cert), tag="proxy")
     if RESUME and cert is not None:
@@ -94,7 +108,7 @@ def tunray_config(server: RunningServer, cert: SelfSigned | None) -> dict[str, A
                     "gateway": ["172.19.0.1/30"],
                     "autoSystemRoutingTable": [ROUTE],
                     "autoOutboundsInterface": "",  # the server is on the veth subnet: no loop
-                    "stack": "python",
+                    "stack": stack,
                     "maxFlows": 16384,
                     **extra,
                 },
@@ -225,7 +239,7 @@ class Bench:
         spy = None
         if PROFILE and "tunray" in self.name:  # py-spy flame data of the contender during the run
             spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "-o", PROFILE, "-f", "raw",
-                                    "-r", "400", "--subprocesses", *(["--native"] if os.environ.get("PYSPY_NATIVE") else ["--nonblocking"]), "--pid", str(self.proc.pid),
+                                    "-r", os.environ.get("PYSPY_RATE", "400"), "--subprocesses", *(["--native"] if os.environ.get("PYSPY_NATIVE") else ["--nonblocking"]), "--pid", str(self.proc.pid),
                                     "-d", str(int(seconds))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu0 = self.cpu()
         res = ns_exec(self.topo.client, "/usr/bin/python3", "-c", CPS_APP, HOST, str(ECHO), str(seconds), check=False)
@@ -258,8 +272,8 @@ def main() -> None:
     parser.add_argument("--cps-seconds", type=float, default=3.0)
     parser.add_argument("--no-iperf", action="store_true", help="connections per second only")
     parser.add_argument("--path", choices=("raw", "tls"), action="append", help="only these VLESS paths")
-    parser.add_argument("--only", choices=("tunray", "sb-gvisor", "sb-system"), action="append",
-                        help="only these clients")
+    parser.add_argument("--only", choices=("tunray", "tunray-system", "sb-gvisor", "sb-system"), action="append",
+                        help="only these clients (default: all but tunray-system)")
     parser.add_argument("--rounds", type=int, default=1, help="alternate the clients this many times; medians")
     parser.add_argument("--workers", type=int, help="tunray's TUN workers (default: one per CPU)")
     parser.add_argument("--resume", action="store_true", help="tunray: tlsSettings.enableSessionResumption")
@@ -270,12 +284,15 @@ def main() -> None:
     samples: dict[tuple[str, str], list[tuple[float, float, float, float, float]]] = {}
     try:
         raw, tls, cert = bench.build()
+        tunray = [sys.executable, "-m", "tunray", "run", "-c"]
         contenders: list[tuple[str, str, list[str], Any, bool]] = [
-            ("tunray", "tunray (python stack)", [sys.executable, "-m", "tunray", "run", "-c"], tunray_config, False),
+            ("tunray", "tunray (python stack)", tunray, tunray_config, False),
+            ("tunray-system", "tunray (system stack)", tunray, partial(tunray_config, stack="system"), False),
             ("sb-gvisor", "sing-box gvisor", [sing_box_path(), "run", "--disable-color", "-c"], "gvisor", True),
             ("sb-system", "sing-box system", [sing_box_path(), "run", "--disable-color", "-c"], "system", True),
         ]
-        contenders = [c for c in contenders if not args.only or c[0] in args.only]
+        contenders = [c for c in contenders if c[0] in args.only] if args.only else [
+            c for c in contenders if c[0] != "tunray-system"]
         paths = [p for p in (("raw TCP", raw, None), ("TLS", tls, cert))
                  if not args.path or ("tls" if p[2] is not None else "raw") in args.path]
         for r in range(args.rounds):
