@@ -233,8 +233,12 @@ class Bench:
             total += int(fields[11]) + int(fields[12])
         return total / os.sysconf("SC_CLK_TCK")
 
-    def cps(self, seconds: float) -> tuple[float, float, float]:
-        """(connections per second, median µs from connect to close, contender CPU µs per connection)."""
+    def cps(self, seconds: float, parallel: int = 1) -> tuple[float, float, float]:
+        """(connections per second, median µs from connect to close, contender CPU µs per connection).
+
+        *parallel* copies of the sequential loop run at once: their rates add up, the median is
+        the median of theirs.
+        """
         assert self.proc is not None
         spy = None
         if PROFILE and "tunray" in self.name:  # py-spy flame data of the contender during the run
@@ -242,14 +246,25 @@ class Bench:
                                     "-r", os.environ.get("PYSPY_RATE", "400"), "--subprocesses", *(["--native"] if os.environ.get("PYSPY_NATIVE") else ["--nonblocking"]), "--pid", str(self.proc.pid),
                                     "-d", str(int(seconds))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu0 = self.cpu()
-        res = ns_exec(self.topo.client, "/usr/bin/python3", "-c", CPS_APP, HOST, str(ECHO), str(seconds), check=False)
+        apps = [
+            subprocess.Popen(["ip", "netns", "exec", self.topo.client, "/usr/bin/python3", "-c", CPS_APP, HOST,
+                              str(ECHO), str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(parallel)
+        ]
+        outs = [app.communicate() for app in apps]
         cpu = self.cpu() - cpu0
         if spy is not None:
             spy.wait(60)
-        if res.returncode != 0:
-            raise RuntimeError(f"cps app failed: {res.stderr[-400:]}")
-        rate, p50 = (float(v) for v in res.stdout.split())
-        return rate, p50, cpu / max(1.0, rate * seconds) * 1e6
+        rates: list[float] = []
+        p50s: list[float] = []
+        for app, (out, err) in zip(apps, outs, strict=True):
+            if app.returncode != 0:
+                raise RuntimeError(f"cps app failed: {err[-400:]}")
+            rate, p50 = (float(v) for v in out.split())
+            rates.append(rate)
+            p50s.append(p50)
+        rate = sum(rates)
+        return rate, statistics.median(p50s), cpu / max(1.0, rate * seconds) * 1e6
 
     def close(self) -> None:
         try:
@@ -270,6 +285,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per direction")
     parser.add_argument("--cps-seconds", type=float, default=3.0)
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="sequential connection loops at once (default 1: the rate is 1 / latency)")
     parser.add_argument("--no-iperf", action="store_true", help="connections per second only")
     parser.add_argument("--path", choices=("raw", "tls"), action="append", help="only these VLESS paths")
     parser.add_argument("--only", choices=("tunray", "tunray-system", "sb-gvisor", "sb-system"), action="append",
@@ -304,7 +321,7 @@ def main() -> None:
                     try:
                         up = 0.0 if args.no_iperf else bench.iperf(args.seconds, reverse=False)
                         down = 0.0 if args.no_iperf else bench.iperf(args.seconds, reverse=True)
-                        cps, p50, cpu_us = bench.cps(args.cps_seconds)
+                        cps, p50, cpu_us = bench.cps(args.cps_seconds, args.parallel)
                     finally:
                         bench.stop()
                     samples.setdefault((label, path), []).append((up, down, cps, p50, cpu_us))
@@ -313,8 +330,8 @@ def main() -> None:
     finally:
         bench.close()
     print()
-    print(f"MTU {MTU}, iperf3 single stream {args.seconds:g} s per direction, connections for {args.cps_seconds:g} s, "
-          f"{args.rounds} round(s), medians")
+    print(f"MTU {MTU}, iperf3 single stream {args.seconds:g} s per direction, connections for {args.cps_seconds:g} s "
+          f"({args.parallel} loop(s) at once), {args.rounds} round(s), medians")
     print()
     print("| client | VLESS path | upload Mbit/s | download Mbit/s | conn/s | connection p50 µs | client CPU µs/conn |")
     print("|---|---|---:|---:|---:|---:|---:|")
