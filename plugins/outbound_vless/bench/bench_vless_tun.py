@@ -18,7 +18,9 @@ outbound.  Per contender and path (raw, TLS): iperf3 single stream up and down (
 then connections per second with the median time of one connection and the client
 proxy's CPU time per connection (user + system, summed over tunray's supervisor and
 workers), which varies less with other load on the machine than the rate does.  With
-``--rounds`` the contenders alternate and each figure is the median.  Prints a markdown table.
+``--rounds`` the contenders alternate and each figure is the median.  Prints a markdown table;
+with ``--timeline`` (TLS, sequential; needs tcpdump) also one connection's steps per client
+(:mod:`timeline`: where the time of a connection goes, from a capture in the client namespace).
 
 The connection loop is *sequential* (connect, 8-byte echo, close, then the next): the
 rate is 1 / the latency of one connection, so it measures the critical path of a
@@ -52,7 +54,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
 
+import timeline  # noqa: E402
 from tunray.testing.certs import SelfSigned, make_cert  # noqa: E402
 from tunray.testing.netns import Topology, ns_exec  # noqa: E402
 from tunray.workers import process_tree  # noqa: E402
@@ -233,11 +237,12 @@ class Bench:
             total += int(fields[11]) + int(fields[12])
         return total / os.sysconf("SC_CLK_TCK")
 
-    def cps(self, seconds: float, parallel: int = 1) -> tuple[float, float, float]:
+    def cps(self, seconds: float, parallel: int = 1, capture: Path | None = None) -> tuple[float, float, float]:
         """(connections per second, median µs from connect to close, contender CPU µs per connection).
 
         *parallel* copies of the sequential loop run at once: their rates add up, the median is
-        the median of theirs.
+        the median of theirs.  With *capture*, tcpdump records the client namespace meanwhile
+        (:mod:`timeline`).
         """
         assert self.proc is not None
         spy = None
@@ -245,6 +250,9 @@ class Bench:
             spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "-o", PROFILE, "-f", "raw",
                                     "-r", os.environ.get("PYSPY_RATE", "400"), "--subprocesses", *(["--native"] if os.environ.get("PYSPY_NATIVE") else ["--nonblocking"]), "--pid", str(self.proc.pid),
                                     "-d", str(int(seconds))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        dump = timeline.start(self.topo.client, capture) if capture is not None else None
+        if dump is not None:
+            time.sleep(0.5)  # tcpdump is listening
         cpu0 = self.cpu()
         apps = [
             subprocess.Popen(["ip", "netns", "exec", self.topo.client, "/usr/bin/python3", "-c", CPS_APP, HOST,
@@ -253,6 +261,8 @@ class Bench:
         ]
         outs = [app.communicate() for app in apps]
         cpu = self.cpu() - cpu0
+        if dump is not None:
+            timeline.stop(dump)
         if spy is not None:
             spy.wait(60)
         rates: list[float] = []
@@ -293,9 +303,15 @@ def main() -> None:
                         help="only these clients (default: all but tunray-system)")
     parser.add_argument("--rounds", type=int, default=1, help="alternate the clients this many times; medians")
     parser.add_argument("--workers", type=int, help="tunray's TUN workers (default: one per CPU)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="TLS, sequential: capture with tcpdump and print the median µs of each step of a connection")
     parser.add_argument("--resume", action="store_true", help="tunray: tlsSettings.enableSessionResumption")
     args = parser.parse_args()
     WORKERS, RESUME = args.workers, args.resume
+    if args.timeline and not timeline.available():
+        print("--timeline needs tcpdump (apt-get install tcpdump); no timeline this run", file=sys.stderr)
+        args.timeline = False
+    timelines: dict[str, list[dict[str, float]]] = {}
     workdir = Path(tempfile.mkdtemp(prefix="bench-vless-tun-"))
     bench = Bench(workdir)
     samples: dict[tuple[str, str], list[tuple[float, float, float, float, float]]] = {}
@@ -321,7 +337,12 @@ def main() -> None:
                     try:
                         up = 0.0 if args.no_iperf else bench.iperf(args.seconds, reverse=False)
                         down = 0.0 if args.no_iperf else bench.iperf(args.seconds, reverse=True)
-                        cps, p50, cpu_us = bench.cps(args.cps_seconds, args.parallel)
+                        capture = None
+                        if args.timeline and c is not None and args.parallel == 1:
+                            capture = workdir / f"{key}-{r}.pcap"
+                        cps, p50, cpu_us = bench.cps(args.cps_seconds, args.parallel, capture)
+                        if capture is not None:
+                            timelines.setdefault(label, []).append(timeline.steps(capture, ECHO, server.port))
                     finally:
                         bench.stop()
                     samples.setdefault((label, path), []).append((up, down, cps, p50, cpu_us))
@@ -338,6 +359,20 @@ def main() -> None:
     for (label, path), rows in samples.items():
         up, down, cps, p50, cpu_us = (statistics.median(col) for col in zip(*rows, strict=True))
         print(f"| {label} | {path} | {up:.0f} | {down:.0f} | {cps:.0f} | {p50:.0f} | {cpu_us:.0f} |")
+    if timelines:
+        labels = list(timelines)
+        print()
+        print("TLS, one connection step by step (µs, median over connections, then over rounds; "
+              "see plugins/outbound_vless/bench/timeline.py)")
+        print()
+        print("| step | " + " | ".join(labels) + " |")
+        print("|---|" + "---:|" * len(labels))
+        for step in timeline.STEPS:
+            cells = []
+            for label in labels:
+                values = [t[step] for t in timelines[label] if step in t]
+                cells.append(f"{statistics.median(values):.0f}" if values else "–")
+            print(f"| {step} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
