@@ -53,6 +53,10 @@ and leaving the record layer at an exact boundary (``detach_raw``).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tunray.net.stream import SocketStream
 
 __all__ = ["ByteStream", "RecordStream", "StreamClosed", "StreamReset"]
 
@@ -108,6 +112,16 @@ class ByteStream(ABC):
         ``splice(2)``; the stream is closed as usual afterwards.  A later ``read``
         resumes reading (the relay falls back to copying when the other end cannot
         splice).
+        """
+        return None
+
+    def socket_stream(self) -> SocketStream | None:
+        """The :class:`~tunray.net.stream.SocketStream` this stream is, with nothing above it.
+
+        Only a stream whose ``read``/``write``/``write_eof`` are exactly the socket's (no
+        bytes held back, no framing, errors meaning the same) returns it: the relay then
+        copies with ``recv``/``send`` from loop callbacks (:mod:`tunray.sockcopy`) and
+        closes the stream as usual afterwards.  Default: ``None``.
         """
         return None
 

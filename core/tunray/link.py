@@ -32,9 +32,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tunray.bytestream import ByteStream, StreamClosed, StreamReset
 from tunray.net.address import Destination
+
+if TYPE_CHECKING:
+    from tunray.net.stream import SocketStream
 
 
 class LinkClosed(StreamReset, StreamClosed):
@@ -165,6 +169,9 @@ class PrefixedByteLink(ByteLink):
 
     def take_for_splice(self) -> bytes | None:
         return None if self._prefix else self._inner.take_for_splice()
+
+    def socket_stream(self) -> SocketStream | None:
+        return None if self._prefix else self._inner.socket_stream()
 
     async def drain_for_splice(self) -> None:
         await self._inner.drain_for_splice()

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from tunray import splice
 from tunray.bytestream import ByteStream
 from tunray.policy import LevelPolicy
+from tunray.sockcopy import SocketCopy
 
 
 class Stream(Protocol):
@@ -134,6 +135,7 @@ class _Relay:
         "loop",
         "own_cancels",
         "policy",
+        "sockcopy",
         "spliceable",
         "switch_cancels",
         "this",
@@ -162,6 +164,7 @@ class _Relay:
         self.own_cancels = 0  # cancels of this task by the relay itself: idle, downlink failed
         self.switch_cancels = 0  # ... and by the downlink asking to splice
         self.copied = 0  # bytes the copy loops moved (both ways)
+        self.sockcopy: SocketCopy | None = None  # both ends bare sockets: copied from callbacks
 
     def _fail_fast(self, t: asyncio.Task[Any]) -> None:
         # The flow ends at once if the downlink fails, even while the uplink waits.
@@ -241,6 +244,35 @@ class _Relay:
         self.down_done = True
         watch.tighten(self.policy.uplink_only)
         return False
+
+    def use_sockcopy(self) -> bool:
+        """Copy from loop callbacks (:mod:`tunray.sockcopy`) if both ends are bare, idle sockets."""
+        app, upstream = self.app, self.upstream
+        if not isinstance(app, ByteStream) or not isinstance(upstream, ByteStream):
+            return False
+        a = app.socket_stream()
+        if a is None:
+            return False
+        u = upstream.socket_stream()
+        if u is None or not SocketCopy.usable(a, u):
+            return False
+        policy = self.policy
+        self.sockcopy = SocketCopy(
+            a, u, self.watch, self.counter, uplink_only=policy.uplink_only, downlink_only=policy.downlink_only,
+            splice_after=SPLICE_AFTER, can_splice=self.spliceable,
+        )
+        return True
+
+    async def copy_sockets(self) -> bool:
+        """:meth:`copy` from loop callbacks: True if both stopped to switch to splice."""
+        sc = self.sockcopy
+        assert sc is not None
+        try:
+            return await sc.run()
+        finally:
+            self.copied += sc.copied
+            sc.copied = 0
+            self.up_done, self.down_done = sc.up.done, sc.down.done
 
     async def copy(self) -> bool:
         """Copy both ways until both end (False) or one side asks to splice (True, both stopped)."""
@@ -331,7 +363,9 @@ async def relay(app: Stream, upstream: Stream, policy: LevelPolicy, counter: Cou
     r = _Relay(app, upstream, policy, counter)
     this = r.this
     try:
-        while await r.copy():
+        fast = r.use_sockcopy()
+        # (a refused hand-over leaves what it took from the app in from_app: the loops copy it first)
+        while await (r.copy_sockets() if fast and not r.from_app else r.copy()):
             if r.take():
                 await r.splice()
                 break

@@ -25,7 +25,7 @@ from typing import Any
 
 from tunray.config.errors import ConfigError
 from tunray.net.address import Destination, Host, Network, parse_host
-from tunray.net.stream import DEFAULT_HIGH_WATER, SocketStream, _Proto
+from tunray.net.stream import DEFAULT_HIGH_WATER, TransportStream, _Proto
 from tunray.routing.ports import PortList
 
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
@@ -145,7 +145,7 @@ def sockaddr_destination(addr: object, network: Network = Network.TCP) -> Destin
     return Destination(network, ipaddress.IPv4Address(0), 0)
 
 
-Handler = Callable[[SocketStream, socket.socket], Coroutine[Any, Any, None]]
+Handler = Callable[[TransportStream, socket.socket], Coroutine[Any, Any, None]]
 
 
 class _Accepted(_Proto):
@@ -162,7 +162,7 @@ class _Accepted(_Proto):
         super().connection_made(transport)
         transport.set_write_buffer_limits(high=self._server.high_water)  # type: ignore[attr-defined]
         sock = transport.get_extra_info("socket")
-        stream = SocketStream(self.transport, self, sock.fileno())  # type: ignore[arg-type]
+        stream = TransportStream(self.transport, self, sock.fileno())  # type: ignore[arg-type]
         self._server.spawn(stream, sock)
 
 
@@ -188,7 +188,7 @@ class StreamServer:
         server = await loop.create_server(lambda: _Accepted(self), sock=sock)
         self._servers.append(server)
 
-    def spawn(self, stream: SocketStream, sock: socket.socket) -> None:
+    def spawn(self, stream: TransportStream, sock: socket.socket) -> None:
         assert self.loop is not None
         task = self.loop.create_task(self.handler(stream, sock))
         self.tasks.add(task)

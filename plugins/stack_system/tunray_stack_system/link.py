@@ -217,6 +217,11 @@ class KernelByteLink(ByteLink):
         stream = self._stream
         return stream.fileno() if stream is not None and not self._closed else None
 
+    def socket_stream(self) -> SocketStream | None:
+        """The paired socket's stream: the relay copies on it directly (None before pairing)."""
+        stream = self._stream
+        return stream if stream is not None and not self._closed else None
+
     def take_for_splice(self) -> bytes | None:
         """The paired socket's :meth:`~tunray.net.stream.SocketStream.take_for_splice` (None before pairing)."""
         stream = self._stream
