@@ -48,7 +48,7 @@ class Dispatcher:
     def spawn(self, ctx: FlowContext, destination: Destination, link: ByteLink | PacketLink) -> asyncio.Task[None]:
         """Run :meth:`dispatch_link` for one flow on a task the dispatcher owns."""
         loop = asyncio.get_running_loop()
-        task = loop.create_task(self.dispatch_link(ctx, destination, link))
+        task = loop.create_task(self._flow(ctx, destination, link))  # registered here, not again
         self.active.add(task)
         task.add_done_callback(self.active.discard)
         if isinstance(link, ByteLink):
@@ -81,6 +81,17 @@ class Dispatcher:
         return len(pending)
 
     async def dispatch_link(self, ctx: FlowContext, destination: Destination, link: ByteLink | PacketLink) -> None:
+        """Run one flow on the caller's task (registered with the dispatcher for the call)."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.active.add(task)
+        try:
+            await self._flow(ctx, destination, link)
+        finally:
+            if task is not None:
+                self.active.discard(task)
+
+    async def _flow(self, ctx: FlowContext, destination: Destination, link: ByteLink | PacketLink) -> None:
         rt = self.runtime
         if not self.accepting:
             link.abort()
@@ -91,9 +102,6 @@ class Dispatcher:
         observers = rt.plugins.observes_flows
         if observers:
             rt.plugins.flow_opened(ctx)
-        task = asyncio.current_task()
-        if task is not None:
-            self.active.add(task)
         error: BaseException | None = None
         try:
             sniffing: SniffConfig | None = getattr(ctx, "sniffing", None)
@@ -127,8 +135,6 @@ class Dispatcher:
                     await link.aclose()
                 except Exception:
                     link.abort()
-            if task is not None:
-                self.active.discard(task)
             if any(rt.stats_flags):
                 rt.count_traffic(ctx)
             if observers:
