@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -9,7 +10,7 @@ import pytest
 from tunray.bytestream import ByteStream
 from tunray.link import PrefixedByteLink
 from tunray.net.applink import SocketByteLink
-from tunray.testing.bytestream import check_byte_stream, tcp_stream_pair
+from tunray.testing.bytestream import check_byte_stream, read_all, tcp_stream_pair
 from tunray.testing.links import AppStream, byte_link_pair
 
 
@@ -52,3 +53,13 @@ async def test_prefixed_byte_link_conforms() -> None:
         yield PrefixedByteLink(link, b""), AppStream(app)
 
     await check_byte_stream(pair, backpressure_limit=1 << 20)
+
+
+async def test_socket_stream_aclose_with_unread_bytes_is_a_clean_end() -> None:
+    """The stream reads nothing ahead; closing it with the peer's bytes unread still sends FIN, not RST."""
+    async with tcp_stream_pair() as (stream, peer):
+        await stream.write(b"reply")
+        await peer.write(b"never read by anyone")
+        await asyncio.sleep(0.05)  # in the stream's kernel receive buffer now
+        await stream.aclose()
+        assert await asyncio.wait_for(read_all(peer), 5) == b"reply"  # b"" after it: a FIN (a RST raises)

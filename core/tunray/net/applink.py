@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from tunray.link import ByteLink, LinkClosed, Packet, PacketLink
 from tunray.net.address import Destination
-from tunray.net.stream import SocketStream, TransportStream
+from tunray.net.stream import SocketStream
 
 
 class SocketByteLink(ByteLink):
@@ -31,7 +31,7 @@ class SocketByteLink(ByteLink):
 
     def __init__(
         self,
-        stream: SocketStream | TransportStream,
+        stream: SocketStream,
         prefix: bytes = b"",
         *,
         accept_reply: bytes | None = None,
@@ -81,7 +81,7 @@ class SocketByteLink(ByteLink):
 
     def socket_stream(self) -> SocketStream | None:
         stream = self._stream
-        return stream if self._accepted and not self._prefix and isinstance(stream, SocketStream) else None
+        return stream if self._accepted and not self._prefix else None
 
     def take_for_splice(self) -> bytes | None:
         if not self._accepted:

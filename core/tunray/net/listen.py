@@ -8,13 +8,17 @@
 
 :class:`StreamServer` accepts on such sockets and runs ``handler(stream, sock)`` per
 connection on its own task (the flow's ``dispatch_link`` runs in it, so the dispatcher's
-drain sees it); ``stop_accepting`` closes the listeners, ``aclose`` also cancels the tasks.  Accept errors such as EMFILE are survived by asyncio's server (it pauses and
-logs), so a burst of connections never kills the inbound.
+drain sees it); ``stop_accepting`` closes the listeners, ``aclose`` also cancels the tasks.
+The server accepts from a readiness callback (no asyncio server or transport): each
+connection is a :class:`~tunray.net.stream.SocketStream`.  Running out of descriptors
+(EMFILE and the like) pauses accepting for :data:`ACCEPT_BACKOFF` and logs once, so a
+burst of connections never kills the inbound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import ipaddress
 import os
@@ -23,9 +27,11 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from loguru import logger
+
 from tunray.config.errors import ConfigError
 from tunray.net.address import Destination, Host, Network, parse_host
-from tunray.net.stream import DEFAULT_HIGH_WATER, TransportStream, _Proto
+from tunray.net.stream import DEFAULT_HIGH_WATER, SocketStream
 from tunray.routing.ports import PortList
 
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
@@ -145,37 +151,32 @@ def sockaddr_destination(addr: object, network: Network = Network.TCP) -> Destin
     return Destination(network, ipaddress.IPv4Address(0), 0)
 
 
-Handler = Callable[[TransportStream, socket.socket], Coroutine[Any, Any, None]]
+Handler = Callable[[SocketStream, socket.socket], Coroutine[Any, Any, None]]
 
 
-class _Accepted(_Proto):
-    """The stream protocol, plus: start the inbound's handler once connected."""
-
-    __slots__ = ("_server",)
-
-    def __init__(self, server: StreamServer) -> None:
-        assert server.loop is not None
-        super().__init__(server.high_water, server.loop)
-        self._server = server
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        transport.set_write_buffer_limits(high=self._server.high_water)  # type: ignore[attr-defined]
-        sock = transport.get_extra_info("socket")
-        stream = TransportStream(self.transport, self, sock.fileno())  # type: ignore[arg-type]
-        self._server.spawn(stream, sock)
+#: Connections taken per readiness callback of a listener (then other work gets the loop).
+ACCEPT_BATCH = 64
+#: Out of descriptors (or memory): stop accepting this long instead of spinning; the
+#: backlog keeps the connections meanwhile.
+ACCEPT_BACKOFF = 0.5
+_OUT_OF = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class StreamServer:
-    """Accepts on bound sockets; one handler task per connection, all cancelled by ``aclose``."""
+    """Accepts on bound sockets; one handler task per connection, all cancelled by ``aclose``.
+
+    Each accepted socket becomes a :class:`~tunray.net.stream.SocketStream` (no transport),
+    so a flow between it and a dialed socket is copied from loop callbacks by the relay.
+    """
 
     def __init__(self, handler: Handler, *, high_water: int = DEFAULT_HIGH_WATER) -> None:
         self.handler = handler
         self.high_water = high_water
         self.tasks: set[asyncio.Task[None]] = set()
-        self._servers: list[asyncio.AbstractServer] = []
+        self._listeners: list[socket.socket] = []
         self._unix_paths: list[str] = []
-        #: the loop the server listens in (kept: see :class:`~tunray.net.stream._Proto`)
+        self._backoff_logged = False
+        #: the loop the server listens in (kept: asyncio.get_running_loop() is a getpid() on 3.11)
         self.loop: asyncio.AbstractEventLoop | None = None
 
     async def listen(self, sock: socket.socket, backlog: int = 1024) -> None:
@@ -185,10 +186,42 @@ class StreamServer:
             if isinstance(name, str) and name:
                 self._unix_paths.append(name)
         sock.listen(backlog)
-        server = await loop.create_server(lambda: _Accepted(self), sock=sock)
-        self._servers.append(server)
+        sock.setblocking(False)
+        self._listeners.append(sock)
+        loop.add_reader(sock.fileno(), self._on_accept, sock)
 
-    def spawn(self, stream: TransportStream, sock: socket.socket) -> None:
+    def _on_accept(self, lsock: socket.socket) -> None:
+        loop = self.loop
+        assert loop is not None
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _OUT_OF:
+                    self._back_off(lsock, exc)
+                    return
+                continue  # e.g. ECONNABORTED: that connection is gone, the next may not be
+            conn.setblocking(False)
+            self.spawn(SocketStream(conn, loop, self.high_water), conn)
+
+    def _back_off(self, lsock: socket.socket, exc: OSError) -> None:
+        loop = self.loop
+        assert loop is not None
+        if not self._backoff_logged:
+            self._backoff_logged = True
+            logger.warning("listener {}: cannot accept ({}); pausing {:g} s", lsock.getsockname(),
+                           exc.strerror or exc, ACCEPT_BACKOFF)
+        loop.remove_reader(lsock.fileno())
+
+        def resume() -> None:
+            if lsock in self._listeners and lsock.fileno() >= 0:
+                loop.add_reader(lsock.fileno(), self._on_accept, lsock)
+
+        loop.call_later(ACCEPT_BACKOFF, resume)
+
+    def spawn(self, stream: SocketStream, sock: socket.socket) -> None:
         assert self.loop is not None
         task = self.loop.create_task(self.handler(stream, sock))
         self.tasks.add(task)
@@ -196,9 +229,12 @@ class StreamServer:
 
     def stop_accepting(self) -> None:
         """Close the listening sockets; connections already accepted go on."""
-        for server in self._servers:
-            server.close()
-        self._servers.clear()
+        loop = self.loop
+        for sock in self._listeners:
+            if loop is not None and sock.fileno() >= 0:
+                loop.remove_reader(sock.fileno())
+            sock.close()
+        self._listeners.clear()
 
     async def aclose(self) -> None:
         self.stop_accepting()

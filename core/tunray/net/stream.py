@@ -1,18 +1,14 @@
-"""Byte streams over connected sockets, with backpressure both ways.
+"""A byte stream over a connected socket, with backpressure both ways.
 
-:class:`SocketStream` (made by :func:`open_stream`; every dialed socket and the
-``system`` stack's accepted ones) drives the non-blocking socket itself: ``read`` is
-one ``recv`` (waiting for readability with ``loop.add_reader`` only when the last
-``recv`` did not fill its buffer), ``write`` one ``send``; only what the kernel would
-not take is kept, sent from a ``loop.add_writer`` callback, and ``write`` waits while
-more than ``high_water`` bytes are kept.  Nothing is read that nobody asked for, so
+:class:`SocketStream` (made by :func:`open_stream`; every dialed socket, the ``system``
+stack's accepted ones, those of listening inbounds) drives the non-blocking socket
+itself: ``read`` is one ``recv`` (waiting for readability with ``loop.add_reader`` only
+when the last ``recv`` did not fill its buffer), ``write`` one ``send``; only what the
+kernel would not take is kept, sent from a ``loop.add_writer`` callback, and ``write``
+waits while more than ``high_water`` bytes are kept.  Nothing is read that nobody asked for, so
 the kernel's receive window closes on a sender nobody reads.  No transport, protocol,
 buffer copy or extra loop iteration per socket: a short flow's two sockets cost a
 reader registration each and nothing else.
-
-:class:`TransportStream` is the same contract over an asyncio transport and protocol
-(:mod:`tunray.net.listen`'s servers): received data is appended to one ``bytearray``,
-reading pauses above ``high_water``.
 
 Ends.  A FIN from the peer is EOF (``read`` returns ``b""`` after every byte before
 it).  A reset (ECONNRESET, or any other socket error) is kept and raised as
@@ -48,221 +44,6 @@ def reset_error(exc: BaseException) -> StreamReset:
     reset = StreamReset(f"connection reset by the peer: {exc}")
     reset.__cause__ = exc
     return reset
-
-
-class _Proto(asyncio.Protocol):
-    __slots__ = (
-        "_buf",
-        "_closed",
-        "_drain_waiter",
-        "_eof",
-        "_exc",
-        "_high",
-        "_local",
-        "_loop",
-        "_paused_reading",
-        "_paused_writing",
-        "_read_waiter",
-        "transport",
-    )
-
-    def __init__(self, high_water: int, loop: asyncio.AbstractEventLoop) -> None:
-        # The loop is kept: on Python 3.11 every asyncio.get_running_loop() is a getpid()
-        # system call, and a flow's streams wait for data several times.
-        self._loop = loop
-        self._buf = bytearray()
-        self._eof = False
-        self._closed = False
-        self._exc: StreamReset | None = None
-        self._local = False  # closed or aborted by this side
-        self._high = high_water
-        self._read_waiter: asyncio.Future[None] | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
-        self._paused_reading = False
-        self._paused_writing = False
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement the interface without subclassing asyncio.Transport.
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self._buf += data
-        if len(self._buf) > self._high and not self._paused_reading and self.transport is not None:
-            self._paused_reading = True
-            self.transport.pause_reading()
-        self._wake_reader()
-
-    def eof_received(self) -> bool:
-        self._eof = True
-        self._wake_reader()
-        return True  # keep the write side open: half-close
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
-        self._eof = True
-        if exc is not None and not self._local:
-            self._exc = reset_error(exc)
-        self._wake_reader()
-        self._wake_writer(self._exc)
-
-    def pause_writing(self) -> None:
-        self._paused_writing = True
-
-    def resume_writing(self) -> None:
-        self._paused_writing = False
-        self._wake_writer(None)
-
-    def _wake_reader(self) -> None:
-        _wake(self._read_waiter, None)
-
-    def _wake_writer(self, exc: BaseException | None) -> None:
-        _wake(self._drain_waiter, exc)
-
-
-class TransportStream(ByteStream):
-    """A stream over an asyncio transport and :class:`_Proto` (listening servers: :mod:`tunray.net.listen`)."""
-
-    __slots__ = ("_proto", "_sock_fd", "_transport", "_write_closed")
-
-    def __init__(self, transport: asyncio.Transport, proto: _Proto, fd: int) -> None:
-        self._transport = transport
-        self._proto = proto
-        self._sock_fd = fd
-        self._write_closed = False
-
-    async def read(self, max_bytes: int = 65536) -> bytes:
-        p = self._proto
-        if p._local:
-            return b""
-        while not p._buf:
-            if p._local:
-                return b""
-            if p._exc is not None:
-                raise p._exc
-            if p._eof:
-                return b""
-            if p._paused_reading and not p._closed:  # e.g. after splice_ready() then a copy after all
-                p._paused_reading = False
-                self._transport.resume_reading()
-            p._read_waiter = p._loop.create_future()
-            try:
-                await p._read_waiter
-            finally:
-                p._read_waiter = None
-        buf = p._buf
-        if len(buf) <= max_bytes:
-            data = bytes(buf)
-            buf.clear()
-        else:
-            data = bytes(buf[:max_bytes])
-            del buf[:max_bytes]
-        if p._paused_reading and len(buf) <= p._high // 2 and not p._closed:
-            p._paused_reading = False
-            self._transport.resume_reading()
-        return data
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        p = self._proto
-        if p._exc is not None:
-            raise p._exc
-        if p._local or self._write_closed:
-            raise StreamClosed("the stream is closed for writing")
-        if p._closed or self._transport.is_closing():
-            raise StreamReset("the connection is gone")
-        self._transport.write(data)
-        if p._paused_writing:
-            p._drain_waiter = p._loop.create_future()
-            try:
-                await p._drain_waiter
-            finally:
-                p._drain_waiter = None
-
-    async def write_eof(self) -> None:
-        if self._write_closed:
-            return
-        self._write_closed = True
-        if not self._proto._closed and not self._transport.is_closing() and self._transport.can_write_eof():
-            self._transport.write_eof()
-
-    def abort(self) -> None:
-        p = self._proto
-        if p._local:
-            return
-        p._local = True
-        if not p._closed:
-            sock = self._transport.get_extra_info("socket")
-            if sock is not None:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-                except OSError:
-                    pass
-        self._transport.abort()
-        p._wake_reader()
-        p._wake_writer(StreamClosed("aborted"))
-
-    def reset(self) -> None:
-        """Abort with a TCP RST (SO_LINGER 0): the same as :meth:`abort`."""
-        self.abort()
-
-    def send_and_close(self, data: bytes) -> None:
-        """Queue *data* and close gracefully (a refusal reply before the app's flow ends)."""
-        self._proto._local = True
-        if not self._transport.is_closing():
-            self._transport.write(data)
-            self._transport.close()
-        self._proto._wake_reader()
-
-    async def aclose(self) -> None:
-        p = self._proto
-        p._local = True
-        if not self._transport.is_closing():
-            self._transport.close()
-        p._wake_reader()
-
-    def fileno(self) -> int:
-        return self._sock_fd
-
-    def take_for_splice(self) -> bytes | None:
-        p = self._proto
-        if p._closed or p._local or p._eof or self._write_closed or self._transport.get_write_buffer_size():
-            return None
-        if not p._paused_reading:
-            p._paused_reading = True
-            self._transport.pause_reading()
-        data = bytes(p._buf)
-        p._buf.clear()
-        return data
-
-    async def drain_for_splice(self) -> None:
-        p = self._proto
-        t = self._transport
-        if not t.get_write_buffer_size():
-            return
-        # A high-water mark of 0 pauses the protocol now and resumes it once the buffer
-        # is empty (asyncio and uvloop alike); the mark is restored however the wait ends.
-        t.set_write_buffer_limits(high=0)
-        try:
-            while t.get_write_buffer_size() and not (p._closed or p._local):
-                p._drain_waiter = p._loop.create_future()
-                try:
-                    await p._drain_waiter
-                except ConnectionError:
-                    return  # reset meanwhile: take_for_splice refuses, the copy raises it
-                finally:
-                    p._drain_waiter = None
-        finally:
-            if not t.is_closing():
-                t.set_write_buffer_limits(high=p._high)
-
-    @property
-    def transport(self) -> asyncio.Transport:
-        """The asyncio transport (the relay pauses it while splicing)."""
-        return self._transport
-
-    @property
-    def at_eof(self) -> bool:
-        return self._proto._eof and not self._proto._buf
 
 
 class SocketStream(ByteStream):
@@ -553,6 +334,8 @@ class SocketStream(ByteStream):
         self._local = True
         if self._closed:
             return
+        if not self._eof and self._exc is None:
+            self._discard_unread()
         if self._wbuf is not None and self._exc is None:
             self._close_queued = True  # sent first, from the writer callback, then closed
             self._stop_reading()
@@ -560,6 +343,18 @@ class SocketStream(ByteStream):
             return
         self._close_fd()
 
+    def _discard_unread(self) -> None:
+        """Read and drop what the peer sent and nobody read: closing a socket with unread
+        bytes makes the kernel send RST instead of FIN (a transport, which reads ahead, never
+        left any).  A relayed flow read both sockets to their EOF and skips this."""
+        recv = self._sock.recv
+        for _ in range(16):  # at most 1 MiB; a peer still sending after that gets its RST
+            try:
+                if not recv(65536):
+                    self._eof = True
+                    return
+            except OSError:  # would block (the common case), or already reset
+                return
     def fileno(self) -> int:
         return self._fd
 

@@ -20,7 +20,7 @@ from tunray.inbound import Inbound
 from tunray.net.address import Destination
 from tunray.net.listen import ListenAddress, StreamServer, make_socket, sockaddr_destination
 from tunray.net.sockopt import DEFAULT_SOCKOPT
-from tunray.net.stream import TransportStream
+from tunray.net.stream import SocketStream
 from tunray.session import FlowContext, User
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class Refused(Exception):
     """The handshake was answered with a refusal; the connection closes gracefully."""
 
 
-async def read_some(stream: TransportStream, timeout: float) -> bytes:
+async def read_some(stream: SocketStream, timeout: float) -> bytes:
     """One read with the handshake timeout; ``b""`` on EOF or timeout."""
     try:
         # asyncio.timeout, not wait_for: no extra task per handshake read (connections/s)
@@ -151,15 +151,13 @@ class LocalInbound(Inbound):
         self._state = "stopped"
         await self.server.aclose()
 
-    async def _serve(self, stream: TransportStream, sock: socket.socket) -> None:
+    async def _serve(self, stream: SocketStream, sock: socket.socket) -> None:
         if self.address.unix:
             peer = local = None
         else:
-            # The transport read both addresses when it was made (uvloop and asyncio alike);
-            # asking the socket again costs four system calls per connection.
-            transport = stream.transport
-            peername, sockname = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
-            if not peername or not sockname:  # gone before it was accepted
+            try:
+                peername, sockname = sock.getpeername(), sock.getsockname()
+            except OSError:  # gone before it was accepted
                 stream.abort()
                 return
             peer, local = sockaddr_destination(peername), sockaddr_destination(sockname)
@@ -178,7 +176,7 @@ class LocalInbound(Inbound):
             await stream.aclose()
 
     async def handle(
-        self, stream: TransportStream, sock: socket.socket, peer: Destination | None, local: Destination | None
+        self, stream: SocketStream, sock: socket.socket, peer: Destination | None, local: Destination | None
     ) -> None:
         raise NotImplementedError
 

@@ -29,7 +29,7 @@ from tunray.config.schema import Bool, Enum, Field, Int, ListOf, MapOf, Schema, 
 from tunray.net.address import Destination, Network, parse_host
 from tunray.net.applink import QueuePacketLink, SocketByteLink
 from tunray.net.listen import IP_TRANSPARENT, IPV6_TRANSPARENT, sockaddr_destination
-from tunray.net.stream import TransportStream
+from tunray.net.stream import SocketStream
 
 from tunray_local.base import LocalInbound, Refused
 
@@ -141,7 +141,7 @@ class DokodemoInbound(LocalInbound):
     # --- TCP ----------------------------------------------------------------------------------
 
     async def handle(
-        self, stream: TransportStream, sock: socket.socket, peer: Destination | None, local: Destination | None
+        self, stream: SocketStream, sock: socket.socket, peer: Destination | None, local: Destination | None
     ) -> None:
         local = local or Destination(Network.TCP, LOCALHOST_V4, 0)
         dest: Destination | None = None

@@ -33,7 +33,7 @@ from tunray.config.schema import Bool, Field, Int, Schema
 from tunray.link import ByteLink, LinkClosed
 from tunray.net.address import Destination, Network, parse_host
 from tunray.net.applink import SocketByteLink
-from tunray.net.stream import TransportStream
+from tunray.net.stream import SocketStream
 
 from tunray_local.base import ACCOUNTS, LocalInbound, Refused, accounts_of, read_some
 
@@ -132,7 +132,7 @@ class ForwardLink(ByteLink):
     server's bytes with a client-role h11 connection and re-frames each event to the client.
     """
 
-    def __init__(self, client: h11.Connection, stream: TransportStream, request: h11.Request, path: bytes, host: bytes) -> None:
+    def __init__(self, client: h11.Connection, stream: SocketStream, request: h11.Request, path: bytes, host: bytes) -> None:
         self.client = client
         self.stream = stream
         headers = [(k, v) for k, v in _clean(request.headers) if k != b"host"]
@@ -258,7 +258,7 @@ class HttpProxy:
         self.accounts = accounts
         self.allow_transparent = allow_transparent
 
-    async def serve(self, stream: TransportStream, peer: Destination | None, first: bytes = b"") -> None:
+    async def serve(self, stream: SocketStream, peer: Destination | None, first: bytes = b"") -> None:
         inbound = self.inbound
         timeout = inbound.policy.handshake
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
@@ -329,6 +329,6 @@ class HttpInbound(LocalInbound):
         self.proxy = HttpProxy(self, accounts_of(self.settings), allow_transparent=self.settings.allowTransparent)
 
     async def handle(
-        self, stream: TransportStream, sock: socket.socket, peer: Destination | None, local: Destination | None
+        self, stream: SocketStream, sock: socket.socket, peer: Destination | None, local: Destination | None
     ) -> None:
         await self.proxy.serve(stream, peer)

@@ -29,7 +29,7 @@ from tunray.config.schema import IP, Bool, Enum, Field, Int, Schema, Settings
 from tunray.net.address import Destination, Host, Network
 from tunray.net.applink import QueuePacketLink, SocketByteLink
 from tunray.net.listen import sockaddr_destination
-from tunray.net.stream import TransportStream
+from tunray.net.stream import SocketStream
 
 from tunray_local import socks_proto as sp
 from tunray_local.base import ACCOUNTS, LocalInbound, Refused, accounts_of
@@ -70,7 +70,7 @@ class SocksInbound(LocalInbound):
         self.http = HttpProxy(self, self.accounts, allow_transparent=False)
 
     async def handle(
-        self, stream: TransportStream, sock: socket.socket, peer: Destination | None, local: Destination | None
+        self, stream: SocketStream, sock: socket.socket, peer: Destination | None, local: Destination | None
     ) -> None:
         # One timer for the whole handshake (the level's ``handshake``), not one per read.
         try:
@@ -89,7 +89,7 @@ class SocksInbound(LocalInbound):
         await self._request(request, hs.leftover, stream, sock, peer, local)
 
     @staticmethod
-    async def _handshake(hs: sp.SocksHandshake, stream: TransportStream, data: bytes) -> sp.Request:
+    async def _handshake(hs: sp.SocksHandshake, stream: SocketStream, data: bytes) -> sp.Request:
         while True:
             for ev in hs.receive(data):
                 if isinstance(ev, sp.Send):
@@ -106,7 +106,7 @@ class SocksInbound(LocalInbound):
         self,
         req: sp.Request,
         leftover: bytes,
-        stream: TransportStream,
+        stream: SocketStream,
         sock: socket.socket,
         peer: Destination | None,
         local: Destination | None,
@@ -126,7 +126,7 @@ class SocksInbound(LocalInbound):
     async def _associate(
         self,
         req: sp.Request,
-        stream: TransportStream,
+        stream: SocketStream,
         sock: socket.socket,
         peer: Destination | None,
         local: Destination | None,
@@ -182,7 +182,7 @@ def _success5(host: Host, port: int) -> bytes:
     return sp.reply5(sp.REP_OK, host, port)
 
 
-async def _drain_until_closed(stream: TransportStream) -> None:
+async def _drain_until_closed(stream: SocketStream) -> None:
     """RFC 1928: the association lives as long as its TCP connection; anything sent there is ignored."""
     while await stream.read():
         pass
