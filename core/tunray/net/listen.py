@@ -185,6 +185,9 @@ class StreamServer:
             name = sock.getsockname()
             if isinstance(name, str) and name:
                 self._unix_paths.append(name)
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+            # accepted sockets inherit it: no Nagle delay towards the app (a transport set it per socket)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.listen(backlog)
         sock.setblocking(False)
         self._listeners.append(sock)

@@ -9,11 +9,13 @@ and counters are used by this part.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 
 import pytest
 from tunray.link import LinkClosed
 from tunray.stack import StackOptions
+from tunray_stack_system.kernel import listen
 from tunray_stack_system.link import KernelByteLink
 from tunray_stack_system.stack import SystemStack
 
@@ -53,3 +55,17 @@ async def test_each_waiting_link_gives_up_after_the_handshake_timeout_unless_its
         paired.abort()
         b.close()
         await stack.aclose()
+
+
+def test_accepted_sockets_have_no_nagle_delay() -> None:
+    """The listener sets TCP_NODELAY, which the sockets it accepts inherit (the app side gets small writes at once)."""
+    lsock = listen(ipaddress.ip_address("127.0.0.1"))
+    lsock.listen(4)
+    client = socket.create_connection(lsock.getsockname()[:2])
+    try:
+        conn, _ = lsock.accept()
+        assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        conn.close()
+    finally:
+        client.close()
+        lsock.close()
