@@ -10,6 +10,7 @@ inside the system call (loopback, a local namespace) is not waited for at all.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 
@@ -33,18 +34,22 @@ def connect_now(sock: socket.socket, address: tuple[str, int] | tuple[str, int, 
     """Start connecting the non-blocking *sock* to the numeric *address*; True if it is connected.
 
     False: the handshake is in progress, finish it with :func:`wait_connected`.  Raises
-    ``OSError`` as ``connect(2)``.
+    ``OSError`` as ``connect(2)``.  ``connect_ex`` both times: no exception object for the
+    EINPROGRESS every non-blocking connect returns, nor for the probe.
     """
-    try:
-        sock.connect(address)
+    err = sock.connect_ex(address)
+    if err == 0:
         return True
-    except BlockingIOError:  # EINPROGRESS
-        pass
-    try:
-        sock.getpeername()  # the handshake already completed inside connect(2)
+    if err != errno.EINPROGRESS:
+        raise OSError(err, os.strerror(err))
+    # A second connect(2) says whether the handshake already completed inside the first
+    # (loopback, a local namespace): EISCONN; EALREADY while in progress; else its error.
+    err = sock.connect_ex(address)
+    if err in (errno.EISCONN, 0):
         return True
-    except OSError:
+    if err in (errno.EALREADY, errno.EINPROGRESS):
         return False
+    raise OSError(err, os.strerror(err))
 
 
 async def wait_connected(sock: socket.socket) -> None:
