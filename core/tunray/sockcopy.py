@@ -20,7 +20,11 @@ which costs no system call on a live watch and finds a closed one.
 
 A direction that has copied :data:`~tunray.relay.SPLICE_AFTER` bytes asks to switch to
 ``splice(2)``: each direction stops once its kept bytes are sent, and the future resolves
-with ``True``; the relay then hands the sockets over as it does after the copy loops.
+with ``True``; the relay then hands the sockets over as it does after the copy loops.  The
+switch is not asked while the other direction keeps bytes (an app that reads only after
+it has sent everything would stall both ways).  One callback copies at most
+:data:`CHUNKS_PER_CALL` chunks, then reads on after the loop's other callbacks; sending
+kept bytes counts as activity for the idle timeout, as a ``recv`` does.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
     from tunray.net.stream import SocketStream
 
 CHUNK = 256 * 1024
+CHUNKS_PER_CALL = 8  # then the callback returns and reads on after the loop's other work (fairness)
 
 
 class Counter(Protocol):
@@ -119,9 +124,15 @@ class _Direction:
             self.dst._stop_writing()
 
     def _on_readable(self) -> None:
+        try:
+            self._copy()
+        except Exception as exc:  # a bug or MemoryError: end the flow, not a loop-handler line per wake-up
+            self.copy.fail(exc)
+
+    def _copy(self) -> None:
         copy, src, dst = self.copy, self.src, self.dst
         recv, send = src._sock.recv, dst._sock.send
-        while True:
+        for _ in range(CHUNKS_PER_CALL):
             try:
                 data = recv(CHUNK)
             except (BlockingIOError, InterruptedError):
@@ -163,10 +174,18 @@ class _Direction:
                 if copy.want_splice():
                     return
             if n < CHUNK:  # most likely drained: no recv that would only say EAGAIN
-                _rearm_later(self)
-                return
+                break
+        # drained, or this call had its share of the loop (other flows, the TUN, timers wait):
+        # read on after the loop's other callbacks
+        _rearm_later(self)
 
     def _on_writable(self) -> None:
+        try:
+            self._flush_kept()
+        except Exception as exc:
+            self.copy.fail(exc)
+
+    def _flush_kept(self) -> None:
         kept = self.kept
         if kept is None:
             return
@@ -179,6 +198,8 @@ class _Direction:
             dst._exc = reset_error(exc)
             self.copy.fail(dst._exc)
             return
+        if sent:  # a slow reader taking what was read long ago is activity too (not only a recv)
+            self.copy.clock.last = time.monotonic()
         if sent < len(kept):
             self.kept = kept[sent:]
             return
@@ -307,6 +328,10 @@ class SocketCopy:
         """A direction copied enough to splice: stop both once idle (True: this one stops now)."""
         if self.up.done or self.down.done:
             return False  # a half-closed flow copies on
+        if self.up.kept is not None or self.down.kept is not None:
+            # the other way waits for its destination: stopping this one now could stall
+            # both (an app that reads only after it has sent everything); ask again later
+            return False
         self.switching = True
         for d in (self.up, self.down):
             if d.kept is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -23,8 +24,10 @@ from tunray.bytestream import ByteStream, StreamClosed, StreamReset
 from tunray.net.stream import SocketStream
 from tunray.policy import LevelPolicy
 from tunray.relay import SPLICE_AFTER, IdleTimeout, relay
+from tunray.sockcopy import CHUNK, CHUNKS_PER_CALL, SocketCopy
 from tunray.testing.bytestream import read_all, tcp_stream_pair
 
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # linux/socket.h: root may exceed the sysctl maxima
 POLICY = LevelPolicy(handshake=4, conn_idle=30, uplink_only=2, downlink_only=2, buffer_size=1 << 20)
 
 
@@ -197,4 +200,102 @@ async def test_bulk_switches_to_splice_from_callbacks() -> None:
         await app.write_eof()
         assert await asyncio.wait_for(read_all(app), 5) == b"back"
         assert await asyncio.wait_for(read_all(server), 5) == b""
+        await asyncio.wait_for(task, 5)
+
+
+async def test_an_app_that_reads_only_after_sending_everything_is_not_stalled_by_a_splice_switch() -> None:
+    """Both ways busy at once: the app uploads 16 MiB and reads only afterwards, while the
+    server streams 96 KiB back as it reads (into a small window).  The downlink waits for the app's window, so a
+    switch to splice must not stop the uplink meanwhile (that would stall both ways until
+    the idle timeout)."""
+    up_data, down_data = os.urandom(16 << 20), os.urandom(96 << 10)
+    async with joined() as (app, app_side, up_side, server):
+        task = asyncio.ensure_future(relay(app_side, up_side, POLICY))
+
+        async def app_run() -> bytes:
+            await app.write(up_data)
+            await app.write_eof()
+            return await read_all(app)
+
+        async def server_run() -> bytes:
+            got = await read_all(server)
+            await server_writer
+            await server.write_eof()
+            return got
+
+        # a small window towards the app: the downlink keeps bytes before it moved SPLICE_AFTER
+        assert isinstance(app, SocketStream)
+        app._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        app_side._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        server_writer = asyncio.ensure_future(server.write(down_data))
+        for _ in range(100):  # the server's stream fills the app's window: the downlink keeps bytes
+            await asyncio.sleep(0.02)
+            if up_side._read_waiter is not None and app_side._writing:
+                break
+        assert app_side._writing, "the downlink never waited for the app"
+        got_down, got_up = await asyncio.wait_for(asyncio.gather(app_run(), server_run()), 20)
+        assert got_up == up_data and got_down == down_data
+        await asyncio.wait_for(task, 5)
+
+
+async def test_one_readable_callback_copies_a_bounded_share() -> None:
+    """A source that always has data and a destination that always takes it: one callback
+    returns after CHUNKS_PER_CALL chunks, so other flows, the TUN and timers get the loop."""
+    loop = asyncio.get_running_loop()
+    src_peer, src = socket.socketpair()
+    dst, dst_peer = socket.socketpair()
+    big = 64 << 20
+    for s in (src_peer, src, dst, dst_peer):
+        s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, big)
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, big)
+    payload = os.urandom(2 * CHUNKS_PER_CALL * CHUNK)
+    src_peer.sendall(payload)
+    a, u = SocketStream(src, loop, 1 << 20), SocketStream(dst, loop, 1 << 20)
+    clock = _Clock()
+    copy = SocketCopy(a, u, clock, None, uplink_only=2, downlink_only=2, splice_after=1 << 62, can_splice=False)
+    try:
+        copy.up.on_readable()
+        assert copy.copied == CHUNKS_PER_CALL * CHUNK
+        copy.up.on_readable()
+        assert copy.copied == len(payload)
+        dst_peer.setblocking(False)
+        got = bytearray()
+        with contextlib.suppress(BlockingIOError):
+            while part := dst_peer.recv(1 << 20):
+                got += part
+        assert bytes(got) == payload
+    finally:
+        a.abort()
+        u.abort()
+        src_peer.close()
+        dst_peer.close()
+
+
+@dataclass
+class _Clock:
+    last: float = 0.0
+
+    def tighten(self, seconds: float) -> None:
+        pass
+
+
+async def test_a_slow_reader_draining_kept_bytes_is_activity() -> None:
+    """After the app's FIN only ``downlinkOnly`` (0.5 s here) guards the flow: a slow app that
+    keeps taking bytes read long ago is active, so all 384 KiB arrive and nothing times out."""
+    policy = LevelPolicy(handshake=4, conn_idle=30, uplink_only=0.5, downlink_only=0.5, buffer_size=1 << 20)
+    data = os.urandom(384 << 10)
+    async with joined() as (app, app_side, up_side, server):
+        assert isinstance(app, SocketStream)
+        app._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        app_side._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        task = asyncio.ensure_future(relay(app_side, up_side, policy))
+        await app.write_eof()
+        assert await asyncio.wait_for(read_all(server), 5) == b""
+        await server.write(data)
+        await server.write_eof()
+        got = bytearray()
+        while chunk := await asyncio.wait_for(app.read(4096), 10):
+            got += chunk
+            await asyncio.sleep(0.01)  # a slow app: ~400 KiB/s at most
+        assert bytes(got) == data
         await asyncio.wait_for(task, 5)

@@ -161,6 +161,8 @@ class SocketStream(ByteStream):
             self._wbuf = None
             self._stop_writing()
             if self._close_queued:
+                if not self._eof:
+                    self._discard_unread()  # what came while the tail was sent: a FIN, not a RST
                 self._close_fd()
                 return
             if self._shut_queued:
@@ -355,6 +357,7 @@ class SocketStream(ByteStream):
                     return
             except OSError:  # would block (the common case), or already reset
                 return
+
     def fileno(self) -> int:
         return self._fd
 

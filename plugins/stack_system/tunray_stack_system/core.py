@@ -124,6 +124,7 @@ class SystemCore:
         <tunray_stack_system.fastpath.FastTable.pump>`, applies :meth:`apply_notes` after
         each call and hands a declined packet to :meth:`feed_slow`.
         """
+        assert self.fast is None, "one C table per core: NatEntry.cref points into it"
         if load() is None:
             return None
         self.fast = FastTable(self.nat.sides, max_entries=self.config.max_flows, vnet=self._vnet, buf=buf)
