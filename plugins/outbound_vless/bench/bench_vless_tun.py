@@ -93,10 +93,13 @@ print(count / (time.monotonic() - start), statistics.median(took) * 1e6)
 PROFILE = os.environ.get("BENCH_PYSPY", "")  # write a py-spy raw profile of tunray's cps run here
 RESUME = False  # --resume: tunray's tlsSettings.enableSessionResumption
 WORKERS: int | None = None  # --workers: the TUN's "workers" (None: the default, one per CPU)
+HANDSHAKE: str | None = None  # --handshake: the TUN's "handshake" (None: the default, lazy)
 
 
 def tunray_config(server: RunningServer, cert: SelfSigned | None, stack: str = "python") -> dict[str, Any]:
-    extra = {} if WORKERS is None else {"workers": WORKERS}
+    extra: dict[str, Any] = {} if WORKERS is None else {"workers": WORKERS}
+    if HANDSHAKE is not None:
+        extra["handshake"] = HANDSHAKE
     outbound = dict(vless_outbound(server, tls=cert), tag="proxy")
     if RESUME and cert is not None:
         outbound["streamSettings"]["tlsSettings"]["enableSessionResumption"] = True
@@ -291,7 +294,7 @@ class Bench:
 
 
 def main() -> None:
-    global WORKERS, RESUME
+    global WORKERS, RESUME, HANDSHAKE
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per direction")
     parser.add_argument("--cps-seconds", type=float, default=3.0)
@@ -306,8 +309,11 @@ def main() -> None:
     parser.add_argument("--timeline", action="store_true",
                         help="TLS, sequential: capture with tcpdump and print the median µs of each step of a connection")
     parser.add_argument("--resume", action="store_true", help="tunray: tlsSettings.enableSessionResumption")
+    parser.add_argument("--handshake", choices=("lazy", "eager"),
+                        help='tunray\'s TUN "handshake" (default lazy; eager answers the SYN at once, as '
+                             "sing-box system's kernel does)")
     args = parser.parse_args()
-    WORKERS, RESUME = args.workers, args.resume
+    WORKERS, RESUME, HANDSHAKE = args.workers, args.resume, args.handshake
     if args.timeline and not timeline.available():
         print("--timeline needs tcpdump (apt-get install tcpdump); no timeline this run", file=sys.stderr)
         args.timeline = False
