@@ -22,32 +22,14 @@ from tunray import splice
 from tunray.bytestream import ByteStream
 from tunray.policy import LevelPolicy
 from tunray.relay import relay
-from tunray.testing.bytestream import tcp_stream_pair
+from tunray.testing.bytestream import Delegating, tcp_stream_pair
 
 BLOCK = b"\x5a" * (1 << 20)
 POLICY = LevelPolicy(handshake=4, conn_idle=60, uplink_only=5, downlink_only=5, buffer_size=1 << 20)
 
 
-class NoSplice(ByteStream):
+class NoSplice(Delegating):
     """Delegates everything but ``fileno``: the relay must copy."""
-
-    def __init__(self, inner: ByteStream) -> None:
-        self.inner = inner
-
-    async def read(self, max_bytes: int = 65536) -> bytes:
-        return await self.inner.read(max_bytes)
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        await self.inner.write(data)
-
-    async def write_eof(self) -> None:
-        await self.inner.write_eof()
-
-    def abort(self) -> None:
-        self.inner.abort()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 async def one_flow(size: int, mode: str) -> None:

@@ -42,12 +42,38 @@ from typing import TypeAlias, TypeVar
 from tunray.bytestream import ByteStream, StreamClosed, StreamReset
 from tunray.net.stream import SocketStream, open_stream
 
-__all__ = ["PairFactory", "check_byte_stream", "tcp_stream_pair"]
+__all__ = ["Delegating", "PairFactory", "check_byte_stream", "tcp_stream_pair"]
 
 PairFactory: TypeAlias = Callable[[], AbstractAsyncContextManager[tuple[ByteStream, ByteStream]]]
 
 T = TypeVar("T")
 STEP = 5.0  # seconds any single step may take
+
+
+class Delegating(ByteStream):
+    """A stream that passes the five ``ByteStream`` calls to *inner* and nothing else.
+
+    The base class's defaults answer the rest (no ``fileno``, nothing to splice, no bare
+    socket), so a relay over it must copy; tests subclass it to watch one call.
+    """
+
+    def __init__(self, inner: ByteStream) -> None:
+        self.inner = inner
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        return await self.inner.read(max_bytes)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.write(data)
+
+    async def write_eof(self) -> None:
+        await self.inner.write_eof()
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 async def tcp_socket_pair(host: str = "127.0.0.1") -> tuple[socket.socket, socket.socket]:

@@ -18,7 +18,7 @@ from tunray.config.model import STREAM_SCHEMA
 from tunray.net.address import Destination, Network, parse_host
 from tunray.net.stream import open_stream
 from tunray.plugin.manager import PluginManager
-from tunray.testing.bytestream import tcp_stream_pair
+from tunray.testing.bytestream import Delegating, tcp_stream_pair
 from tunray.testing.certs import SelfSigned, make_cert
 from tunray_tls.layer import TlsSecurity, cert_matches
 from tunray_tls.stream import TlsError, TlsStream, handshake
@@ -336,28 +336,16 @@ async def test_session_resumption_only_when_enabled(tmp_path: Path, version: str
     await _with_server(cert, _echo, body)
 
 
-class _Recorder(ByteStream):
+class _Recorder(Delegating):
     """An inner stream that keeps each write, to see which bytes left together."""
 
     def __init__(self, inner: ByteStream) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.writes: list[bytes] = []
-
-    async def read(self, max_bytes: int = 65536) -> bytes:
-        return await self.inner.read(max_bytes)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         self.writes.append(bytes(data))
         await self.inner.write(data)
-
-    async def write_eof(self) -> None:
-        await self.inner.write_eof()
-
-    def abort(self) -> None:
-        self.inner.abort()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 def _record_types(data: bytes) -> list[int]:
