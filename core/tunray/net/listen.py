@@ -159,7 +159,21 @@ ACCEPT_BATCH = 64
 #: Out of descriptors (or memory): stop accepting this long instead of spinning; the
 #: backlog keeps the connections meanwhile.
 ACCEPT_BACKOFF = 0.5
-_OUT_OF = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: ``accept`` errors that mean "out of descriptors or memory": pause (:func:`pause_accepting`), do not spin.
+OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def pause_accepting(loop: asyncio.AbstractEventLoop, lsock: socket.socket, seconds: float,
+                    still_wanted: Callable[[], bool], on_accept: Callable[..., object], *args: object) -> None:
+    """Stop watching *lsock* for *seconds* (its backlog keeps the connections), then watch it
+    again with ``on_accept(*args)`` if ``still_wanted()`` and the socket is still open."""
+    loop.remove_reader(lsock.fileno())
+
+    def resume() -> None:
+        if still_wanted() and lsock.fileno() >= 0:
+            loop.add_reader(lsock.fileno(), on_accept, *args)
+
+    loop.call_later(seconds, resume)
 
 
 class StreamServer:
@@ -202,7 +216,7 @@ class StreamServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if exc.errno in _OUT_OF:
+                if exc.errno in OUT_OF_RESOURCES:
                     self._back_off(lsock, exc)
                     return
                 continue  # e.g. ECONNABORTED: that connection is gone, the next may not be
@@ -216,13 +230,7 @@ class StreamServer:
             self._backoff_logged = True
             logger.warning("listener {}: cannot accept ({}); pausing {:g} s", lsock.getsockname(),
                            exc.strerror or exc, ACCEPT_BACKOFF)
-        loop.remove_reader(lsock.fileno())
-
-        def resume() -> None:
-            if lsock in self._listeners and lsock.fileno() >= 0:
-                loop.add_reader(lsock.fileno(), self._on_accept, lsock)
-
-        loop.call_later(ACCEPT_BACKOFF, resume)
+        pause_accepting(loop, lsock, ACCEPT_BACKOFF, lambda: lsock in self._listeners, self._on_accept, lsock)
 
     def spawn(self, stream: SocketStream, sock: socket.socket) -> None:
         assert self.loop is not None

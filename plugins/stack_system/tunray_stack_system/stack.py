@@ -38,6 +38,7 @@ from loguru import logger
 from tunray.config.errors import ConfigError
 from tunray.device import DeviceError, FdDevice, PacketDevice
 from tunray.net.address import Destination, IPAddress, Network
+from tunray.net.listen import OUT_OF_RESOURCES, pause_accepting
 from tunray.stack import Flow, StackOptions
 from tunray.stackcore import CoreEvent, StackCapabilities, StackCore, TcpOpened, TcpReset
 from tunray.stackdriver import READ_BATCH, StackDriver, _ip
@@ -217,7 +218,7 @@ class SystemStack(StackDriver):
             except BlockingIOError:
                 return
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                if exc.errno in OUT_OF_RESOURCES:
                     self.count("tcp_accept_backoff")
                     self._back_off(lsock, version)
                     return
@@ -236,14 +237,7 @@ class SystemStack(StackDriver):
     def _back_off(self, lsock: socket.socket, version: int) -> None:
         """Out of fds: stop accepting for a moment instead of spinning (the backlog keeps the SYNs)."""
         assert self.loop is not None
-        self.loop.remove_reader(lsock.fileno())
-
-        def resume() -> None:
-            if not self._closed and lsock.fileno() >= 0:
-                assert self.loop is not None
-                self.loop.add_reader(lsock.fileno(), self._on_accept, lsock, version)
-
-        self.loop.call_later(EMFILE_BACKOFF, resume)
+        pause_accepting(self.loop, lsock, EMFILE_BACKOFF, lambda: not self._closed, self._on_accept, lsock, version)
 
     def _dispatch(self, evs: Any) -> None:
         rest: list[CoreEvent] = []
